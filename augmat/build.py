@@ -1,0 +1,359 @@
+"""``augmat build``: render an augmented subset into one HDF5 file, with worker processes.
+
+The story of a build:
+
+1. Load the source, draw the plan (:mod:`augmat.plan`): nothing random happens later.
+2. Cut the rows into shards of ``shard_rows`` (a multiple of the HDF5 chunk). Worker
+   processes (``spawn``ed: no HDF5 handle or TensorFlow state crosses a fork) render
+   shards and save each to ``<output>.parts/shard-NNNNN.npy``, written under a
+   temporary name and renamed when whole, so a finished shard is never half-written.
+3. The main process copies each finished shard into ``<output>.tmp`` as it arrives,
+   then the splits and attributes, and renames it to ``<output>``: the final path
+   appears only when the build is complete. Then the parts folder is removed.
+
+Killed half-way (Ctrl-C, SIGKILL, a full disk), the parts folder stays; the same
+command again finds the shards of the same plan there and renders only the rest.
+The result is identical for any number of workers and any shard size.
+
+For tests, ``AUGMAT_FAULT`` injects failures (comma-separated):
+``kill-worker@S`` a worker SIGKILLs itself on shard S; ``enospc@S`` writing shard S
+fails with a full disk; ``kill-main@K`` the main process SIGKILLs itself after K
+shards are stored; ``slow@SECONDS`` each shard takes that much longer.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import AugmatError
+from .ops import OP_NAMES, apply_ops
+from .plan import RowPlan, plan_rows, split_indices
+from .sources import SourceData, load_source
+from .store import CHUNK_ROWS, FORMAT_VERSION, create_rows, write_array
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def default_output(subset: int) -> str:
+    return f"data/aug{subset / 1000:g}k.h5"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Every option of a build. Only the fields in ``CONTENT_FIELDS`` (and the
+    source's checksum) decide what is rendered; the rest decide how."""
+    subset: int
+    copies: int
+    source: str | None = None
+    val: int = 5000
+    seed: int = 0
+    ops: tuple[str, ...] = OP_NAMES
+    include_originals: bool = False
+    output: str = ""
+    workers: int = field(default_factory=default_workers)
+    shard_rows: int = 4096
+    force: bool = False
+
+    CONTENT_FIELDS = ("subset", "copies", "val", "seed", "ops", "include_originals")
+
+    def __post_init__(self):
+        if not self.output:
+            object.__setattr__(self, "output", default_output(self.subset))
+        object.__setattr__(self, "ops", tuple(self.ops))
+        unknown = [o for o in self.ops if o not in OP_NAMES]
+        if unknown:
+            raise AugmatError(f"unknown op {', '.join(unknown)}; choose from {', '.join(OP_NAMES)}")
+        if not self.ops:
+            raise AugmatError("--ops is empty; name at least one of " + ", ".join(OP_NAMES))
+        if self.copies < 1:
+            raise AugmatError(f"--copies must be at least 1 (got {self.copies})")
+        if self.subset < 1:
+            raise AugmatError(f"--subset must be at least 1 (got {self.subset})")
+        if self.workers < 1:
+            raise AugmatError(f"--workers must be at least 1 (got {self.workers})")
+        if self.shard_rows < 1:
+            raise AugmatError(f"--shard-rows must be at least 1 (got {self.shard_rows})")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    def content_key(self, source_sha256: str) -> str:
+        content = {k: getattr(self, k) for k in self.CONTENT_FIELDS}
+        content.update(source=source_sha256, shard_rows=self.shard_rows, format=FORMAT_VERSION)
+        return hashlib.sha256(json.dumps(content, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    path: Path
+    rows: int
+    shards: int
+    shards_reused: int
+    seconds: float
+    bytes: int
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.rows * (self.shards - self.shards_reused) / max(self.shards, 1)) / max(self.seconds, 1e-9)
+
+    def summary(self) -> str:
+        reused = f" ({self.shards_reused} reused from an earlier run)" if self.shards_reused else ""
+        return (f"wrote {self.rows:,} rows in {self.shards} shards{reused} in {self.seconds:.1f} s "
+                f"({self.images_per_second:,.0f} images/s), {self.bytes / 2**20:,.1f} MiB -> {self.path}")
+
+
+# --- faults for tests ----------------------------------------------------------------
+
+def _faults() -> dict[str, str]:
+    spec = os.environ.get("AUGMAT_FAULT", "")
+    return dict(item.split("@", 1) for item in spec.split(",") if "@" in item)
+
+
+# --- the worker side -----------------------------------------------------------------
+
+_W: dict = {}  # per-worker state, set once by _init_worker
+
+
+def _init_worker(parts_dir: str, subset_path: str, pos, op, mag) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides what Ctrl-C does
+    if sys.platform.startswith("linux"):  # die with the main process, even if it is SIGKILLed
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    _W.update(parts=Path(parts_dir), subset=np.load(subset_path, mmap_mode="r"), pos=pos, op=op, mag=mag,
+              faults=_faults())
+
+
+def shard_path(parts: Path, index: int) -> Path:
+    return parts / f"shard-{index:05d}.npy"
+
+
+def _render_shard(index: int, start: int, stop: int) -> tuple[int, int]:
+    faults = _W["faults"]
+    if "slow" in faults:
+        time.sleep(float(faults["slow"]))
+    if faults.get("kill-worker") == str(index):
+        os.kill(os.getpid(), signal.SIGKILL)
+    images = np.asarray(_W["subset"][_W["pos"][start:stop]])
+    out = apply_ops(images, _W["op"][start:stop], _W["mag"][start:stop])
+    final = shard_path(_W["parts"], index)
+    tmp = final.with_name(f"{final.name}.tmp{os.getpid()}")
+    try:
+        if faults.get("enospc") == str(index):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+        with open(tmp, "wb") as fh:
+            np.save(fh, out)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return index, stop - start
+
+
+# --- the main side -------------------------------------------------------------------
+
+def _load_shard(path: Path, rows: int) -> np.ndarray | None:
+    """A finished shard, or None if the file is not a whole shard of this plan."""
+    try:
+        x = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError):
+        return None
+    if x.shape != (rows, 32, 32, 3) or x.dtype != np.uint8:
+        return None
+    return x
+
+
+def _prepare_parts(cfg: BuildConfig, key: str, out: Path, log) -> Path:
+    parts = out.with_name(out.name + ".parts")
+    marker = parts / "plan.json"
+    if parts.exists():
+        try:
+            same = json.loads(marker.read_text()).get("key") == key
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            log(f"note: {parts} holds an unfinished build with other options; discarding it")
+            shutil.rmtree(parts)
+    try:
+        parts.mkdir(parents=True, exist_ok=True)
+        for stale in parts.glob("*.tmp*"):  # left by a killed worker: never finished work
+            stale.unlink()
+        if not marker.exists():
+            tmp = parts / "plan.json.tmp"
+            tmp.write_text(json.dumps({"key": key, "config": json.loads(cfg.to_json())}, indent=1))
+            os.replace(tmp, marker)
+    except OSError as e:
+        raise AugmatError(f"cannot write to {out.parent} ({e.strerror}); choose another -o")
+    return parts
+
+
+def _disk_error(e: OSError, where, parts: Path) -> AugmatError:
+    if e.errno == errno.ENOSPC:
+        return AugmatError(f"disk full while writing {where}: free some space, then rerun the same "
+                           f"command to resume (finished shards are kept in {parts})")
+    return AugmatError(f"cannot write {where} ({e.strerror}); finished shards are kept in {parts}; "
+                       "fix the problem and rerun the same command to resume")
+
+
+def build(cfg: BuildConfig, progress: bool = True, log=lambda msg: print(msg, file=sys.stderr)) -> BuildResult:
+    """Render ``cfg`` into ``cfg.output``. Raises AugmatError for any user-facing problem
+    and KeyboardInterrupt on Ctrl-C, after stopping the workers (shards stay for a resume)."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    out = Path(cfg.output)
+    if out.exists() and not cfg.force:
+        raise AugmatError(f"{out} already exists; pass --force to replace it, or choose another -o")
+    if out.exists() and out.is_dir():
+        raise AugmatError(f"{out} is a folder; choose a file name for -o")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise AugmatError(f"cannot write to {out.parent}: it is not a folder; choose another -o")
+
+    src: SourceData = load_source(cfg.source)
+    subset_idx, val_idx = split_indices(src.train_labels, cfg.subset, cfg.val, cfg.seed)
+    plan: RowPlan = plan_rows(subset_idx, cfg.copies, list(cfg.ops), cfg.seed, cfg.include_originals)
+    rows = len(plan)
+    shard_rows = -(-cfg.shard_rows // CHUNK_ROWS) * CHUNK_ROWS  # whole chunks: each written once
+    bounds = [(i, a, min(a + shard_rows, rows)) for i, a in enumerate(range(0, rows, shard_rows))]
+
+    parts = _prepare_parts(cfg, cfg.content_key(src.sha256), out, log)
+    subset_path = parts / "subset.npy"
+    if not subset_path.exists():
+        try:
+            np.save(parts / "subset.tmp.npy", src.train_images[subset_idx])
+            os.replace(parts / "subset.tmp.npy", subset_path)
+        except OSError as e:
+            raise _disk_error(e, subset_path, parts)
+    pos = np.searchsorted(subset_idx, plan.source_index)
+
+    tmp_out = out.with_name(out.name + ".tmp")
+    faults = _faults()
+    done = reused = 0
+    f = None
+    try:
+        import h5py
+        try:
+            f = h5py.File(tmp_out, "w")
+            images = create_rows(f, "images", rows, np.uint8, (32, 32, 3))
+        except OSError as e:
+            raise _disk_error(e, tmp_out, parts)
+        bar = tqdm(total=rows, desc="rendering", unit="img", unit_scale=True, disable=not progress)
+
+        def store(index: int, a: int, b: int, shard: np.ndarray) -> None:
+            nonlocal done
+            try:
+                images[a:b] = shard
+            except OSError as e:
+                raise _disk_error(e, tmp_out, parts)
+            done += 1
+            bar.update(b - a)
+            if faults.get("kill-main") == str(done):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        todo = []
+        for index, a, b in bounds:
+            shard = _load_shard(shard_path(parts, index), b - a)
+            if shard is None:
+                todo.append((index, a, b))
+            else:
+                store(index, a, b, shard)
+                reused += 1
+        if reused:
+            log(f"resuming: {reused} of {len(bounds)} shards were already rendered in {parts}")
+
+        if todo:
+            _run_workers(cfg, todo, parts, subset_path, pos, plan, store)
+        bar.close()
+
+        try:
+            _write_rest(f, cfg, src, plan, subset_idx, val_idx)
+            f.close()
+            f = None
+            os.replace(tmp_out, out)
+        except OSError as e:
+            raise _disk_error(e, tmp_out, parts)
+    except BaseException:
+        if f is not None:
+            f.close()
+        tmp_out.unlink(missing_ok=True)
+        raise
+    shutil.rmtree(parts, ignore_errors=True)
+    return BuildResult(out, rows, len(bounds), reused, time.perf_counter() - t0, out.stat().st_size)
+
+
+def _run_workers(cfg, todo, parts, subset_path, pos, plan, store) -> None:
+    by_index = {i: (a, b) for i, a, b in todo}
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=ctx,
+                               initializer=_init_worker,
+                               initargs=(str(parts), str(subset_path), pos, plan.op, plan.magnitude))
+    try:
+        pending = {pool.submit(_render_shard, i, a, b) for i, a, b in todo}
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                try:
+                    index, _ = fut.result()
+                except BrokenProcessPool:
+                    raise AugmatError(
+                        "a worker process died (killed, or out of memory) while rendering; finished "
+                        f"shards are kept in {parts}: rerun the same command to resume")
+                except OSError as e:
+                    raise _disk_error(e, f"a shard in {parts}", parts)
+                a, b = by_index[index]
+                store(index, a, b, np.load(shard_path(parts, index)))
+    finally:
+        # On any exit (Ctrl-C included) stop the workers now: drop queued shards, end the
+        # running ones; a shard file appears only once whole, so nothing half-done stays.
+        for p in list((getattr(pool, "_processes", None) or {}).values()):
+            if p.is_alive():
+                p.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        for stale in parts.glob("*.tmp*"):
+            stale.unlink(missing_ok=True)
+
+
+def _write_rest(f, cfg: BuildConfig, src: SourceData, plan: RowPlan, subset_idx, val_idx) -> None:
+    import h5py
+    write_array(f, "labels", src.train_labels[plan.source_index])
+    write_array(f, "source_index", plan.source_index.astype(np.int32))
+    write_array(f, "copy", plan.copy)
+    op = write_array(f, "op", plan.op)
+    op.attrs["names"] = np.array(plan.op_names, dtype=h5py.string_dtype())
+    write_array(f, "magnitude", plan.magnitude)
+    write_array(f, "subset_index", subset_idx.astype(np.int32))
+    write_array(f, "val/images", src.train_images[val_idx])
+    write_array(f, "val/labels", src.train_labels[val_idx])
+    write_array(f, "val/source_index", val_idx.astype(np.int32))
+    write_array(f, "test/images", src.test_images)
+    write_array(f, "test/labels", src.test_labels)
+    f.attrs["augmat_format"] = FORMAT_VERSION
+    f.attrs["augmat_version"] = __version__
+    f.attrs["config"] = cfg.to_json()
+    f.attrs["class_names"] = json.dumps(list(src.class_names))
+    f.attrs["source"] = json.dumps(src.describe())
+    f.attrs["description"] = (
+        f"{cfg.copies} augmented copies of {cfg.subset} {src.kind} training images "
+        f"(seed {cfg.seed}, ops {', '.join(cfg.ops)}), plus {len(val_idx)} validation "
+        f"and {len(src.test_labels)} test images, unaugmented; made by augmat {__version__}")

@@ -1,0 +1,56 @@
+"""The ``augmat`` command: a thin click group. Each command turns its flags into a
+frozen config and calls the library; nothing here does the work itself.
+
+Every user-facing failure is an :class:`~augmat.errors.AugmatError`, printed as one
+line on stderr with exit status 1; Ctrl-C exits with 130. Commands live one per
+module beside this file and are registered below.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import AugmatError
+
+
+class AugmatGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except AugmatError as e:
+            click.echo(f"augmat: error: {e}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("augmat: interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=AugmatGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="augmat")
+def main() -> None:
+    """Materialize augmented image datasets offline, then train on them.
+
+    \b
+      augmat build --subset 10000 --copies 8      render data/aug10k.h5
+      augmat train data/aug10k.h5                  train the seed CNN on it
+      augmat inspect data/aug10k.h5                see what was rendered
+    """
+
+
+def _register() -> None:
+    import importlib
+    for module in ("build_cmd", "train_cmd", "inspect_cmd", "experiment_cmd"):
+        try:
+            mod = importlib.import_module(f"{__name__}.{module}")
+        except ModuleNotFoundError as e:  # a command not written yet
+            if e.name != f"{__name__}.{module}":
+                raise
+            continue
+        for cmd in mod.COMMANDS:
+            main.add_command(cmd)
+
+
+_register()

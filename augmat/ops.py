@@ -1,0 +1,175 @@
+"""The transform registry: every image operation augmat knows, in one place.
+
+Each op is a *pure* function ``fn(images, magnitudes) -> images``:
+
+* ``images``: uint8 array of shape (B, 32, 32, 3), never modified in place;
+* ``magnitudes``: float32 array of shape (B,), each in [0, 1];
+* returns a new uint8 array of the same shape.
+
+Nothing here draws random numbers: which op and which magnitude each image gets
+is decided up front (see :mod:`augmat.plan`) and stored beside the image, so
+any row of a built file can be re-rendered bit for bit.
+
+The formulas are the seed experiment's (``shared/reference/seed-experiment.md``).
+The order of ``OPS`` is part of the file format: a row's ``op`` code is an
+index into the op names stored with the file. Add new ops at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+# OpenCV would otherwise start its own thread pool inside every worker process;
+# augmat parallelises across processes, so one thread per process is right.
+cv2.setNumThreads(1)
+
+IMAGE_SHAPE = (32, 32, 3)
+
+
+def identity(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
+    return images.copy()
+
+
+def rotate(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
+    """angle = (z - 0.5) * 120 degrees, counter-clockwise, about the centre.
+
+    Bilinear interpolation (as scikit-image's ``rotate`` default, order=1, which
+    the seed used); corners outside the source are black. OpenCV's warpAffine
+    does one 32x32 image in a few microseconds, far faster than any per-pixel
+    numpy gather, so it is called once per image.
+    """
+    out = np.empty_like(images)
+    h, w = images.shape[1:3]
+    centre = ((w - 1) / 2.0, (h - 1) / 2.0)
+    for i, z in enumerate(magnitudes):
+        angle = (float(z) - 0.5) * 120.0
+        m = cv2.getRotationMatrix2D(centre, angle, 1.0)
+        out[i] = cv2.warpAffine(
+            images[i], m, (w, h), flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0),
+        )
+    return out
+
+
+def flip_lr(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
+    """Mirrored left-right when abs(z - 0.5) > 0.25 (half of all draws)."""
+    out = images.copy()
+    flip = np.abs(magnitudes.astype(np.float64) - 0.5) > 0.25
+    out[flip] = images[flip][:, :, ::-1]
+    return out
+
+
+def translation_pixels(magnitudes: np.ndarray, size: int = 32) -> np.ndarray:
+    """shift = int(size * 0.2 * (z - 0.5) * 2): -6..+6 pixels for 32, truncated toward 0."""
+    return np.trunc(size * 0.2 * (magnitudes.astype(np.float64) - 0.5) * 2).astype(np.int64)
+
+
+def _shift(images: np.ndarray, shifts: np.ndarray, axis: int) -> np.ndarray:
+    """Shift each image by its own whole number of pixels along ``axis`` (1 rows, 2 columns);
+    positive moves content down/right, vacated pixels are black. No interpolation:
+    the formula only yields whole pixels."""
+    out = np.zeros_like(images)
+    n = images.shape[axis]
+    for s in np.unique(shifts):
+        sel = np.flatnonzero(shifts == s)
+        src = [slice(None)] * 4
+        dst = [slice(None)] * 4
+        src[0] = dst[0] = sel
+        if s >= 0:
+            src[axis], dst[axis] = slice(0, n - s), slice(s, n)
+        else:
+            src[axis], dst[axis] = slice(-s, n), slice(0, n + s)
+        out[tuple(dst)] = images[tuple(src)]
+    return out
+
+
+def translate_x(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
+    return _shift(images, translation_pixels(magnitudes, images.shape[2]), axis=2)
+
+
+def translate_y(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
+    return _shift(images, translation_pixels(magnitudes, images.shape[1]), axis=1)
+
+
+def sharpen(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
+    """Unsharp mask: out = x + a (x - blur(x)) / (1 + a), a = (0.5 - z) * 0.5.
+
+    blur is a Gaussian of sigma 1 (mode 'nearest', truncated at 4 sigma, as
+    scikit-image's ``gaussian``), run by scipy.ndimage over the whole batch at
+    once. Computed on x / 255, clipped to [0, 1], rounded back to 0..255.
+    With this formula z = 0 sharpens (a = 0.25), z = 1 blurs (a = -0.25),
+    z = 0.5 is the identity.
+    """
+    x = images.astype(np.float32) / np.float32(255.0)
+    blur = ndimage.gaussian_filter(x, sigma=(0, 1, 1, 0), mode="nearest", truncate=4.0)
+    a = ((np.float32(0.5) - magnitudes.astype(np.float32)) * np.float32(0.5))[:, None, None, None]
+    out = x + a * (x - blur) / (np.float32(1.0) + a)
+    return np.rint(np.clip(out, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
+
+
+def _apply_luts(images: np.ndarray, luts: np.ndarray) -> np.ndarray:
+    """Map each image's pixels through its own 256-entry table (luts: (B, 256) uint8)."""
+    b = images.shape[0]
+    flat = images.reshape(b, -1).astype(np.intp) + (np.arange(b, dtype=np.intp) * 256)[:, None]
+    return luts.reshape(-1)[flat].reshape(images.shape)
+
+
+_LEVELS = np.arange(256, dtype=np.float64) / 255.0
+
+
+def contrast(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
+    """Sigmoid curve, cutoff 0.5, gain = 1 + 10 z (scikit-image ``adjust_sigmoid``,
+    whose uint8 result truncates). Exact per-level table, no interpolation."""
+    gain = 1.0 + 10.0 * magnitudes.astype(np.float64)[:, None]
+    luts = (1.0 / (1.0 + np.exp(gain * (0.5 - _LEVELS[None, :])))) * 255.0
+    return _apply_luts(images, luts.astype(np.uint8))
+
+
+def brightness(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
+    """Gamma curve, gamma = 0.25 + 1.5 z (scikit-image ``adjust_gamma``, rounded);
+    gamma < 1 brightens, z = 0.5 gives gamma 1, the identity."""
+    gamma = 0.25 + 1.5 * magnitudes.astype(np.float64)[:, None]
+    luts = np.minimum(np.rint(255.0 * _LEVELS[None, :] ** gamma), 255)
+    return _apply_luts(images, luts.astype(np.uint8))
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    fn: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    summary: str
+    # Magnitude at which the seed's formula leaves the image unchanged (None: nowhere).
+    identity_at: float | None
+
+
+OPS: dict[str, Op] = {
+    op.name: op
+    for op in [
+        Op("identity", identity, "unchanged", 0.5),
+        Op("rotate", rotate, "rotate (z-0.5)*120 degrees, bilinear, black corners", 0.5),
+        Op("flip_lr", flip_lr, "mirror left-right when |z-0.5| > 0.25", 0.5),
+        Op("translate_x", translate_x, "shift int(12.8*(z-0.5)) px right, black fill", 0.5),
+        Op("translate_y", translate_y, "shift int(12.8*(z-0.5)) px down, black fill", 0.5),
+        Op("sharpen", sharpen, "unsharp mask sigma 1, a=(0.5-z)/2 (z<0.5 sharpens)", 0.5),
+        Op("contrast", contrast, "sigmoid contrast, cutoff 0.5, gain 1+10z", None),
+        Op("brightness", brightness, "gamma 0.25+1.5z (z<0.5 brightens)", 0.5),
+    ]
+}
+OP_NAMES: tuple[str, ...] = tuple(OPS)
+
+
+def apply_ops(images: np.ndarray, op_codes: np.ndarray, magnitudes: np.ndarray,
+              op_names: tuple[str, ...] = OP_NAMES) -> np.ndarray:
+    """Render a batch where each image has its own op (an index into ``op_names``)
+    and magnitude. Images with the same op are transformed together."""
+    out = np.empty_like(images)
+    magnitudes = np.asarray(magnitudes, dtype=np.float32)
+    for code in np.unique(op_codes):
+        sel = np.flatnonzero(op_codes == code)
+        out[sel] = OPS[op_names[int(code)]].fn(images[sel], magnitudes[sel])
+    return out

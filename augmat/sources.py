@@ -1,0 +1,272 @@
+"""Where the source images come from: one loader per kind of source, one result type.
+
+Accepted sources (``--source``):
+
+* nothing: CIFAR-10 the Keras way, from the ``~/.keras/datasets`` cache (``$KERAS_HOME``
+  is honoured), downloading it once through Keras when the machine can;
+* the official python archive ``cifar-10-python.tar.gz`` or its extracted
+  ``cifar-10-batches-py/`` folder;
+* a class-per-folder image tree ``train/<class>/*.png|jpg`` and ``test/<class>/...``,
+  as a folder or as a ``.tar.gz`` of one.
+
+Images in an image tree are ordered by class, then file name; that order defines
+``source_index``. Class order is CIFAR-10's when the names are CIFAR-10's, sorted
+otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AugmatError
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+
+
+@dataclass(frozen=True)
+class SourceData:
+    train_images: np.ndarray  # uint8 (N, 32, 32, 3)
+    train_labels: np.ndarray  # uint8 (N,)
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_names: tuple[str, ...]
+    kind: str                 # keras-cache | cifar-python-archive | cifar-python-folder | image-folder | image-archive
+    path: str
+    sha256: str               # of the decoded pixels, labels and class names
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "path": self.path, "sha256": self.sha256,
+                "train_images": int(len(self.train_labels)), "test_images": int(len(self.test_labels)),
+                "class_names": list(self.class_names)}
+
+
+def checksum(train_x, train_y, test_x, test_y, class_names) -> str:
+    h = hashlib.sha256()
+    for a in (train_x, train_y, test_x, test_y):
+        h.update(np.ascontiguousarray(a).data)
+    h.update("\n".join(class_names).encode())
+    return h.hexdigest()
+
+
+def _finish(train_x, train_y, test_x, test_y, class_names, kind, path) -> SourceData:
+    for name, x in (("training", train_x), ("test", test_x)):
+        if x.ndim != 4 or x.shape[1:] != (32, 32, 3) or x.dtype != np.uint8:
+            raise AugmatError(f"{path}: {name} images are {x.dtype} {x.shape[1:]}; augmat needs 32x32 RGB uint8 images")
+    if len(train_x) == 0:
+        raise AugmatError(f"{path}: no training images found")
+    train_y = np.asarray(train_y, dtype=np.uint8).reshape(-1)
+    test_y = np.asarray(test_y, dtype=np.uint8).reshape(-1)
+    return SourceData(train_x, train_y, test_x, test_y, tuple(class_names), kind, str(path),
+                      checksum(train_x, train_y, test_x, test_y, class_names))
+
+
+# --- the official python format -----------------------------------------------------
+
+def _unpickle(raw: bytes, where: str) -> dict:
+    try:
+        return pickle.loads(raw, encoding="bytes")
+    except Exception as e:  # pickle raises many types on damaged data
+        raise AugmatError(f"{where}: not a readable CIFAR-10 batch ({type(e).__name__}); the file is corrupt or truncated")
+
+
+def _decode_batch(d: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        data = np.asarray(d[b"data"], dtype=np.uint8)
+        labels = np.asarray(d[b"labels"], dtype=np.uint8)
+        images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    except (KeyError, ValueError) as e:
+        raise AugmatError(f"{where}: not a CIFAR-10 batch of 32x32 RGB images ({e})")
+    if len(images) != len(labels):
+        raise AugmatError(f"{where}: {len(images)} images but {len(labels)} labels")
+    return np.ascontiguousarray(images), labels
+
+
+def _from_batches(read, where: str, kind: str, path) -> SourceData:
+    """``read(name)`` returns the bytes of one member of cifar-10-batches-py/."""
+    parts = [_decode_batch(_unpickle(read(b), f"{where}/{b}"), f"{where}/{b}") for b in _BATCHES]
+    test_x, test_y = _decode_batch(_unpickle(read("test_batch"), f"{where}/test_batch"), f"{where}/test_batch")
+    names = CIFAR10_CLASSES
+    try:
+        meta = _unpickle(read("batches.meta"), f"{where}/batches.meta")
+        names = tuple(n.decode() for n in meta[b"label_names"])
+    except (KeyError, FileNotFoundError):
+        pass
+    return _finish(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                   test_x, test_y, names, kind, path)
+
+
+def load_cifar_python_folder(folder: Path, kind: str = "cifar-python-folder") -> SourceData:
+    def read(name: str) -> bytes:
+        p = folder / name
+        if not p.is_file():
+            raise (FileNotFoundError if name == "batches.meta" else AugmatError)(
+                f"{folder}: {name} is missing; is this an extracted cifar-10-batches-py folder?")
+        return p.read_bytes()
+    return _from_batches(read, str(folder), kind, folder)
+
+
+# --- archives ------------------------------------------------------------------------
+
+def _open_tar(path: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path, "r:*")
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise AugmatError(f"{path}: cannot open the archive ({e}); it is corrupt, truncated or not a tar archive")
+
+
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
+
+
+def load_tar(path: Path) -> SourceData:
+    """A cifar-10-python.tar.gz, or a .tar.gz of an image tree (told apart by content)."""
+    try:
+        with _open_tar(path) as tar:
+            members = {m.name.lstrip("./"): m for m in tar.getmembers() if m.isfile()}
+            batch = [n for n in members if n.endswith("/data_batch_1") or n == "data_batch_1"]
+            if batch:
+                prefix = batch[0][: -len("data_batch_1")]
+
+                def read(name: str) -> bytes:
+                    m = members.get(prefix + name)
+                    if m is None:
+                        raise (FileNotFoundError if name == "batches.meta" else AugmatError)(
+                            f"{path}: {prefix + name} is missing from the archive")
+                    return tar.extractfile(m).read()
+                return _from_batches(read, str(path), "cifar-python-archive", path)
+            # Read members in archive order: seeking backwards in a gzip stream
+            # decompresses it again from the start.
+            files = [(n, tar.extractfile(m).read()) for n, m in members.items()
+                     if n.lower().endswith(IMAGE_SUFFIXES)]
+            return _from_image_files(files, lambda raw: raw, path, "image-archive")
+    except _ARCHIVE_ERRORS as e:
+        raise AugmatError(f"{path}: the archive is corrupt or truncated ({type(e).__name__}: {e}); "
+                          "download or copy it again")
+
+
+# --- image trees ---------------------------------------------------------------------
+
+def _split_tree(names: list[str], where) -> dict[str, dict[str, list[str]]]:
+    """Group paths '<prefix>/(train|test)/<class>/<file>' by split and class."""
+    tree: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
+    for n in names:
+        parts = n.split("/")
+        if len(parts) < 3 or parts[-3] not in tree:
+            continue
+        tree[parts[-3]].setdefault(parts[-2], []).append(n)
+    if not tree["train"]:
+        raise AugmatError(f"{where}: found no train/<class>/ images (.png, .jpg); expected "
+                          "train/<class>/*.png and test/<class>/*.png, or a CIFAR-10 python archive")
+    return tree
+
+
+def _class_order(names) -> tuple[str, ...]:
+    names = set(names)
+    if names == set(CIFAR10_CLASSES):
+        return CIFAR10_CLASSES
+    return tuple(sorted(names))
+
+
+def _decode_image(raw: bytes, where: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            im.load()
+            if im.size != (32, 32) or im.mode != "RGB":
+                raise AugmatError(f"{where} is a {im.size[0]}x{im.size[1]} {im.mode} image; "
+                                  "augmat needs 32x32 RGB images")
+            return np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise AugmatError(f"{where}: not a readable image ({e})")
+
+
+def _from_image_files(files, read, path, kind) -> SourceData:
+    tree = _split_tree([n for n, _ in files], path)
+    handle = dict(files)
+    classes = _class_order(tree["train"])
+    unknown = set(tree["test"]) - set(classes)
+    if unknown:
+        raise AugmatError(f"{path}: test classes {sorted(unknown)} have no train/ folder")
+    arrays = {}
+    from tqdm import tqdm
+    total = sum(len(v) for split in tree.values() for v in split.values())
+    with tqdm(total=total, desc="decoding source", unit="img", leave=False,
+              disable=total < 5000) as bar:
+        for split in ("train", "test"):
+            xs, ys = [], []
+            for label, cls in enumerate(classes):
+                for n in sorted(tree[split].get(cls, [])):
+                    xs.append(_decode_image(read(handle[n]), f"{path}:{n}" if kind == "image-archive" else n))
+                    ys.append(label)
+                    bar.update()
+            x = np.stack(xs) if xs else np.zeros((0, 32, 32, 3), np.uint8)
+            arrays[split] = (x, np.asarray(ys, dtype=np.uint8))
+    return _finish(*arrays["train"], *arrays["test"], classes, kind, path)
+
+
+def load_image_folder(folder: Path) -> SourceData:
+    files = [(str(p), p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    return _from_image_files(files, lambda p: p.read_bytes(), folder, "image-folder")
+
+
+# --- the Keras cache -----------------------------------------------------------------
+
+def keras_cache_dir() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "datasets"
+
+
+def load_keras_cifar10() -> SourceData:
+    base = keras_cache_dir()
+    for folder in (base / "cifar-10-batches-py-target" / "cifar-10-batches-py",
+                   base / "cifar-10-batches-py"):
+        if (folder / "data_batch_1").is_file():
+            return load_cifar_python_folder(folder, kind="keras-cache")
+    for archive in (base / "cifar-10-batches-py.tar.gz", base / "cifar-10-python.tar.gz"):
+        if archive.is_file():
+            return load_tar(archive)
+    try:  # download once, the Keras way; fails fast without a network
+        import socket
+        socket.setdefaulttimeout(20)
+        import keras
+        keras.datasets.cifar10.load_data()
+    except Exception as e:  # any failure here means: no network, or a broken download
+        raise AugmatError(
+            f"CIFAR-10 is not in the Keras cache ({base}) and could not be downloaded "
+            f"({type(e).__name__}); pass --source PATH (cifar-10-python.tar.gz, its extracted "
+            "folder, or a train/<class>/ image folder or .tar.gz)")
+    return load_keras_cifar10()
+
+
+def load_source(source: str | os.PathLike | None) -> SourceData:
+    """Load the whole source (training and test splits) into memory."""
+    if source is None or str(source) == "":
+        return load_keras_cifar10()
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise AugmatError(f"--source {source}: no such file or folder")
+    if not os.access(path, os.R_OK):
+        raise AugmatError(f"--source {source}: not readable (check its permissions)")
+    if path.is_dir():
+        if (path / "data_batch_1").exists():
+            return load_cifar_python_folder(path)
+        if (path / "cifar-10-batches-py" / "data_batch_1").exists():
+            return load_cifar_python_folder(path / "cifar-10-batches-py")
+        return load_image_folder(path)
+    try:
+        is_tar = tarfile.is_tarfile(path)
+    except OSError as e:
+        raise AugmatError(f"--source {source}: cannot read it ({e.strerror})")
+    if not is_tar:
+        raise AugmatError(f"--source {source}: not a tar archive or a folder; it may be corrupt or truncated")
+    return load_tar(path)

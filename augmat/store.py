@@ -1,0 +1,142 @@
+"""The augmat file: one self-contained HDF5 file, and the one place that opens it.
+
+Layout (``R`` stored rows, all row datasets chunked along rows with HDF5's
+fletcher32 checksum, no compression: on 32x32 uint8 images compression costs far
+more CPU than the disk it saves)::
+
+    images        uint8   (R, 32, 32, 3)
+    labels        uint8   (R,)
+    source_index  int32   (R,)   index into the source's training split
+    copy          int16   (R,)   0..copies-1, or -1 for an unaugmented original
+    op            uint8   (R,)   attrs["names"]: the op name of each code
+    magnitude     float32 (R,)
+    subset_index  int32   (N,)   the N source images that were augmented, sorted
+    val/images, val/labels, val/source_index     unaugmented validation split
+    test/images, test/labels                     the source's test split
+
+    attrs: augmat_format, augmat_version, config (JSON of every build option),
+           class_names (JSON), source (JSON: kind, path, sha256, sizes), description
+
+Rows are stored copy block after copy block (see :mod:`augmat.plan`). The file
+is written under a temporary name and renamed when complete, so a file at the
+final path is always whole; moving it anywhere keeps it readable (no external
+links, no virtual datasets).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .errors import AugmatError
+
+FORMAT_VERSION = 1
+CHUNK_ROWS = 256          # 256 images = 768 KiB per chunk: large sequential reads, small cache
+VECTOR_CHUNK = 65536      # rows per chunk of the 1-D datasets
+ROW_DATASETS = {          # name: (dtype, shape after the row axis)
+    "images": (np.uint8, (32, 32, 3)),
+    "labels": (np.uint8, ()),
+    "source_index": (np.int32, ()),
+    "copy": (np.int16, ()),
+    "op": (np.uint8, ()),
+    "magnitude": (np.float32, ()),
+}
+SPLIT_DATASETS = ("val/images", "val/labels", "test/images", "test/labels")
+
+
+def create_rows(f: h5py.File, name: str, n: int, dtype, tail=(), chunk_rows: int | None = None) -> h5py.Dataset:
+    """A fixed-size, row-chunked, fletcher32-checked dataset."""
+    rows = chunk_rows or (CHUNK_ROWS if tail else VECTOR_CHUNK)
+    chunks = (max(1, min(rows, n)),) + tuple(tail)
+    return f.create_dataset(name, shape=(n,) + tuple(tail), dtype=dtype,
+                            chunks=chunks if n else None, fletcher32=bool(n))
+
+
+def write_array(f: h5py.File, name: str, data: np.ndarray) -> h5py.Dataset:
+    ds = create_rows(f, name, len(data), data.dtype, data.shape[1:])
+    if len(data):
+        ds[...] = data
+    return ds
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What a reader needs to know about an augmat file, checked on open."""
+    path: Path
+    rows: int
+    config: dict
+    class_names: tuple[str, ...]
+    op_names: tuple[str, ...]
+    source: dict
+    version: str
+    val_rows: int
+    test_rows: int
+
+
+def _fail(path, what: str) -> AugmatError:
+    return AugmatError(f"{path}: {what}")
+
+
+def open_file(path: str | Path) -> tuple[h5py.File, FileInfo]:
+    """Open an augmat file read-only and check it is one; every problem is one AugmatError line.
+
+    Returns the open h5py file (the caller closes it) and its parsed metadata.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise _fail(path, "no such file")
+    if path.is_dir():
+        raise _fail(path, "is a folder, not an augmat .h5 file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise _fail(path, f"cannot read it ({e.strerror})")
+    if not h5py.is_hdf5(str(path)):
+        raise _fail(path, "not an HDF5 file (was it written by `augmat build`?)")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise _fail(path, f"a damaged or truncated HDF5 file ({e}); rebuild it with `augmat build`")
+    try:
+        info = _check(f, path)
+    except AugmatError:
+        f.close()
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        f.close()
+        raise _fail(path, f"a damaged augmat file ({type(e).__name__}: {e}); rebuild it with `augmat build`")
+    return f, info
+
+
+def _check(f: h5py.File, path: Path) -> FileInfo:
+    if "augmat_format" not in f.attrs:
+        raise _fail(path, "an HDF5 file not written by augmat (no augmat_format attribute)")
+    if int(f.attrs["augmat_format"]) > FORMAT_VERSION:
+        raise _fail(path, f"written in augmat file format {int(f.attrs['augmat_format'])}; upgrade augmat to read it")
+    missing = [n for n in list(ROW_DATASETS) + list(SPLIT_DATASETS) if n not in f]
+    if missing:
+        raise _fail(path, f"missing datasets {', '.join(missing)}; not a complete augmat file")
+    rows = f["images"].shape[0]
+    for name, (dtype, tail) in ROW_DATASETS.items():
+        ds = f[name]
+        if ds.shape != (rows,) + tail or ds.dtype != np.dtype(dtype):
+            raise _fail(path, f"dataset {name} is {ds.dtype} {ds.shape}, expected {np.dtype(dtype)} {(rows,) + tail}")
+    for split in ("val", "test"):
+        x, y = f[f"{split}/images"], f[f"{split}/labels"]
+        if x.shape[1:] != (32, 32, 3) or x.dtype != np.uint8 or y.shape != (x.shape[0],):
+            raise _fail(path, f"{split}/images is {x.dtype} {x.shape}, expected uint8 (n, 32, 32, 3) with n labels")
+    names = f["op"].attrs.get("names")
+    if names is None:
+        raise _fail(path, "dataset op has no 'names' attribute")
+    return FileInfo(
+        path=path, rows=rows, config=json.loads(f.attrs["config"]),
+        class_names=tuple(json.loads(f.attrs["class_names"])),
+        op_names=tuple(n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(names).tolist()),
+        source=json.loads(f.attrs["source"]), version=str(f.attrs["augmat_version"]),
+        val_rows=f["val/images"].shape[0], test_rows=f["test/images"].shape[0],
+    )
