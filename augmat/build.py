@@ -234,7 +234,9 @@ def build(cfg: BuildConfig, progress: bool = True, log=lambda msg: print(msg, fi
     subset_idx, val_idx = split_indices(src.train_labels, cfg.subset, cfg.val, cfg.seed)
     plan: RowPlan = plan_rows(subset_idx, cfg.copies, list(cfg.ops), cfg.seed, cfg.include_originals)
     rows = len(plan)
-    shard_rows = -(-cfg.shard_rows // CHUNK_ROWS) * CHUNK_ROWS  # whole chunks: each written once
+    # Shards are whole HDF5 chunks, so each chunk is written once, in one piece.
+    chunk_rows = min(CHUNK_ROWS, cfg.shard_rows)
+    shard_rows = -(-cfg.shard_rows // chunk_rows) * chunk_rows
     bounds = [(i, a, min(a + shard_rows, rows)) for i, a in enumerate(range(0, rows, shard_rows))]
 
     parts = _prepare_parts(cfg, cfg.content_key(src.sha256), out, log)
@@ -255,7 +257,7 @@ def build(cfg: BuildConfig, progress: bool = True, log=lambda msg: print(msg, fi
         import h5py
         try:
             f = h5py.File(tmp_out, "w")
-            images = create_rows(f, "images", rows, np.uint8, (32, 32, 3))
+            images = create_rows(f, "images", rows, np.uint8, (32, 32, 3), chunk_rows=chunk_rows)
         except OSError as e:
             raise _disk_error(e, tmp_out, parts)
         bar = tqdm(total=rows, desc="rendering", unit="img", unit_scale=True, disable=not progress)

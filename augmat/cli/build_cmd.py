@@ -39,7 +39,7 @@ def _ops(ctx, param, value: str | None):
 @click.option("--workers", type=int, default=default_workers(), show_default="all cores",
               help="Worker processes that render shards.")
 @click.option("--shard-rows", type=int, default=4096, show_default=True,
-              help="Rows per shard (rounded up to whole 256-row chunks); the unit of resuming.")
+              help="Rows per shard, the unit of work and of resuming (rounded up to whole HDF5 chunks of up to 256 rows).")
 @click.option("--force", is_flag=True, help="Replace the output if it exists (only once the new one is complete).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def build_command(quiet: bool, **options) -> None:
