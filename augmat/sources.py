@@ -238,8 +238,8 @@ def load_keras_cifar10() -> SourceData:
     try:  # download once, the Keras way; fails fast without a network
         import socket
         socket.setdefaulttimeout(20)
-        import keras
-        keras.datasets.cifar10.load_data()
+        from .kerasenv import import_keras
+        import_keras().datasets.cifar10.load_data()
     except Exception as e:  # any failure here means: no network, or a broken download
         raise AugmatError(
             f"CIFAR-10 is not in the Keras cache ({base}) and could not be downloaded "

@@ -8,12 +8,16 @@ module beside this file and are registered below.
 
 from __future__ import annotations
 
+import os
 import sys
 
-import click
+# TensorFlow's C++ start-up chatter would bury augmat's own one-line messages.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from .. import __version__
-from ..errors import AugmatError
+import click  # noqa: E402
+
+from .. import __version__  # noqa: E402
+from ..errors import AugmatError  # noqa: E402
 
 
 class AugmatGroup(click.Group):

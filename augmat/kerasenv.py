@@ -1,0 +1,40 @@
+"""Import Keras quietly: TensorFlow writes start-up lines (oneDNN, "no CUDA drivers")
+straight to file descriptor 2 from C++, before any log setting applies, which would
+bury augmat's own one-line messages. Import keras through :func:`import_keras`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no real fd 2 (e.g. under a test runner's capture)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_keras():
+    """Return the keras module, imported with the backend's start-up noise silenced."""
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with _stderr_silenced():
+        import keras
+        keras.backend.backend()  # the backend module loads lazily; load it while silenced
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow  # noqa: F401  (its C++ logging starts here)
+    return keras
