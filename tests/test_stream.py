@@ -1,0 +1,176 @@
+"""augmat.stream: every row once per epoch, seeded orders, copy-aware order, bounded
+memory, online and unaugmented modes, damaged files."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from augmat.errors import AugmatError
+from augmat.stream import Stream, load_split, open_dataset
+from stream_files import build_medium, corrupt_chunk
+
+
+@pytest.fixture(scope="module")
+def medium_h5(tmp_path_factory, cifar_archive):
+    return build_medium(tmp_path_factory.mktemp("medium") / "medium.h5", cifar_archive)
+
+
+@pytest.fixture(scope="module")
+def medium(medium_h5):
+    with h5py.File(medium_h5, "r") as f:
+        return {k: f[k][:] for k in ("images", "labels", "source_index", "copy", "subset_index")}
+
+
+def epochs_of(path, epochs, **kw):
+    with Stream(path, **kw) as s:
+        return [list(s.batches()) for _ in range(epochs)], s
+
+
+def test_every_row_once_per_epoch_orders_differ_and_repeat(medium_h5, medium):
+    kw = dict(batch_size=50, order="shuffle", seed=5, buffer_rows=256, block_rows=64)
+    runs, s = epochs_of(medium_h5, 3, **kw)
+    orders = []
+    for batches in runs:
+        rows = np.concatenate([b.rows for b in batches])
+        assert sorted(rows.tolist()) == list(range(1400))          # every row, exactly once
+        assert [len(b.rows) for b in batches] == [50] * 28
+        assert [b.index for b in batches] == list(range(28))
+        for b in batches:                                           # batches hold those rows' data
+            assert b.images.dtype == np.uint8 and b.images.shape[1:] == (32, 32, 3)
+            np.testing.assert_array_equal(b.images, medium["images"][b.rows])
+            np.testing.assert_array_equal(b.labels, medium["labels"][b.rows])
+        orders.append(rows)
+    assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
+    again, _ = epochs_of(medium_h5, 3, **kw)
+    for a, b in zip(runs, again):
+        np.testing.assert_array_equal(np.concatenate([x.rows for x in a]), np.concatenate([x.rows for x in b]))
+    other, _ = epochs_of(medium_h5, 1, **{**kw, "seed": 6})
+    assert not np.array_equal(np.concatenate([x.rows for x in other[0]]), orders[0])
+    # Rows are shuffled across blocks and inside windows, not read in file order.
+    assert np.mean(np.diff(orders[0]) == 1) < 0.05
+
+
+def test_copies_order_shows_each_source_once_per_pass_and_cycles_copies(medium_h5, medium):
+    n, blocks = 200, 7  # 6 copies and the originals block
+    runs, s = epochs_of(medium_h5, 2 * blocks, batch_size=32, order="copies", seed=1, epoch_size=n,
+                        buffer_rows=128, block_rows=64)
+    assert s.blocks == blocks and s.block_copy == [0, 1, 2, 3, 4, 5, -1]
+    seen = {src: [] for src in medium["subset_index"].tolist()}
+    for e, batches in enumerate(runs):
+        rows = np.concatenate([b.rows for b in batches])
+        assert len(rows) == n
+        assert sorted(medium["source_index"][rows].tolist()) == sorted(seen)   # each source once
+        assert set(medium["copy"][rows].tolist()) == {s.block_copy[e % blocks]}  # one copy block
+        for r in rows:
+            seen[int(medium["source_index"][r])].append(int(medium["copy"][r]))
+    for copies in seen.values():  # any `blocks` consecutive epochs show every copy once
+        assert sorted(copies[:blocks]) == sorted(copies[blocks:]) == [-1, 0, 1, 2, 3, 4, 5]
+    # The default epoch is every row: the file's blocks one after the other.
+    with Stream(medium_h5, batch_size=100, order="copies", seed=1) as s:
+        rows = np.concatenate([b.rows for b in s.batches()])
+    assert sorted(rows.tolist()) == list(range(1400))
+    assert [set(medium["copy"][rows[i:i + n]].tolist()).__len__() for i in range(0, 1400, n)] == [1] * blocks
+
+
+def test_epoch_size_and_last_batch(medium_h5):
+    with Stream(medium_h5, batch_size=64, order="shuffle", seed=0, epoch_size=1000) as s:
+        assert s.num_batches == 16 and s.last_batch_size == 1000 - 15 * 64
+        e0 = np.concatenate([b.rows for b in s.batches()])
+        e1 = np.concatenate([b.rows for b in s.batches()])
+    assert len(e0) == len(e1) == 1000
+    # Epochs continue the same pass: the 400 rows the first epoch left come first.
+    assert sorted(np.concatenate([e0, e1[:400]]).tolist()) == list(range(1400))
+
+
+def test_memory_is_bounded_and_reads_are_few_and_large(medium_h5):
+    buffer_rows, batch, prefetch = 192, 16, 4
+    with Stream(medium_h5, batch_size=batch, order="shuffle", seed=0, buffer_rows=buffer_rows,
+                block_rows=64, prefetch_batches=prefetch) as s:
+        for _ in range(2):
+            for b in s.batches():
+                pass
+        stats = dict(s.stats)
+    assert stats["rows_read"] >= 2 * 1400
+    assert stats["max_buffered_rows"] <= 2 * buffer_rows + (prefetch + 1) * batch < 1400
+    assert stats["max_buffered_rows"] >= buffer_rows                # the bound is what was held
+    assert stats["reads"] <= stats["rows_read"] / 64 + 2            # one call per 64-row chunk run
+
+
+def test_online_draws_fresh_augmentations_from_the_sources(medium_h5, medium):
+    originals = medium["images"][medium["copy"] == -1][np.argsort(medium["source_index"][medium["copy"] == -1])]
+    labels = medium["labels"][medium["copy"] == -1][np.argsort(medium["source_index"][medium["copy"] == -1])]
+    with Stream(medium_h5, batch_size=40, seed=2, mode="unaugmented") as s:
+        assert s.epoch_size == 200
+        batches = list(s.batches())
+        rows = np.concatenate([b.rows for b in batches])
+        assert sorted(rows.tolist()) == list(range(200))
+        for b in batches:
+            np.testing.assert_array_equal(b.images, originals[b.rows])
+            np.testing.assert_array_equal(b.labels, labels[b.rows])
+    def online(seed):
+        with Stream(medium_h5, batch_size=40, seed=seed, mode="online") as s:
+            out = [list(s.batches()) for _ in range(2)]
+            assert s.stats["augment_seconds"] > 0
+            return out
+    a, b = online(2), online(2)
+    for ea, eb in zip(a, b):
+        for x, y in zip(ea, eb):
+            np.testing.assert_array_equal(x.images, y.images)
+            np.testing.assert_array_equal(x.labels, labels[x.rows])
+    img0 = {int(r): im for bt in a[0] for r, im in zip(bt.rows, bt.images)}
+    img1 = {int(r): im for bt in a[1] for r, im in zip(bt.rows, bt.images)}
+    changed = np.mean([not np.array_equal(img0[r], originals[r]) for r in range(200)])
+    redrawn = np.mean([not np.array_equal(img0[r], img1[r]) for r in range(200)])
+    assert 0.5 < changed < 1 and redrawn > 0.5     # most images changed, and differently each pass
+
+
+def test_online_without_originals_needs_the_source(tiny_h5, cifar_archive, tmp_path):
+    with Stream(tiny_h5, batch_size=8, seed=0, mode="unaugmented", source=str(cifar_archive)) as s:
+        assert s.epoch_size == 40
+        assert len(np.concatenate([b.rows for b in s.batches()])) == 40
+    with pytest.raises(AugmatError, match="--include-originals"):
+        Stream(tiny_h5, batch_size=8, mode="online", source=str(tmp_path / "nowhere.tar.gz"))
+    other = tmp_path / "other.tar.gz"
+    from conftest import write_cifar_archive
+    write_cifar_archive(other, seed=9)
+    with pytest.raises(AugmatError, match="not the source"):
+        Stream(tiny_h5, batch_size=8, mode="online", source=str(other))
+
+
+def test_corrupted_chunk_names_file_and_rows(medium_h5, tmp_path):
+    bad = tmp_path / "bad.h5"
+    a, b = corrupt_chunk(medium_h5, bad, chunk=3)
+    with Stream(bad, batch_size=50, order="shuffle", seed=0, block_rows=64) as s:
+        with pytest.raises(AugmatError) as e:
+            list(s.batches())
+    assert str(bad) in str(e.value) and f"rows {a}-{b - 1}" in str(e.value)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(batch_size=500, mode="unaugmented"), "larger than the 200 rows"),
+    (dict(batch_size=2000), "larger than the 1400 rows"),
+    (dict(order="random"), "unknown order"),
+    (dict(mode="later"), "unknown mode"),
+    (dict(batch_size=0), "at least 1"),
+])
+def test_bad_options(medium_h5, kw, match):
+    with pytest.raises(AugmatError, match=match):
+        Stream(medium_h5, **kw)
+
+
+def test_keras_dataset_yields_epochs_and_answers_shape_probes(medium_h5, medium):
+    ds = open_dataset(medium_h5, batch_size=64, order="shuffle", seed=0)
+    try:
+        assert len(ds) == 22 and ds.stream.last_batch_size == 1400 - 21 * 64
+        probe = [ds[0], ds[1]]    # outside an epoch: zeros, the stream is not consumed
+        assert probe[0][0].shape == (64, 32, 32, 3) and probe[1][0].shape == (1400 - 21 * 64, 32, 32, 3)
+        assert ds.stats["batches"] == 0
+        labels = np.concatenate([y for _, y in ds])
+        assert labels.dtype == np.int32 and len(labels) == 1400
+        assert sorted(labels.tolist()) == sorted(medium["labels"].tolist())
+    finally:
+        ds.close()
+    x, y = load_split(medium_h5, "val")
+    assert x.shape == (50, 32, 32, 3) and x.dtype == np.uint8 and y.dtype == np.int32
