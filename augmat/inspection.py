@@ -1,0 +1,535 @@
+"""Look inside an augmat file and check it: the summary and ``--verify``.
+
+Everything here reads; nothing writes. Files are opened only through
+:func:`augmat.store.open_file` (read-only, validated). Pictures live in
+:mod:`augmat.pictures`.
+
+``verify`` yields one :class:`Check` per property, in order:
+
+* ``datasets``  every dataset is there with its shape and dtype;
+* ``chunks``    every chunk of every dataset was written and passes its fletcher32 checksum;
+* ``ranges``    labels, op codes, magnitudes, copies and source indices are in range;
+* ``counts``    row and split counts match the build config, copy block after copy block;
+* ``source``    the source loads and its sha256 is the one the file records;
+* ``labels``    each row's label (and the splits' labels) is the source's label;
+* ``splits``    validation and test images are the source's pixels;
+* ``re-render`` a seeded sample of rows, rendered again from the source with the stored
+  op and magnitude, equals the stored pixels bit for bit.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from .errors import AugmatError
+from .ops import OPS, apply_ops
+from .plan import ORIGINAL_COPY
+from .sources import SourceData, load_source
+from .store import FileInfo, open_file
+
+HIST_BINS = 10
+VECTORS = ("labels", "op", "magnitude", "copy", "source_index")
+
+
+# --- reading helpers -------------------------------------------------------------------
+
+def rows_text(rows, limit: int = 8) -> str:
+    """'row 5' / 'rows 3, 17, 256-511 (258 rows)': sorted row numbers as ranges."""
+    rows = np.unique(np.asarray(list(rows), dtype=np.int64))
+    if len(rows) == 0:
+        return "no rows"
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    runs = [(int(r[0]), int(r[-1])) for r in np.split(rows, breaks)]
+    parts = [f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:limit]]
+    more = ", ..." if len(runs) > limit else ""
+    noun = "row" if len(rows) == 1 else "rows"
+    total = f" ({len(rows)} rows)" if len(rows) > 1 and (len(runs) > 1 or more) else ""
+    return f"{noun} {', '.join(parts)}{more}{total}"
+
+
+def read_vectors(f: h5py.File, names=VECTORS) -> dict[str, np.ndarray]:
+    """The small per-row datasets, whole; a damaged one is one AugmatError line."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = f[name][...]
+        except OSError as e:
+            raise AugmatError(f"{f.filename}: cannot read dataset {name} ({e}); "
+                              "run `augmat inspect --verify` to find the damaged rows") from None
+    return out
+
+
+def load_recorded_source(info: FileInfo, override: str | None = None) -> SourceData:
+    """The source the file was built from (its recorded path, or ``override``), checked
+    against the file's recorded sha256 of the decoded pixels."""
+    path = override or info.source.get("path")
+    if not path:
+        raise AugmatError(f"{info.path}: the file records no source path; pass --source PATH")
+    src = load_source(path)
+    want = info.source.get("sha256")
+    if src.sha256 != want:
+        raise AugmatError(
+            f"source {path} is not the one {info.path.name} was built from (its pixels have sha256 "
+            f"{src.sha256[:16]}..., the file records {str(want)[:16]}...); pass --source with the original")
+    return src
+
+
+def _chunk_slices(ds: h5py.Dataset) -> Iterator[tuple[slice, ...]]:
+    if ds.chunks is None:
+        yield tuple(slice(0, n) for n in ds.shape)
+    else:
+        yield from ds.iter_chunks()
+
+
+def _written_chunks(ds: h5py.Dataset) -> set[tuple[int, ...]]:
+    n = ds.id.get_num_chunks()
+    return {tuple(ds.id.get_chunk_info(i).chunk_offset) for i in range(n)}
+
+
+@dataclass
+class ChunkProblem:
+    dataset: str
+    start: int  # first row of the chunk
+    stop: int   # one past its last row
+    what: str   # "checksum mismatch" | "never written"
+
+    def __str__(self) -> str:
+        return f"{self.dataset} {rows_text(range(self.start, self.stop))}: {self.what}"
+
+
+def scan_chunks(f: h5py.File) -> tuple[int, int, list[ChunkProblem]]:
+    """Read every chunk of every dataset through HDF5's filters (so fletcher32 is checked)
+    and note chunks never written. Returns (chunks read, bytes read, problems)."""
+    datasets: list[tuple[str, h5py.Dataset]] = []
+    f.visititems(lambda name, obj: datasets.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
+    n_chunks = n_bytes = 0
+    problems: list[ChunkProblem] = []
+    for name, ds in datasets:
+        if ds.size == 0:
+            continue
+        written = _written_chunks(ds) if ds.chunks is not None else None
+        for sel in _chunk_slices(ds):
+            start, stop = sel[0].start, sel[0].stop
+            if written is not None and tuple(s.start for s in sel) not in written:
+                problems.append(ChunkProblem(name, start, stop, "never written (a missing shard)"))
+                continue
+            try:
+                block = ds[sel]
+            except OSError as e:
+                what = "fletcher32 checksum mismatch" if "fletcher" in str(e).lower() or "filter" in str(e).lower() \
+                    else f"unreadable ({e})"
+                problems.append(ChunkProblem(name, start, stop, what))
+                continue
+            n_chunks += 1
+            n_bytes += block.nbytes
+    return n_chunks, n_bytes, problems
+
+
+def image_chunks(f: h5py.File) -> tuple[int, int]:
+    """(written, expected) chunks of ``images``: cheap, from the chunk index alone."""
+    ds = f["images"]
+    if ds.chunks is None or ds.shape[0] == 0:
+        return 0, 0
+    return ds.id.get_num_chunks(), -(-ds.shape[0] // ds.chunks[0])
+
+
+# --- the summary -----------------------------------------------------------------------
+
+def unfinished_build(path: Path) -> dict | None:
+    """The parts folder (and temporary file) an interrupted ``augmat build`` leaves beside its output."""
+    parts = path.with_name(path.name + ".parts")
+    tmp = path.with_name(path.name + ".tmp")
+    if not parts.is_dir() and not tmp.exists():
+        return None
+    shards = len(list(parts.glob("shard-*.npy"))) if parts.is_dir() else 0
+    return {"parts": str(parts) if parts.is_dir() else None, "shards": shards,
+            "tmp": str(tmp) if tmp.exists() else None}
+
+
+def summarize(path: str | Path) -> dict:
+    """Everything the summary shows, as plain JSON-able values."""
+    f, info = open_file(path)
+    with f:
+        v = read_vectors(f, ("labels", "op", "magnitude", "copy"))
+        subset_rows = f["subset_index"].shape[0] if "subset_index" in f else None
+        written, expected = image_chunks(f)
+        fmt = int(f.attrs["augmat_format"])
+        description = str(f.attrs.get("description", ""))
+    cfg = info.config
+    augmented = v["copy"] != ORIGINAL_COPY
+    edges = np.linspace(0.0, 1.0, HIST_BINS + 1)
+    per_op, hist = {}, {}
+    for code, name in enumerate(info.op_names):
+        sel = augmented & (v["op"] == code)
+        if not sel.any():
+            continue
+        per_op[name] = int(sel.sum())
+        hist[name] = np.histogram(np.clip(v["magnitude"][sel], 0, 1), bins=edges)[0].tolist()
+    unknown_codes = sorted(set(np.unique(v["op"]).tolist()) - set(range(len(info.op_names))))
+    classes = np.bincount(v["labels"], minlength=len(info.class_names))
+    return {
+        "path": str(info.path),
+        "rows": info.rows,
+        "augmented_rows": int(augmented.sum()),
+        "original_rows": int((~augmented).sum()),
+        "subset": cfg.get("subset"),
+        "subset_index_rows": subset_rows,
+        "copies": cfg.get("copies"),
+        "include_originals": cfg.get("include_originals"),
+        "val_rows": info.val_rows,
+        "test_rows": info.test_rows,
+        "rows_per_class": {name: int(classes[i]) if i < len(classes) else 0
+                           for i, name in enumerate(info.class_names)},
+        "rows_per_op": per_op,
+        "unknown_op_codes": unknown_codes,
+        "magnitude_histogram": {"edges": edges.round(6).tolist(), "counts": hist},
+        "seed": cfg.get("seed"),
+        "config": cfg,
+        "source": info.source,
+        "augmat_version": info.version,
+        "format": fmt,
+        "description": description,
+        "size_bytes": info.path.stat().st_size,
+        # Built under a temporary name and renamed when whole: a file at its path is complete.
+        "complete": True,
+        "image_chunks": {"written": written, "expected": expected},
+        "unfinished_build": unfinished_build(info.path),
+    }
+
+
+def _can_encode(text: str) -> bool:
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "ascii")
+        return True
+    except (UnicodeEncodeError, LookupError):
+        return False
+
+
+def _bar(n: int, most: int, width: int, full: str) -> str:
+    return full * (round(width * n / most) if most else 0)
+
+
+def _spark(counts: list[int], levels: str) -> str:
+    most = max(counts) or 1
+    return "".join(levels[min(len(levels) - 1, round((len(levels) - 1) * c / most))] for c in counts)
+
+
+def format_summary(s: dict) -> str:
+    """The summary as text for a terminal."""
+    fancy = _can_encode("█▁")
+    full, levels = ("█", " ▁▂▃▄▅▆▇█") if fancy else ("#", " .:-=+*#%@")
+    cfg, src = s["config"], s["source"]
+    originals = f" + {s['original_rows']:,} unaugmented originals" if s["original_rows"] else ""
+    lines = [
+        f"{s['path']}: augmat file, {s['size_bytes'] / 2**20:,.1f} MiB on disk, "
+        f"written by augmat {s['augmat_version']} (format {s['format']})",
+        f"  rows        {s['rows']:,}: {s['copies']} augmented copies of {s['subset']:,} source images{originals}",
+        f"  splits      validation {s['val_rows']:,}, test {s['test_rows']:,} (unaugmented)",
+        f"  build       seed {s['seed']}, ops {', '.join(cfg.get('ops', []))}, "
+        f"shard rows {cfg.get('shard_rows')}",
+        f"  source      {src.get('kind')} {src.get('path')} "
+        f"({src.get('train_images', '?'):,} train, {src.get('test_images', '?'):,} test images)",
+        f"  checksum    sha256 {src.get('sha256')} (decoded pixels)",
+    ]
+    chunks = s["image_chunks"]
+    state = "yes (at its final path, so the build finished)"
+    if chunks["written"] != chunks["expected"]:
+        state = f"NO: only {chunks['written']} of {chunks['expected']} image chunks were written; rebuild it"
+    else:
+        state += f"; all {chunks['expected']} image chunks written"
+    lines.append(f"  complete    {state}")
+    ub = s["unfinished_build"]
+    if ub:
+        where = ub["parts"] or ub["tmp"]
+        lines.append(f"  note        an unfinished build sits beside it: {where}"
+                     + (f" ({ub['shards']} shards done)" if ub["parts"] else "")
+                     + "; rerun its `augmat build` to resume, or delete it")
+    most = max(s["rows_per_class"].values(), default=0)
+    width = max((len(n) for n in s["rows_per_class"]), default=0)
+    lines.append("rows per class")
+    for name, n in s["rows_per_class"].items():
+        lines.append(f"  {name:<{width}} {n:>8,}  {_bar(n, most, 30, full)}")
+    edges = s["magnitude_histogram"]["edges"]
+    lines.append(f"rows per op, with the magnitude histogram ({len(edges) - 1} bins, "
+                 f"{edges[0]:g} on the left to {edges[-1]:g} on the right)")
+    width = max((len(n) for n in s["rows_per_op"]), default=0)
+    for name, n in s["rows_per_op"].items():
+        counts = s["magnitude_histogram"]["counts"][name]
+        lines.append(f"  {name:<{width}} {n:>8,}  |{_spark(counts, levels)}|  "
+                     f"{min(counts)}-{max(counts)} per bin")
+    if s["unknown_op_codes"]:
+        lines.append(f"  op codes with no name in the file: {s['unknown_op_codes']} (run --verify)")
+    return "\n".join(lines)
+
+
+# --- verify ----------------------------------------------------------------------------
+
+@dataclass
+class Check:
+    name: str
+    status: str            # PASS | FAIL | SKIP
+    detail: str
+    rows: list[int] = field(default_factory=list)  # the rows at fault, when rows are at fault
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "FAIL"
+
+    def to_dict(self) -> dict:
+        return {"check": self.name, "status": self.status, "detail": self.detail, "rows": self.rows}
+
+    def __str__(self) -> str:
+        return f"{self.status}  {self.name:<10} {self.detail}"
+
+
+def _fail_rows(name: str, problems: list[tuple[str, np.ndarray]]) -> Check:
+    rows = sorted({int(r) for _, rs in problems for r in rs})
+    detail = "; ".join(f"{what}: {rows_text(rs)}" for what, rs in problems)
+    return Check(name, "FAIL", detail, rows)
+
+
+def _check_datasets(f: h5py.File, info: FileInfo) -> Check:
+    expected = {
+        "subset_index": ((info.config.get("subset"),), np.int32),
+        "val/source_index": ((info.val_rows,), np.int32),
+    }
+    bad = []
+    for name, (shape, dtype) in expected.items():
+        if name not in f:
+            bad.append(f"{name} is missing")
+        elif f[name].shape != shape or f[name].dtype != np.dtype(dtype):
+            bad.append(f"{name} is {f[name].dtype} {f[name].shape}, expected {np.dtype(dtype)} {shape}")
+    if bad:
+        return Check("datasets", "FAIL", "; ".join(bad))
+    return Check("datasets", "PASS", f"all datasets present; {info.rows:,} rows of uint8 32x32x3 "
+                                     "images with labels, op, magnitude, copy, source_index")
+
+
+def _check_chunks(f: h5py.File) -> tuple[Check, list[ChunkProblem]]:
+    n, nbytes, problems = scan_chunks(f)
+    if problems:
+        rows = sorted({r for p in problems if p.dataset in ("images",) + VECTORS
+                       for r in range(p.start, p.stop)})
+        return Check("chunks", "FAIL", "; ".join(map(str, problems)), rows), problems
+    return Check("chunks", "PASS", f"read all {n:,} chunks ({nbytes / 2**20:,.1f} MiB), "
+                                   "every fletcher32 checksum matches, none missing"), problems
+
+
+def _check_ranges(v: dict, f: h5py.File, info: FileInfo) -> Check:
+    n_classes = len(info.class_names)
+    copies = int(info.config.get("copies", 0))
+    n_train = int(info.source.get("train_images", 2**31 - 1))
+    known = [i for i, name in enumerate(info.op_names) if name in OPS]
+    mag = v["magnitude"]
+    problems = [
+        (f"label >= {n_classes} classes", np.flatnonzero(v["labels"] >= n_classes)),
+        (f"op code not one of the file's {len(info.op_names)} ops", np.flatnonzero(v["op"] >= len(info.op_names))),
+        ("op unknown to this augmat", np.flatnonzero(~np.isin(v["op"], known) & (v["op"] < len(info.op_names)))),
+        ("magnitude outside [0, 1]", np.flatnonzero(~((mag >= 0) & (mag <= 1)))),
+        (f"copy outside -1..{copies - 1}", np.flatnonzero((v["copy"] < ORIGINAL_COPY) | (v["copy"] >= copies))),
+        (f"source_index outside 0..{n_train - 1}",
+         np.flatnonzero((v["source_index"] < 0) | (v["source_index"] >= n_train))),
+    ]
+    problems = [(what, rows) for what, rows in problems if len(rows)]
+    other = []
+    for split in ("val", "test"):
+        labels = f[f"{split}/labels"][...]
+        if (labels >= n_classes).any():
+            other.append(f"{split}/labels {rows_text(np.flatnonzero(labels >= n_classes))} >= {n_classes}")
+    if "val/source_index" in f:
+        vi = f["val/source_index"][...]
+        if ((vi < 0) | (vi >= n_train)).any():
+            other.append(f"val/source_index out of range at {rows_text(np.flatnonzero((vi < 0) | (vi >= n_train)))}")
+    if problems or other:
+        c = _fail_rows("ranges", problems) if problems else Check("ranges", "FAIL", "")
+        c.detail = "; ".join(x for x in [c.detail] + other if x)
+        return c
+    return Check("ranges", "PASS", f"labels < {n_classes}, op codes name known ops, magnitudes in [0, 1], "
+                                   f"copies in -1..{copies - 1}, source indices < {n_train:,}")
+
+
+def _check_counts(v: dict, f: h5py.File, info: FileInfo) -> Check:
+    cfg = info.config
+    n, k = int(cfg["subset"]), int(cfg["copies"])
+    originals = bool(cfg.get("include_originals"))
+    want_rows = n * k + (n if originals else 0)
+    bad: list[str] = []
+    bad_rows: list[tuple[str, np.ndarray]] = []
+    if info.rows != want_rows:
+        bad.append(f"{info.rows:,} rows, expected subset*copies{' + subset' if originals else ''} = {want_rows:,}")
+    subset = f["subset_index"][...] if "subset_index" in f else None
+    if subset is not None and len(subset) != n:
+        bad.append(f"subset_index holds {len(subset):,} images, the config says {n:,}")
+    if info.val_rows != int(cfg.get("val", info.val_rows)):
+        bad.append(f"{info.val_rows:,} validation images, the config says {cfg['val']:,}")
+    if info.test_rows != int(info.source.get("test_images", info.test_rows)):
+        bad.append(f"{info.test_rows:,} test images, the source has {info.source['test_images']:,}")
+    if info.rows == want_rows and subset is not None and len(subset) == n:
+        blocks = list(range(k)) + ([ORIGINAL_COPY] if originals else [])
+        want_ops = {info.op_names.index(o) for o in cfg.get("ops", info.op_names) if o in info.op_names}
+        identity = info.op_names.index("identity") if "identity" in info.op_names else -1
+        for b, copy in enumerate(blocks):
+            rows = np.arange(b * n, (b + 1) * n)
+            wrong = rows[v["copy"][rows] != copy]
+            if len(wrong):
+                bad_rows.append((f"not in copy block {copy} where it belongs", wrong))
+            src = v["source_index"][rows]
+            if not np.array_equal(np.sort(src), subset):
+                stray = rows[~np.isin(src, subset)]
+                bad.append(f"copy block {copy} (rows {rows[0]}-{rows[-1]}) does not hold each subset image once"
+                           + (f" ({rows_text(stray)} are not in subset_index)" if len(stray) else ""))
+            ops = v["op"][rows]
+            if copy == ORIGINAL_COPY:
+                stray = rows[ops != identity]
+                what = "an original that is not op identity"
+            else:
+                stray = rows[~np.isin(ops, list(want_ops))]
+                what = f"op not among the build's --ops {','.join(cfg.get('ops', []))}"
+            if len(stray):
+                bad_rows.append((what, stray))
+    if subset is not None and "val/source_index" in f:
+        overlap = np.intersect1d(subset, f["val/source_index"][...])
+        if len(overlap):
+            bad.append(f"{len(overlap)} source images are in both the subset and validation")
+    if bad or bad_rows:
+        c = _fail_rows("counts", bad_rows) if bad_rows else Check("counts", "FAIL", "")
+        c.detail = "; ".join(x for x in bad + [c.detail] if x)
+        return c
+    return Check("counts", "PASS", f"{info.rows:,} rows = {n:,} x {k} copies"
+                 + (f" + {n:,} originals" if originals else "")
+                 + f", stored copy block after copy block; {info.val_rows:,} validation, "
+                   f"{info.test_rows:,} test images as configured")
+
+
+def _check_labels(v: dict, f: h5py.File, src: SourceData) -> Check:
+    wrong = np.flatnonzero(v["labels"] != src.train_labels[np.clip(v["source_index"], 0, len(src.train_labels) - 1)])
+    other = []
+    vi = np.clip(f["val/source_index"][...], 0, len(src.train_labels) - 1)
+    if not np.array_equal(f["val/labels"][...], src.train_labels[vi]):
+        other.append("val/labels differ from the source's labels at val/source_index")
+    if not np.array_equal(f["test/labels"][...], src.test_labels):
+        other.append("test/labels differ from the source's test labels")
+    if len(wrong) or other:
+        c = _fail_rows("labels", [("label is not the source's label at source_index", wrong)]) \
+            if len(wrong) else Check("labels", "FAIL", "")
+        c.detail = "; ".join(x for x in [c.detail] + other if x)
+        return c
+    return Check("labels", "PASS", "every row's label is the source's label at its source_index; "
+                                   "validation and test labels match the source")
+
+
+def _check_splits(f: h5py.File, src: SourceData, bad_chunks: list[ChunkProblem]) -> Check:
+    if any(p.dataset in ("val/images", "test/images") for p in bad_chunks):
+        return Check("splits", "SKIP", "damaged split chunks (see chunks)")
+    bad = []
+    vi = np.clip(f["val/source_index"][...], 0, len(src.train_labels) - 1)
+    for name, want in (("val/images", lambda a, b: src.train_images[vi[a:b]]),
+                       ("test/images", lambda a, b: src.test_images[a:b])):
+        ds = f[name]
+        wrong = []
+        for sel in _chunk_slices(ds):
+            a, b = sel[0].start, sel[0].stop
+            diff = np.any(ds[a:b] != want(a, b), axis=(1, 2, 3))
+            wrong.extend((a + np.flatnonzero(diff)).tolist())
+        if wrong:
+            bad.append(f"{name} {rows_text(wrong)} differ from the source")
+    if bad:
+        return Check("splits", "FAIL", "; ".join(bad))
+    return Check("splits", "PASS", f"{f['val/images'].shape[0]:,} validation and {f['test/images'].shape[0]:,} "
+                                   "test images equal the source's pixels")
+
+
+def sample_rows(rows: int, sample: int, seed: int) -> np.ndarray:
+    """The rows the re-render check looks at: ``sample`` of them (all when sample >= rows), seeded."""
+    if sample >= rows:
+        return np.arange(rows)
+    return np.sort(np.random.default_rng(seed).choice(rows, size=max(sample, 0), replace=False))
+
+
+def _check_rerender(v: dict, f: h5py.File, info: FileInfo, src: SourceData, sample: int, seed: int,
+                    bad_chunks: list[ChunkProblem]) -> Check:
+    rows = sample_rows(info.rows, sample, seed)
+    damaged = np.zeros(info.rows, bool)
+    for p in bad_chunks:
+        if p.dataset in ("images",) + VECTORS:
+            damaged[p.start:p.stop] = True
+    skipped = int(damaged[rows].sum())
+    rows = rows[~damaged[rows]]
+    ok_range = (v["op"][rows] < len(info.op_names)) & (v["source_index"][rows] >= 0) \
+        & (v["source_index"][rows] < len(src.train_images))
+    ok_range &= np.array([info.op_names[c] in OPS if c < len(info.op_names) else False for c in v["op"][rows]],
+                         dtype=bool)
+    rows = rows[ok_range]
+    if len(rows) == 0:
+        return Check("re-render", "SKIP", "no rows left to re-render (see the checks above)")
+    stored = f["images"][rows]
+    again = apply_ops(src.train_images[v["source_index"][rows]], v["op"][rows], v["magnitude"][rows],
+                      op_names=info.op_names)
+    wrong = rows[np.any(stored != again, axis=(1, 2, 3))]
+    note = f" ({skipped} sampled rows in damaged chunks left out)" if skipped else ""
+    if len(wrong):
+        return _fail_rows("re-render", [(f"pixels differ from a re-render of the stored source_index, op and "
+                                         f"magnitude ({len(wrong)} of {len(rows)} sampled)", wrong)])
+    what = "all" if len(rows) == info.rows else f"a sample of {len(rows):,} (seed {seed}) of the {info.rows:,}"
+    return Check("re-render", "PASS", f"{what} rows re-rendered from the source equal the stored pixels "
+                                      f"bit for bit{note}")
+
+
+def verify(path: str | Path, source: str | None = None, sample: int = 256, seed: int = 0) -> Iterator[Check]:
+    """Check an augmat file end to end; yields one :class:`Check` at a time (each may take a while).
+
+    A file that cannot be opened at all (truncated, not augmat, a dataset missing)
+    raises :class:`AugmatError` from :func:`open_file` instead.
+    """
+    f, info = open_file(path)
+    with f:
+        datasets = _check_datasets(f, info)
+        yield datasets
+        chunks, bad_chunks = _check_chunks(f)
+        yield chunks
+        unreadable = {p.dataset for p in bad_chunks} & set(VECTORS)
+        if unreadable:
+            why = f"{', '.join(sorted(unreadable))} damaged (see chunks)"
+            for name in ("ranges", "counts", "source", "labels", "splits", "re-render"):
+                yield Check(name, "SKIP", why)
+            return
+        v = read_vectors(f)
+        if datasets.failed:
+            for name in ("ranges", "counts", "source", "labels", "splits", "re-render"):
+                yield Check(name, "SKIP", "datasets missing (see datasets)")
+            return
+        yield _check_ranges(v, f, info)
+        yield _check_counts(v, f, info)
+        try:
+            src = load_recorded_source(info, source)
+        except AugmatError as e:
+            yield Check("source", "FAIL" if source or "sha256" in str(e) else "SKIP",
+                        f"{e}" + ("" if source else "; pass --source PATH to check against it"))
+            for name in ("labels", "splits", "re-render"):
+                yield Check(name, "SKIP", "no source to compare with")
+            return
+        yield Check("source", "PASS", f"{src.kind} {src.path}: sha256 {src.sha256[:16]}... as recorded")
+        yield _check_labels(v, f, src)
+        yield _check_splits(f, src, bad_chunks)
+        yield _check_rerender(v, f, info, src, sample, seed, bad_chunks)
+
+
+def source_rows(f: h5py.File, info: FileInfo, source_index: int) -> np.ndarray:
+    """The file rows holding ``source_index`` (copies, and its original if stored), in copy order;
+    an AugmatError if that source image is not in this file."""
+    si = read_vectors(f, ("source_index",))["source_index"]
+    rows = np.flatnonzero(si == source_index)
+    if len(rows) == 0:
+        subset = f["subset_index"][...] if "subset_index" in f else np.unique(si)
+        example = ", ".join(str(int(i)) for i in subset[:5])
+        raise AugmatError(f"{info.path}: source index {source_index} is not in this file; its {len(subset):,} "
+                          f"source images have indices such as {example} (the subset_index dataset lists them)")
+    copies = f["copy"][...][rows]
+    return rows[np.argsort(np.where(copies == ORIGINAL_COPY, np.iinfo(np.int32).max, copies), kind="stable")]
+
