@@ -1,0 +1,131 @@
+"""``augmat inspect`` and ``augmat preview``: flags in, library calls out."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..errors import AugmatError
+from ..inspection import format_summary, read_vectors, rows_text, source_rows, summarize
+from ..inspection import verify as verify_file  # the --verify flag takes the name `verify`
+from ..pictures import PREVIEW_MAGNITUDES, check_writable, preview, samples_grid, save_png, source_index_grid
+from ..store import open_file
+
+
+def _magnitudes(ctx, param, value: str):
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected numbers in [0, 1] separated by commas, got {value!r}")
+
+
+@click.command("inspect")
+@click.argument("path", metavar="FILE")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary (and any --verify result) as JSON.")
+@click.option("--verify", is_flag=True,
+              help="Read every chunk, check ranges and counts, re-render a sample of rows from the "
+                   "source and compare bit for bit. Exits 1 on any failure.")
+@click.option("--sample", type=int, default=256, show_default=True, metavar="N",
+              help="Rows --verify re-renders (N >= rows: all of them).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --verify sample.")
+@click.option("--source", type=str, default=None, metavar="PATH",
+              help="The source to compare with, instead of the path the file records "
+                   "(its pixels must have the recorded sha256).")
+@click.option("--grid", type=str, default=None, metavar="PNG",
+              help="Write a picture: samples, one row per op, ordered by magnitude "
+                   "(with --source-index: that image's original and copies).")
+@click.option("--source-index", type=int, default=None, metavar="I",
+              help="One source image: list its rows (with --grid, draw them).")
+@click.option("--columns", type=int, default=8, show_default=True, help="Pictures per row in --grid.")
+@click.option("--scale", type=int, default=3, show_default=True,
+              help="Upscaling of each 32x32 image in --grid (nearest-neighbour).")
+def inspect_command(path: str, as_json: bool, verify: bool, sample: int, seed: int, source: str | None,
+                    grid: str | None, source_index: int | None, columns: int, scale: int) -> None:
+    """Summarize an augmat file, draw its samples, or verify it. Never writes to FILE.
+
+    \b
+      augmat inspect data/aug10k.h5                        the summary
+      augmat inspect data/aug10k.h5 --grid samples.png     a picture of samples
+      augmat inspect data/aug10k.h5 --source-index 17 --grid copies17.png
+      augmat inspect data/aug10k.h5 --verify               full integrity check
+      augmat inspect data/aug10k.h5 --json                 the summary for scripts
+    """
+    if grid is not None:
+        check_writable(grid)  # before any slow work
+    out: dict = {}
+    if as_json or not (verify or grid or source_index is not None):
+        out = summarize(path)
+        if not as_json:
+            click.echo(format_summary(out))
+    if source_index is not None:
+        if grid is not None:
+            fig, note = source_index_grid(path, source_index, source=source, scale=scale, columns=columns)
+            if note:
+                click.echo(f"augmat: note: {note}", err=True)
+            save_png(fig, grid)
+            if not as_json:
+                click.echo(f"wrote {grid} ({fig.size[0]}x{fig.size[1]}): source image {source_index} and its copies")
+        else:
+            listing = _source_listing(path, source_index)
+            out["source_index"] = listing
+            if not as_json:
+                for r in listing:
+                    click.echo(f"row {r['row']:>8}  copy {r['copy']:>3}  {r['op']:<12} magnitude {r['magnitude']:.4f}  "
+                               f"{r['class']}")
+    elif grid is not None:
+        fig = samples_grid(path, columns=columns, scale=scale)
+        save_png(fig, grid)
+        if not as_json:
+            click.echo(f"wrote {grid} ({fig.size[0]}x{fig.size[1]}): {len(fig.placed)} samples")
+    failed = []
+    if verify:
+        checks = []
+        for check in verify_file(path, source, sample, seed):
+            checks.append(check)
+            if not as_json:
+                click.echo(str(check))
+        out["verify"] = [c.to_dict() for c in checks]
+        failed = [c for c in checks if c.failed]
+        if not as_json:
+            skipped = sum(c.status == "SKIP" for c in checks)
+            verdict = "FAILED" if failed else "PASSED only what it could check" if skipped else "PASSED"
+            click.echo(f"verify: {verdict} ({len(checks) - len(failed) - skipped} passed, "
+                       f"{len(failed)} failed, {skipped} skipped)")
+    if as_json:
+        click.echo(json.dumps(out, indent=1))
+    if failed:
+        raise AugmatError(f"{path} failed verification: " + "; ".join(
+            f"{c.name} ({rows_text(c.rows) if c.rows else c.detail})" for c in failed))
+
+
+def _source_listing(path: str, source_index: int) -> list[dict]:
+    f, info = open_file(path)
+    with f:
+        rows = source_rows(f, info, source_index)
+        v = read_vectors(f, ("labels", "op", "magnitude", "copy"))
+    return [{"row": int(r), "copy": int(v["copy"][r]),
+             "op": info.op_names[v["op"][r]] if v["op"][r] < len(info.op_names) else f"op {v['op'][r]}",
+             "magnitude": float(v["magnitude"][r]),
+             "class": info.class_names[v["labels"][r]] if v["labels"][r] < len(info.class_names) else "?"}
+            for r in rows]
+
+
+@click.command("preview")
+@click.option("--source", type=str, default=None, metavar="PATH",
+              help="cifar-10-python.tar.gz, its folder, or a train/<class>/ image folder or .tar.gz. "
+                   "Default: CIFAR-10 from the Keras cache.")
+@click.option("--image", type=int, default=0, show_default=True, metavar="I", help="Training image index.")
+@click.option("--magnitudes", callback=_magnitudes, default=",".join(f"{m:g}" for m in PREVIEW_MAGNITUDES),
+              show_default=True, help="Magnitudes, one column each.")
+@click.option("--scale", type=int, default=3, show_default=True, help="Upscaling (nearest-neighbour).")
+@click.option("-o", "--output", type=str, default="transforms.png", show_default=True, metavar="PNG")
+def preview_command(source: str | None, image: int, magnitudes: tuple[float, ...], scale: int, output: str) -> None:
+    """Draw every op at a few magnitudes on one source image (the seed article's figure)."""
+    check_writable(output, "-o")
+    fig = preview(source, image, magnitudes, scale)
+    save_png(fig, output, "-o")
+    click.echo(f"wrote {output} ({fig.size[0]}x{fig.size[1]})")
+
+
+COMMANDS = [inspect_command, preview_command]
