@@ -1,0 +1,106 @@
+"""The run dir: every file a run leaves behind, written so that a run stopped at any
+point leaves whole files (each one is written under a temporary name, then renamed).
+
+No Keras here: the run dir is made, and checked writable, before Keras loads.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+from augmat.errors import AugmatError
+
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "test_accuracy",
+                   "images_per_s", "data_wait_s", "train_s")
+
+
+def make_run_dir(path: str | Path) -> Path:
+    """Create the run dir (refusing one that already holds a run) and check it takes files."""
+    run_dir = Path(path)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AugmatError(f"--run-dir {run_dir}: cannot create it ({e.strerror}); choose another") from None
+    if (run_dir / "config.json").exists():
+        raise AugmatError(f"--run-dir {run_dir} already holds a run; choose another")
+    probe = run_dir / ".write-test"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise AugmatError(f"--run-dir {run_dir}: not writable ({e.strerror}); choose another") from None
+    return run_dir
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise AugmatError(f"cannot write {path} ({e.strerror})") from None
+
+
+def write_json(path: Path, data) -> None:
+    _write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    write_json(run_dir / "history.json", history)
+    out = io.StringIO()
+    w = csv.DictWriter(out, HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    _write_atomic(run_dir / "history.csv", out.getvalue())
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Accuracy (train, validation, test where measured) and loss per epoch, side by side."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only: no display on a server
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("accuracy", "train"), ("val_accuracy", "validation"), ("test_accuracy", "test")):
+        pts = [(e, h[key]) for e, h in zip(epochs, history) if h.get(key) is not None]
+        if pts:
+            acc.plot(*zip(*pts), marker="." if key == "test_accuracy" else None, label=label)
+    for key, label in (("loss", "train"), ("val_loss", "validation")):
+        pts = [(e, h[key]) for e, h in zip(epochs, history) if h.get(key) is not None]
+        if pts:
+            loss.plot(*zip(*pts), label=label)
+    for ax, title in ((acc, "accuracy"), (loss, "loss")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def table(m: dict, run_dir: Path) -> str:
+    """The final table, one measure a line."""
+    best = f"{_pct(m['best_val_accuracy'])} (epoch {m['best_epoch']})" if m.get("best_epoch") else "-"
+    minutes, seconds = divmod(m["wall_seconds"], 60)
+    rows = [("run dir", str(run_dir)),
+            ("best val acc", best),
+            ("final val acc", _pct(m.get("final_val_accuracy"))),
+            ("test acc", _pct(m.get("test_accuracy"))),
+            ("epochs", str(m["epochs"])),
+            ("wall time", f"{int(minutes)}m{seconds:04.1f}s"),
+            ("images/s", f"{m['images_per_second']:,.0f} (training steps only)"),
+            ("waited for data", f"{m['data_wait_seconds']:.2f} s in total")]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -1,0 +1,177 @@
+"""Train the seed CNN on an augmat file, the way the seed experiment did, minus the wait.
+
+The story of a run:
+
+1. Hyperparameters: the seed experiment's (``shared/reference/seed-experiment.md``).
+2. Data: a stream of uint8 batches from the file (:mod:`augmat.stream`), the unaugmented
+   validation and test splits in memory. Every bad input fails here, before Keras loads.
+3. Model: the seed CNN. It takes uint8 and rescales on the device.
+4. The record: a callback writes the history, the best model and the throughput after
+   every epoch, so whatever stops the run leaves a usable run dir.
+5. Training: ``model.fit`` on the stream. Ctrl-C stops after the current batch.
+6. The report: test accuracy, final model, curves, ``metrics.json``, a short table.
+
+Written against ``keras`` (Keras 3) only, so ``KERAS_BACKEND=jax`` or ``torch`` runs it
+unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from augmat.errors import AugmatError
+from augmat.stream import BUFFER_ROWS, MODES, ORDERS, Stream, as_keras, load_split
+
+from .rundir import make_run_dir, plot_curves, table, write_json
+
+# --- 1. Hyperparameters ------------------------------------------------------------------
+
+BATCH_SIZE = 128          # images per gradient step (seed)
+LEARNING_RATE = 1e-4      # Adam step size (seed)
+EPOCHS = 200              # the seed's epoch was N images; here an epoch is --epoch-size images
+CONV_STDDEV = 0.05        # RandomNormal stddev of every conv kernel (seed: Keras's default)
+INPUT_SCALE = 1 / 255     # pixels 0..255 -> 0..1 inside the model; the seed fed raw 0..255
+                          # (--raw-inputs). Rescaled inputs keep first-layer activations O(1)
+                          # at this init, instead of ~255x larger; the seed's table came from
+                          # raw inputs, so --raw-inputs is there to reproduce it exactly.
+ORDER = "copies"          # see docs/benchmarks.md: measured against "shuffle" on CPU
+EVAL_BATCH = 500          # images per step when evaluating (does not change the result)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run depends on. Written to ``config.json`` in the run dir."""
+    file: str
+    epochs: int = EPOCHS
+    batch_size: int = BATCH_SIZE
+    learning_rate: float = LEARNING_RATE
+    epoch_size: int | None = None   # images per epoch; None: every row streamed once
+    order: str = ORDER              # copies | shuffle (offline mode)
+    mode: str = "offline"           # offline | online | unaugmented
+    source: str | None = None       # online/unaugmented without originals in the file
+    seed: int = 0                   # model init and stream order
+    eval_every: int = 0             # test accuracy every this many epochs (0: at the end only)
+    run_dir: str = ""               # default runs/<file stem>-<time>
+    raw_inputs: bool = False        # feed 0..255 to the first conv, as the seed did
+    buffer_rows: int = BUFFER_ROWS  # shuffle window of the stream, in rows
+    verbose: int = 1                # Keras: 1 progress bar, 2 one line per epoch, 0 silent
+
+    def __post_init__(self):
+        if self.order not in ORDERS:
+            raise AugmatError(f"unknown --order {self.order}; choose one of {', '.join(ORDERS)}")
+        if self.mode not in MODES:
+            raise AugmatError(f"unknown mode {self.mode}; choose one of {', '.join(MODES)}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise AugmatError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if self.epoch_size is not None and self.epoch_size < 1:
+            raise AugmatError(f"--epoch-size must be at least 1 (got {self.epoch_size})")
+        if self.eval_every < 0:
+            raise AugmatError(f"--eval-every must be 0 or more (got {self.eval_every})")
+        if not self.learning_rate > 0:
+            raise AugmatError(f"--learning-rate must be positive (got {self.learning_rate})")
+        if not self.run_dir:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            object.__setattr__(self, "run_dir", f"runs/{Path(self.file).stem}-{stamp}")
+
+
+def run(cfg: TrainConfig, log=print) -> dict:
+    """Train as ``cfg`` says; returns the final metrics (also in ``metrics.json``).
+
+    Raises AugmatError for bad input, KeyboardInterrupt on Ctrl-C (after saving what the
+    run had: the history so far, the best model, ``metrics.json`` marked interrupted)."""
+    t_start = time.perf_counter()
+
+    # --- 2. Data -------------------------------------------------------------------------
+    # Open and check everything before Keras is imported, so bad input fails in a moment.
+    stream = Stream(cfg.file, cfg.batch_size, cfg.order, cfg.seed, mode=cfg.mode,
+                    epoch_size=cfg.epoch_size, source=cfg.source, buffer_rows=cfg.buffer_rows)
+    try:
+        x_val, y_val = load_split(cfg.file, "val")
+        x_test, y_test = load_split(cfg.file, "test")
+        run_dir = make_run_dir(cfg.run_dir)
+        write_json(run_dir / "config.json",
+                          {"config": asdict(cfg), "stream": stream.describe(), "file": {
+                              "rows": stream.rows, "sources": stream.sources, "copy_blocks": stream.block_copy,
+                              "augmat_version": stream.info.version, "build": stream.info.config}})
+        log(stream.describe())
+        return _train(cfg, stream, (x_val, y_val), (x_test, y_test), run_dir, t_start, log)
+    finally:
+        stream.close()
+
+
+def _train(cfg, stream, val, test, run_dir: Path, t_start: float, log) -> dict:
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed)  # Python, NumPy and backend seeds: the model init
+    dataset = as_keras(stream)
+    has_val = len(val[1]) > 0
+
+    # --- 3. Model ------------------------------------------------------------------------
+    model = seed_cnn(1.0 if cfg.raw_inputs else INPUT_SCALE, len(stream.info.class_names))
+    # Integer labels with the sparse form of categorical cross-entropy: the same loss as the
+    # seed's one-hot targets, with 4-byte labels instead of 40-byte rows per image.
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+
+    # --- 4. The record ------------------------------------------------------------------
+    from .recorder import Recorder
+    recorder = Recorder(run_dir, stream, test if cfg.eval_every else None, cfg.eval_every,
+                               EVAL_BATCH, monitor="val_accuracy" if has_val else "accuracy")
+
+    # --- 5. Training --------------------------------------------------------------------
+    status = "finished"
+    try:
+        model.fit(dataset, epochs=cfg.epochs, validation_data=val if has_val else None,
+                  validation_batch_size=EVAL_BATCH, callbacks=[recorder], verbose=cfg.verbose)
+    except KeyboardInterrupt:
+        status = "interrupted"
+    except Exception:
+        if stream.error is not None:  # the backend wraps the stream's own error; show that
+            raise stream.error from None
+        raise
+    finally:
+        stream.close()
+
+    # --- 6. The report -------------------------------------------------------------------
+    metrics = recorder.summary(status, time.perf_counter() - t_start, keras.backend.backend())
+    if status == "interrupted":
+        write_json(run_dir / "metrics.json", metrics)
+        log(f"interrupted after {metrics['epochs']} epochs; the run so far is in {run_dir}")
+        raise KeyboardInterrupt
+    test_loss, test_acc = model.evaluate(*test, batch_size=EVAL_BATCH, verbose=0)
+    metrics.update(test_accuracy=float(test_acc), test_loss=float(test_loss),
+                   wall_seconds=time.perf_counter() - t_start)
+    model.save(run_dir / "model-final.keras")
+    if not (run_dir / "model-best.keras").exists():
+        model.save(run_dir / "model-best.keras")
+    plot_curves(recorder.history, run_dir / "curves.png")
+    write_json(run_dir / "metrics.json", metrics)
+    log(table(metrics, run_dir))
+    return metrics
+
+
+def seed_cnn(input_scale: float = INPUT_SCALE, classes: int = 10):
+    """Conv 32, Conv 32, MaxPool, Conv 64, Conv 64, MaxPool, Dense 256, Dense (10) softmax.
+
+    3x3 'same' ReLU convolutions with RandomNormal(0.05) kernels; no batch norm, no
+    dropout. The input is uint8: the first layer casts and rescales, on the device."""
+    import keras
+    from keras import layers
+
+    def conv(filters: int):
+        return layers.Conv2D(filters, 3, padding="same", activation="relu",
+                             kernel_initializer=keras.initializers.RandomNormal(stddev=CONV_STDDEV))
+
+    return keras.Sequential([
+        keras.Input((32, 32, 3), dtype="uint8"),
+        layers.Rescaling(input_scale),
+        conv(32), conv(32), layers.MaxPooling2D(2),
+        conv(64), conv(64), layers.MaxPooling2D(2),
+        layers.Flatten(),
+        layers.Dense(256, activation="relu"),
+        layers.Dense(classes, activation="softmax"),
+    ], name="seed_cnn")
