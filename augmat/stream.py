@@ -162,7 +162,8 @@ class Stream:
         self.batch_size = int(batch_size)
         self.prefetch_batches = int(prefetch_batches)
         self.stats = {"rows_read": 0, "reads": 0, "read_seconds": 0.0, "augment_seconds": 0.0,
-                      "wait_seconds": 0.0, "batches": 0, "buffered_rows": 0, "max_buffered_rows": 0}
+                      "wait_seconds": 0.0, "batches": 0, "skipped_batches": 0, "shape_probes": 0,
+                      "buffered_rows": 0, "max_buffered_rows": 0}
         self.error: BaseException | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -399,7 +400,7 @@ class Stream:
         if self.error is not None:
             raise self.error
         self._start()
-        if self._next is not None:
+        if self._next is not None:  # taken from the queue (and counted) by sync_to_epoch_start
             batch, self._next = self._next, None
             return batch
         t0 = time.perf_counter()
@@ -425,6 +426,7 @@ class Stream:
         first of an epoch."""
         batch = self.next_batch()
         while batch.index != 0:
+            self.stats["skipped_batches"] += 1
             batch = self.next_batch()
         self._next = batch
 
@@ -473,7 +475,7 @@ def _keras_dataset_class():
         ``__getitem__`` ignores its index and returns the stream's next batch: the order
         is the stream's (so ``fit``'s ``shuffle`` has no effect), and batches arrive in
         sequence from the stream's own threads (Keras's workers stay off: one worker, no
-        multiprocessing).
+        multiprocessing). Each epoch is the next ``len(self)`` batches of the stream.
         """
 
         def __init__(self, stream: Stream):
@@ -491,6 +493,7 @@ def _keras_dataset_class():
                 # learn their shapes. Answer with zeros of the full and the last batch size
                 # (so the batch dimension is left free) without consuming the stream.
                 n = s.batch_size if index == 0 else s.last_batch_size
+                s.stats["shape_probes"] += 1
                 return np.zeros((n, 32, 32, 3), np.uint8), np.zeros((n,), np.int32)
             batch = s.next_batch()
             return batch.images, batch.labels
@@ -504,8 +507,9 @@ def _keras_dataset_class():
                 self.on_epoch_end()
 
         def on_epoch_begin(self):
+            # No resync to the stream's epoch start here: Keras's JAX iterator prefetches the
+            # next epoch's first batches before this call, and they must count.
             self._in_epoch = True
-            self.stream.sync_to_epoch_start()
 
         def on_epoch_end(self):
             self._in_epoch = False

@@ -31,13 +31,19 @@ class Recorder(keras.callbacks.Callback):
         self._t_train = None
         self._wait0 = self.stream.stats["wait_seconds"]
 
+    def _steps_done(self) -> float:
+        """Now, once the training steps have really finished: JAX (and TF) dispatch steps
+        asynchronously, so read one weight back to wait for the last update."""
+        keras.ops.convert_to_numpy(self.model.trainable_variables[0])
+        return time.perf_counter()
+
     def on_test_begin(self, logs=None):  # validation starts: the training steps are over
         if self._t_train is None:
-            self._t_train = time.perf_counter()
+            self._t_train = self._steps_done()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        train_s = (self._t_train or time.perf_counter()) - self._t0
+        train_s = (self._t_train or self._steps_done()) - self._t0
         self.train_seconds += train_s
         self.train_images += self.stream.epoch_size
         logs["images_per_s"] = self.stream.epoch_size / max(train_s, 1e-9)
