@@ -7,7 +7,7 @@ The story of a build:
    processes (``spawn``ed: no HDF5 handle or TensorFlow state crosses a fork) render
    shards and save each to ``<output>.parts/shard-NNNNN.npy``, written under a
    temporary name and renamed when whole, so a finished shard is never half-written.
-3. The main process copies each finished shard into ``<output>.tmp`` as it arrives,
+3. The main process copies each finished shard into ``<output>.parts/<name>.tmp`` as it arrives,
    then the splits and attributes, and renames it to ``<output>``: the final path
    appears only when the build is complete. Then the parts folder is removed.
 
@@ -134,11 +134,13 @@ def _faults() -> dict[str, str]:
 _W: dict = {}  # per-worker state, set once by _init_worker
 
 
-def _init_worker(parts_dir: str, subset_path: str, pos, op, mag) -> None:
+def _init_worker(parent_pid: int, parts_dir: str, subset_path: str, pos, op, mag) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides what Ctrl-C does
     if sys.platform.startswith("linux"):  # die with the main process, even if it is SIGKILLed
         import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # it died before we could ask to follow it
+        os._exit(1)
     _W.update(parts=Path(parts_dir), subset=np.load(subset_path, mmap_mode="r"), pos=pos, op=op, mag=mag,
               faults=_faults())
 
@@ -208,6 +210,17 @@ def _prepare_parts(cfg: BuildConfig, key: str, out: Path, log) -> Path:
     return parts
 
 
+def _check_writable(folder: Path) -> None:
+    """Fail before any work if ``folder`` cannot be made or written (nothing is created here)."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise AugmatError(f"cannot write to {folder}: {existing} is not a folder; choose another -o")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise AugmatError(f"cannot write to {folder}: {existing} is not writable; choose another -o")
+
+
 def _disk_error(e: OSError, where, parts: Path) -> AugmatError:
     if e.errno == errno.ENOSPC:
         return AugmatError(f"disk full while writing {where}: free some space, then rerun the same "
@@ -227,8 +240,7 @@ def build(cfg: BuildConfig, progress: bool = True, log=lambda msg: print(msg, fi
         raise AugmatError(f"{out} already exists; pass --force to replace it, or choose another -o")
     if out.exists() and out.is_dir():
         raise AugmatError(f"{out} is a folder; choose a file name for -o")
-    if out.parent.exists() and not out.parent.is_dir():
-        raise AugmatError(f"cannot write to {out.parent}: it is not a folder; choose another -o")
+    _check_writable(out.parent)
 
     src: SourceData = load_source(cfg.source)
     subset_idx, val_idx = split_indices(src.train_labels, cfg.subset, cfg.val, cfg.seed)
@@ -249,7 +261,7 @@ def build(cfg: BuildConfig, progress: bool = True, log=lambda msg: print(msg, fi
             raise _disk_error(e, subset_path, parts)
     pos = np.searchsorted(subset_idx, plan.source_index)
 
-    tmp_out = out.with_name(out.name + ".tmp")
+    tmp_out = parts / (out.name + ".tmp")  # everything unfinished lives in the parts folder
     faults = _faults()
     done = reused = 0
     f = None
@@ -309,7 +321,8 @@ def _run_workers(cfg, todo, parts, subset_path, pos, plan, store) -> None:
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=ctx,
                                initializer=_init_worker,
-                               initargs=(str(parts), str(subset_path), pos, plan.op, plan.magnitude))
+                               initargs=(os.getpid(), str(parts), str(subset_path), pos, plan.op,
+                                         plan.magnitude))
     try:
         pending = {pool.submit(_render_shard, i, a, b) for i, a, b in todo}
         while pending:
@@ -332,7 +345,7 @@ def _run_workers(cfg, todo, parts, subset_path, pos, plan, store) -> None:
             if p.is_alive():
                 p.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
-        for stale in parts.glob("*.tmp*"):
+        for stale in parts.glob("shard-*.tmp*"):  # a terminated worker's unfinished shard
             stale.unlink(missing_ok=True)
 
 

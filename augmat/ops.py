@@ -115,6 +115,8 @@ def sharpen(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
 def _apply_luts(images: np.ndarray, luts: np.ndarray) -> np.ndarray:
     """Map each image's pixels through its own 256-entry table (luts: (B, 256) uint8)."""
     b = images.shape[0]
+    if b == 0:
+        return images.copy()
     flat = images.reshape(b, -1).astype(np.intp) + (np.arange(b, dtype=np.intp) * 256)[:, None]
     return luts.reshape(-1)[flat].reshape(images.shape)
 

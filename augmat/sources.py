@@ -252,7 +252,7 @@ def load_source(source: str | os.PathLike | None) -> SourceData:
     """Load the whole source (training and test splits) into memory."""
     if source is None or str(source) == "":
         return load_keras_cifar10()
-    path = Path(source).expanduser()
+    path = Path(source).expanduser().absolute()  # recorded in the file: must work from anywhere
     if not path.exists():
         raise AugmatError(f"--source {source}: no such file or folder")
     if not os.access(path, os.R_OK):

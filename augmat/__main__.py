@@ -1,0 +1,5 @@
+"""``python -m augmat`` runs the CLI."""
+
+from .cli import main
+
+main()
