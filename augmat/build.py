@@ -107,19 +107,24 @@ class BuildConfig:
 class BuildResult:
     path: Path
     rows: int
+    rows_rendered: int       # rows rendered by this run (the rest were reused shards)
     shards: int
     shards_reused: int
-    seconds: float
+    seconds: float           # the whole build
+    load_seconds: float      # reading the source and drawing the plan
+    render_seconds: float    # workers started to the last shard stored in the file
     bytes: int
 
     @property
     def images_per_second(self) -> float:
-        return (self.rows * (self.shards - self.shards_reused) / max(self.shards, 1)) / max(self.seconds, 1e-9)
+        """Rendering rate: rows rendered by this run per second of the render phase."""
+        return self.rows_rendered / max(self.render_seconds, 1e-9)
 
     def summary(self) -> str:
         reused = f" ({self.shards_reused} reused from an earlier run)" if self.shards_reused else ""
         return (f"wrote {self.rows:,} rows in {self.shards} shards{reused} in {self.seconds:.1f} s "
-                f"({self.images_per_second:,.0f} images/s), {self.bytes / 2**20:,.1f} MiB -> {self.path}")
+                f"(source {self.load_seconds:.1f} s, rendering {self.render_seconds:.1f} s at "
+                f"{self.images_per_second:,.0f} images/s), {self.bytes / 2**20:,.1f} MiB -> {self.path}")
 
 
 # --- faults for tests ----------------------------------------------------------------
@@ -131,36 +136,44 @@ def _faults() -> dict[str, str]:
 
 # --- the worker side -----------------------------------------------------------------
 
-_W: dict = {}  # per-worker state, set once by _init_worker
+_FAULTS: dict[str, str] = {}
+_SUBSETS: dict[str, np.ndarray] = {}  # per worker: the memory-mapped subset images, by path
 
 
-def _init_worker(parent_pid: int, parts_dir: str, subset_path: str, pos, op, mag) -> None:
+def _init_worker(parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides what Ctrl-C does
     if sys.platform.startswith("linux"):  # die with the main process, even if it is SIGKILLed
         import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent_pid:  # it died before we could ask to follow it
         os._exit(1)
-    _W.update(parts=Path(parts_dir), subset=np.load(subset_path, mmap_mode="r"), pos=pos, op=op, mag=mag,
-              faults=_faults())
+    _FAULTS.update(_faults())
+
+
+def _ready() -> int:
+    """A no-op task: submitting one per worker makes the pool start them all now."""
+    return os.getpid()
 
 
 def shard_path(parts: Path, index: int) -> Path:
     return parts / f"shard-{index:05d}.npy"
 
 
-def _render_shard(index: int, start: int, stop: int) -> tuple[int, int]:
-    faults = _W["faults"]
-    if "slow" in faults:
-        time.sleep(float(faults["slow"]))
-    if faults.get("kill-worker") == str(index):
+def _render_shard(parts: str, subset_path: str, index: int, pos: np.ndarray, op: np.ndarray,
+                  mag: np.ndarray) -> int:
+    """Render one shard (rows given by their position in the subset, op and magnitude) and
+    save it whole under its final name."""
+    if "slow" in _FAULTS:
+        time.sleep(float(_FAULTS["slow"]))
+    if _FAULTS.get("kill-worker") == str(index):
         os.kill(os.getpid(), signal.SIGKILL)
-    images = np.asarray(_W["subset"][_W["pos"][start:stop]])
-    out = apply_ops(images, _W["op"][start:stop], _W["mag"][start:stop])
-    final = shard_path(_W["parts"], index)
+    if subset_path not in _SUBSETS:
+        _SUBSETS[subset_path] = np.load(subset_path, mmap_mode="r")
+    out = apply_ops(np.asarray(_SUBSETS[subset_path][pos]), op, mag)
+    final = shard_path(Path(parts), index)
     tmp = final.with_name(f"{final.name}.tmp{os.getpid()}")
     try:
-        if faults.get("enospc") == str(index):
+        if _FAULTS.get("enospc") == str(index):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
         with open(tmp, "wb") as fh:
             np.save(fh, out)
@@ -170,7 +183,7 @@ def _render_shard(index: int, start: int, stop: int) -> tuple[int, int]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return index, stop - start
+    return index
 
 
 # --- the main side -------------------------------------------------------------------
@@ -229,11 +242,16 @@ def _disk_error(e: OSError, where, parts: Path) -> AugmatError:
                        "fix the problem and rerun the same command to resume")
 
 
+def _shard_rows(cfg: BuildConfig) -> tuple[int, int]:
+    """(chunk rows, shard rows): shards are whole HDF5 chunks, so each chunk is written
+    once, in one piece."""
+    chunk_rows = min(CHUNK_ROWS, cfg.shard_rows)
+    return chunk_rows, -(-cfg.shard_rows // chunk_rows) * chunk_rows
+
+
 def build(cfg: BuildConfig, progress: bool = True, log=lambda msg: print(msg, file=sys.stderr)) -> BuildResult:
     """Render ``cfg`` into ``cfg.output``. Raises AugmatError for any user-facing problem
     and KeyboardInterrupt on Ctrl-C, after stopping the workers (shards stay for a resume)."""
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     out = Path(cfg.output)
     if out.exists() and not cfg.force:
@@ -242,13 +260,25 @@ def build(cfg: BuildConfig, progress: bool = True, log=lambda msg: print(msg, fi
         raise AugmatError(f"{out} is a folder; choose a file name for -o")
     _check_writable(out.parent)
 
+    # Workers start now and import their libraries while this process decodes the source.
+    chunk_rows, shard_rows = _shard_rows(cfg)
+    expected_rows = cfg.subset * (cfg.copies + cfg.include_originals)
+    pool = _start_pool(min(cfg.workers, -(-expected_rows // shard_rows)))
+    try:
+        return _build(cfg, pool, chunk_rows, shard_rows, out, t0, progress, log)
+    finally:
+        _stop_pool(pool)
+        for stale in out.parent.glob(f"{out.name}.parts/shard-*.tmp*"):  # a stopped worker's
+            stale.unlink(missing_ok=True)                                  # unfinished shard
+
+
+def _build(cfg, pool, chunk_rows, shard_rows, out, t0, progress, log) -> BuildResult:
+    from tqdm import tqdm
+
     src: SourceData = load_source(cfg.source)
     subset_idx, val_idx = split_indices(src.train_labels, cfg.subset, cfg.val, cfg.seed)
     plan: RowPlan = plan_rows(subset_idx, cfg.copies, list(cfg.ops), cfg.seed, cfg.include_originals)
     rows = len(plan)
-    # Shards are whole HDF5 chunks, so each chunk is written once, in one piece.
-    chunk_rows = min(CHUNK_ROWS, cfg.shard_rows)
-    shard_rows = -(-cfg.shard_rows // chunk_rows) * chunk_rows
     bounds = [(i, a, min(a + shard_rows, rows)) for i, a in enumerate(range(0, rows, shard_rows))]
 
     parts = _prepare_parts(cfg, cfg.content_key(src.sha256), out, log)
@@ -259,11 +289,13 @@ def build(cfg: BuildConfig, progress: bool = True, log=lambda msg: print(msg, fi
             os.replace(parts / "subset.tmp.npy", subset_path)
         except OSError as e:
             raise _disk_error(e, subset_path, parts)
-    pos = np.searchsorted(subset_idx, plan.source_index)
+    pos = np.searchsorted(subset_idx, plan.source_index)  # each row's image in subset.npy
+    t_render = time.perf_counter()
 
     tmp_out = parts / (out.name + ".tmp")  # everything unfinished lives in the parts folder
     faults = _faults()
     done = reused = 0
+    todo = []
     f = None
     try:
         import h5py
@@ -274,8 +306,9 @@ def build(cfg: BuildConfig, progress: bool = True, log=lambda msg: print(msg, fi
             raise _disk_error(e, tmp_out, parts)
         bar = tqdm(total=rows, desc="rendering", unit="img", unit_scale=True, disable=not progress)
 
-        def store(index: int, a: int, b: int, shard: np.ndarray) -> None:
+        def store(index: int, shard: np.ndarray) -> None:
             nonlocal done
+            _, a, b = bounds[index]
             try:
                 images[a:b] = shard
             except OSError as e:
@@ -285,20 +318,21 @@ def build(cfg: BuildConfig, progress: bool = True, log=lambda msg: print(msg, fi
             if faults.get("kill-main") == str(done):
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        todo = []
         for index, a, b in bounds:
             shard = _load_shard(shard_path(parts, index), b - a)
             if shard is None:
                 todo.append((index, a, b))
             else:
-                store(index, a, b, shard)
+                store(index, shard)
                 reused += 1
         if reused:
             log(f"resuming: {reused} of {len(bounds)} shards were already rendered in {parts}")
 
-        if todo:
-            _run_workers(cfg, todo, parts, subset_path, pos, plan, store)
+        tasks = [(str(parts), str(subset_path), i, pos[a:b], plan.op[a:b], plan.magnitude[a:b])
+                 for i, a, b in todo]
+        _run_shards(pool, tasks, parts, store)
         bar.close()
+        t_rendered = time.perf_counter()
 
         try:
             _write_rest(f, cfg, src, plan, subset_idx, val_idx)
@@ -313,40 +347,46 @@ def build(cfg: BuildConfig, progress: bool = True, log=lambda msg: print(msg, fi
         tmp_out.unlink(missing_ok=True)
         raise
     shutil.rmtree(parts, ignore_errors=True)
-    return BuildResult(out, rows, len(bounds), reused, time.perf_counter() - t0, out.stat().st_size)
+    return BuildResult(out, rows, sum(b - a for _, a, b in todo), len(bounds), reused,
+                       seconds=time.perf_counter() - t0, load_seconds=t_render - t0,
+                       render_seconds=t_rendered - t_render, bytes=out.stat().st_size)
 
 
-def _run_workers(cfg, todo, parts, subset_path, pos, plan, store) -> None:
-    by_index = {i: (a, b) for i, a, b in todo}
-    ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=ctx,
-                               initializer=_init_worker,
-                               initargs=(os.getpid(), str(parts), str(subset_path), pos, plan.op,
-                                         plan.magnitude))
-    try:
-        pending = {pool.submit(_render_shard, i, a, b) for i, a, b in todo}
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                try:
-                    index, _ = fut.result()
-                except BrokenProcessPool:
-                    raise AugmatError(
-                        "a worker process died (killed, or out of memory) while rendering; finished "
-                        f"shards are kept in {parts}: rerun the same command to resume")
-                except OSError as e:
-                    raise _disk_error(e, f"a shard in {parts}", parts)
-                a, b = by_index[index]
-                store(index, a, b, np.load(shard_path(parts, index)))
-    finally:
-        # On any exit (Ctrl-C included) stop the workers now: drop queued shards, end the
-        # running ones; a shard file appears only once whole, so nothing half-done stays.
-        for p in list((getattr(pool, "_processes", None) or {}).values()):
-            if p.is_alive():
-                p.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
-        for stale in parts.glob("shard-*.tmp*"):  # a terminated worker's unfinished shard
-            stale.unlink(missing_ok=True)
+def _start_pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes, ``spawn``ed: a fresh interpreter holds no HDF5 handle or
+    TensorFlow state of this one. One no-op task per worker starts them all now."""
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(os.getpid(),))
+    for _ in range(workers):
+        pool.submit(_ready)
+    return pool
+
+
+def _run_shards(pool: ProcessPoolExecutor, tasks: list[tuple], parts: Path, store) -> None:
+    """Render the shards on the pool, storing each as it finishes; a dead worker or a
+    failed write ends the build with one line that says how to resume."""
+    pending = {pool.submit(_render_shard, *task) for task in tasks}
+    while pending:
+        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for fut in finished:
+            try:
+                index = fut.result()
+            except BrokenProcessPool:
+                raise AugmatError(
+                    "a worker process died (killed, or out of memory) while rendering; finished "
+                    f"shards are kept in {parts}: rerun the same command to resume")
+            except OSError as e:
+                raise _disk_error(e, f"a shard in {parts}", parts)
+            store(index, np.load(shard_path(parts, index)))
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """On any exit (Ctrl-C included) stop the workers now: drop queued shards and end
+    running ones; a shard file appears only once whole, so nothing half-done stays."""
+    for p in list((getattr(pool, "_processes", None) or {}).values()):
+        if p.is_alive():
+            p.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _write_rest(f, cfg: BuildConfig, src: SourceData, plan: RowPlan, subset_idx, val_idx) -> None:

@@ -22,7 +22,6 @@ from typing import Callable
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 # OpenCV would otherwise start its own thread pool inside every worker process;
 # augmat parallelises across processes, so one thread per process is right.
@@ -99,26 +98,30 @@ def translate_y(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
 def sharpen(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
     """Unsharp mask: out = x + a (x - blur(x)) / (1 + a), a = (0.5 - z) * 0.5.
 
-    blur is a Gaussian of sigma 1 (mode 'nearest', truncated at 4 sigma, as
-    scikit-image's ``gaussian``), run by scipy.ndimage over the whole batch at
-    once. Computed on x / 255, clipped to [0, 1], rounded back to 0..255.
+    blur is a Gaussian of sigma 1 over 9x9 pixels with edge pixels repeated (scikit-image's
+    ``gaussian`` with mode 'nearest', truncated at 4 sigma). OpenCV's GaussianBlur does a
+    32x32 image in microseconds, several times faster than one scipy.ndimage call over the
+    batch. Computed in float32 on 0..255, rounded and saturated back to uint8.
     With this formula z = 0 sharpens (a = 0.25), z = 1 blurs (a = -0.25),
     z = 0.5 is the identity.
     """
-    x = images.astype(np.float32) / np.float32(255.0)
-    blur = ndimage.gaussian_filter(x, sigma=(0, 1, 1, 0), mode="nearest", truncate=4.0)
-    a = ((np.float32(0.5) - magnitudes.astype(np.float32)) * np.float32(0.5))[:, None, None, None]
-    out = x + a * (x - blur) / (np.float32(1.0) + a)
-    return np.rint(np.clip(out, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
+    out = np.empty_like(images)
+    a = (np.float32(0.5) - magnitudes.astype(np.float32)) * np.float32(0.5)
+    c = a / (np.float32(1.0) + a)  # out = x + c (x - blur) = (1 + c) x - c blur
+    for i in range(len(images)):
+        x = images[i].astype(np.float32)
+        blur = cv2.GaussianBlur(x, (9, 9), 1.0, borderType=cv2.BORDER_REPLICATE)
+        # (1 + c) x - c blur, rounded and saturated to 0..255 in one pass.
+        out[i] = cv2.addWeighted(x, float(1.0 + c[i]), blur, float(-c[i]), 0.0, dtype=cv2.CV_8U)
+    return out
 
 
 def _apply_luts(images: np.ndarray, luts: np.ndarray) -> np.ndarray:
     """Map each image's pixels through its own 256-entry table (luts: (B, 256) uint8)."""
-    b = images.shape[0]
-    if b == 0:
-        return images.copy()
-    flat = images.reshape(b, -1).astype(np.intp) + (np.arange(b, dtype=np.intp) * 256)[:, None]
-    return luts.reshape(-1)[flat].reshape(images.shape)
+    out = np.empty_like(images)
+    for i in range(len(images)):
+        out[i] = cv2.LUT(images[i], luts[i])
+    return out
 
 
 _LEVELS = np.arange(256, dtype=np.float64) / 255.0

@@ -132,7 +132,7 @@ def test_cifar_class_names_keep_cifar_order(tmp_path):
 def test_killed_build_resumes_to_the_same_file(tmp_path, cifar_archive, tiny_h5):
     out = tmp_path / "k.h5"
     args = ["build", "--source", cifar_archive, *TINY_FLAGS, "--shard-rows", 16, "--workers", 2, "-o", out, "-q"]
-    r = run_cli(*args, env={"AUGMAT_FAULT": "kill-main@3"})
+    r = run_cli(*args, env={"AUGMAT_FAULT": "kill-main@3,slow@0.3"})
     assert r.returncode == -signal.SIGKILL
     assert leftovers(tmp_path) == []  # no output, no temporary file beside it
     parts = tmp_path / "k.h5.parts"

@@ -1,0 +1,185 @@
+"""Benchmark ``augmat build``: rendering speed per core against the seed's way, worker
+scaling, and the whole build's wall time and peak memory.
+
+    .venv/bin/python bench/bench_build.py --source ../shared/data/cifar10-jpeg.tar.gz
+
+Everything in one run, on one machine, so the ratios are comparable:
+
+A. Per core: augmat's batch ops (``apply_ops`` on 4096-row shards) against the seed's
+   way (one image at a time with scipy.ndimage / scikit-image, ``augmat.reference``), on
+   the same source images, ops and magnitudes, mixed as a build draws them; then each op.
+B. Workers: ``build()`` with 1 and 2 workers, alternating, best of ``--repeats``; the
+   render phase's images/s (worker start-up included) and the ratio.
+C. The whole ``augmat build`` command as a user runs it, from the given source: wall time
+   and peak resident memory of the process tree (sampled every 20 ms), for several
+   ``--copies`` to show memory does not grow with them.
+
+Prints a markdown report (for docs/benchmarks.md) and writes it to data/bench_build.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from augmat.build import BuildConfig, build  # noqa: E402
+from augmat.ops import OP_NAMES, OPS, apply_ops  # noqa: E402
+from augmat.reference import REFERENCE, apply_one_at_a_time  # noqa: E402
+from augmat.sources import load_source  # noqa: E402
+
+INTERPOLATION = {
+    "identity": "none",
+    "rotate": "bilinear (OpenCV warpAffine; the seed's scikit-image rotate default, order 1)",
+    "flip_lr": "none: a mirror moves whole pixels",
+    "translate_x": "none: the formula gives whole-pixel shifts",
+    "translate_y": "none: the formula gives whole-pixel shifts",
+    "sharpen": "none: Gaussian sigma 1 (scipy.ndimage, mode nearest) in float32",
+    "contrast": "none: an exact per-level lookup table",
+    "brightness": "none: an exact per-level lookup table",
+}
+
+
+def best_rate(fn, n: int, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return n / min(times)
+
+
+def python_folder(src, folder: Path) -> Path:
+    """The decoded source as a cifar-10-batches-py folder (loads in a second, so the
+    worker benchmark measures rendering, not JPEG decoding)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    def dump(name, x, y):
+        data = x.transpose(0, 3, 1, 2).reshape(len(x), -1)
+        (folder / name).write_bytes(pickle.dumps({b"data": data, b"labels": y.tolist()}))
+    per = len(src.train_labels) // 5
+    for i in range(5):
+        sl = slice(i * per, (i + 1) * per if i < 4 else None)
+        dump(f"data_batch_{i + 1}", src.train_images[sl], src.train_labels[sl])
+    dump("test_batch", src.test_images, src.test_labels)
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [c.encode() for c in src.class_names]}))
+    return folder
+
+
+def section_a(src, repeats: int) -> list[str]:
+    rng = np.random.default_rng(0)
+    n_fast, n_slow = 16384, 2048
+    x = src.train_images[rng.choice(len(src.train_images), n_fast, replace=False)]
+    codes = rng.integers(0, len(OP_NAMES), n_fast).astype(np.uint8)
+    mags = rng.random(n_fast).astype(np.float32)
+    names = [OP_NAMES[c] for c in codes]
+
+    def ours():
+        for a in range(0, n_fast, 4096):
+            apply_ops(x[a:a + 4096], codes[a:a + 4096], mags[a:a + 4096])
+
+    fast = best_rate(ours, n_fast, repeats)
+    slow = best_rate(lambda: apply_one_at_a_time(x[:n_slow], names[:n_slow], mags[:n_slow]), n_slow, repeats)
+    out = ["### A. Rendering per core (one process, mixed ops as a build draws them)", "",
+           "| way | images/s | ratio |", "| --- | ---: | ---: |",
+           f"| seed's way: one image at a time, scipy.ndimage / scikit-image | {slow:,.0f} | 1.0x |",
+           f"| augmat: batch ops on 4096-image shards | {fast:,.0f} | **{fast / slow:.1f}x** |", "",
+           "| op | augmat images/s | seed's way images/s | ratio | interpolation |",
+           "| --- | ---: | ---: | ---: | --- |"]
+    for name in OP_NAMES:
+        z = mags[:4096]
+        f = best_rate(lambda: OPS[name].fn(x[:4096], z), 4096, repeats)
+        s = best_rate(lambda: [REFERENCE[name](im, float(m)) for im, m in zip(x[:1024], z[:1024])], 1024, repeats)
+        out.append(f"| {name} | {f:,.0f} | {s:,.0f} | {f / s:.0f}x | {INTERPOLATION[name]} |")
+    return out
+
+
+def section_b(folder: Path, subset: int, copies: int, repeats: int, work: Path) -> list[str]:
+    best = {}
+    for _ in range(repeats):
+        for workers in (1, 2):
+            out = work / f"w{workers}.h5"
+            r = build(BuildConfig(source=str(folder), subset=subset, copies=copies, workers=workers,
+                                  output=str(out), force=True), progress=False, log=lambda m: None)
+            prev = best.get(workers)
+            if prev is None or r.render_seconds < prev.render_seconds:
+                best[workers] = r
+            out.unlink()
+    r1, r2 = best[1], best[2]
+    return ["### B. Workers (render phase of `build()`, worker start-up included, best of "
+            f"{repeats}, --subset {subset} --copies {copies}, {r1.rows:,} rows)", "",
+            "| workers | render s | images/s | whole build s |", "| ---: | ---: | ---: | ---: |",
+            f"| 1 | {r1.render_seconds:.2f} | {r1.images_per_second:,.0f} | {r1.seconds:.2f} |",
+            f"| 2 | {r2.render_seconds:.2f} | {r2.images_per_second:,.0f} | {r2.seconds:.2f} |", "",
+            f"2 workers / 1 worker: **{r2.images_per_second / r1.images_per_second:.2f}x** (render phase), "
+            f"{r1.seconds / r2.seconds:.2f}x (whole build, source loading included)"]
+
+
+def run_measured(cmd: list[str]) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (MiB) summed over the process tree, and stdout."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            procs = [root] + root.children(recursive=True)
+            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    out = proc.stdout.read()
+    if proc.returncode:
+        raise SystemExit(f"failed: {' '.join(cmd)}")
+    return time.perf_counter() - t, peak / 2**20, out.strip()
+
+
+def section_c(source: str, folder: Path, subset: int, copies_list, work: Path) -> list[str]:
+    augmat = [sys.executable, "-m", "augmat", "build", "-q", "--force"]
+    rows = ["### C. The whole command (wall time, peak RSS of main process + workers)", "",
+            "| command | wall s | peak RSS MiB | summary |", "| --- | ---: | ---: | --- |"]
+    for src, copies in [(source, 8)] + [(str(folder), c) for c in copies_list]:
+        cmd = augmat + ["--source", src, "--subset", str(subset), "--copies", str(copies),
+                        "-o", str(work / "c.h5")]
+        wall, peak, out = run_measured(cmd)
+        shown = "augmat build --source " + ("<JPEG archive>" if src == source else "<decoded python folder>")
+        rows.append(f"| `{shown} --subset {subset} --copies {copies}` | {wall:.1f} | {peak:,.0f} | {out} |")
+    (work / "c.h5").unlink(missing_ok=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", required=True)
+    ap.add_argument("--subset", type=int, default=10000)
+    ap.add_argument("--copies", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--work", default="data/bench-build")
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+
+    src = load_source(args.source)
+    folder = python_folder(src, work / "cifar-10-batches-py")
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    report = [f"Machine: {psutil.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+              f"Python {platform.python_version()}, numpy {np.__version__}; "
+              f"load average at start {os.getloadavg()[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""]
+    report += section_a(src, args.repeats) + [""]
+    report += section_b(folder, args.subset, args.copies, args.repeats, work) + [""]
+    report += section_c(args.source, folder, args.subset, (2, 8, 16), work)
+    report += ["", f"Load average at end {os.getloadavg()[0]:.2f}."]
+    text = "\n".join(report)
+    (work.parent / "bench_build.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
