@@ -2,7 +2,7 @@
 
 Two lines in a user's script::
 
-    ds = augmat.stream.open_dataset("data/aug10k.h5", batch_size=128, order="copies", seed=0)
+    ds = augmat.stream.open_dataset("data/aug10k.h5", batch_size=128, order="shuffle", seed=0)
     model.fit(ds, epochs=10)
 
 How a batch is made (offline mode, the default):
@@ -146,7 +146,7 @@ class Stream:
     manager) to stop its threads and close the file.
     """
 
-    def __init__(self, path: str | Path, batch_size: int = 128, order: str = "copies", seed: int = 0, *,
+    def __init__(self, path: str | Path, batch_size: int = 128, order: str = "shuffle", seed: int = 0, *,
                  mode: str = "offline", epoch_size: int | None = None, source: str | None = None,
                  buffer_rows: int = BUFFER_ROWS, block_rows: int = BLOCK_ROWS,
                  prefetch_batches: int = PREFETCH_BATCHES):
@@ -203,11 +203,10 @@ class Stream:
         self.buffer_rows = max(buffer_rows, self.block_rows)
 
         if self.mode == "offline":
-            self.pass_rows = n if self.order == "copies" else self.rows
             self.streamed_rows = self.rows
         else:
             self._src_images, self._src_labels = self._source_images(source)
-            self.pass_rows = self.streamed_rows = n
+            self.streamed_rows = n
             if self.mode == "online":
                 names = self.info.config.get("ops") or list(self.info.op_names)
                 unknown = [o for o in names if o not in self.info.op_names]
@@ -535,11 +534,11 @@ def as_keras(stream: Stream):
     return _keras_dataset_class()(stream)
 
 
-def open_dataset(path: str | Path, batch_size: int = 128, order: str = "copies", seed: int = 0, **options):
+def open_dataset(path: str | Path, batch_size: int = 128, order: str = "shuffle", seed: int = 0, **options):
     """Open a built file as a dataset for ``model.fit``: batches of (uint8 images, int32 labels).
 
-    ``order``: ``"copies"`` (each N images show every source image once, cycling through
-    its copies) or ``"shuffle"`` (all rows). Options: ``mode`` (``"offline"``, ``"online"``,
+    ``order``: ``"shuffle"`` (all rows; the default) or ``"copies"`` (each N images show
+    every source image once, cycling through its copies). Options: ``mode`` (``"offline"``, ``"online"``,
     ``"unaugmented"``), ``epoch_size`` (images per epoch; default: all the rows streamed),
     ``source``, ``buffer_rows``, ``block_rows``, ``prefetch_batches`` (see :class:`Stream`).
     The dataset's ``stream`` attribute is the underlying :class:`Stream`, with its ``stats``;

@@ -52,7 +52,7 @@ def test_two_epochs_fill_the_run_dir(tiny_h5, tmp_path):
     assert 2 * 4 <= m["stream"]["batches"] <= 2 * 4 + 2 and m["stream"]["skipped_batches"] == 0
     assert m["stream"]["shape_probes"] <= 2
     cfg = json.loads((run_dir / "config.json").read_text())
-    assert cfg["config"]["seed"] == 4 and cfg["config"]["order"] == "copies"
+    assert cfg["config"]["seed"] == 4 and cfg["config"]["order"] == "shuffle"
     assert "test acc" in r.stdout and "waited for data" in r.stdout
     model = keras.models.load_model(run_dir / "model-final.keras")
     assert type(model.layers[0]).__name__ == "Rescaling"

@@ -19,9 +19,9 @@ from ..stream import BUFFER_ROWS, ORDERS
               help="Images per epoch. Default: every row streamed once (all the file's rows; "
                    "the N source images with --online or --unaugmented). Use the subset size to "
                    "compare files with different --copies at equal gradient steps, as the seed's epochs.")
-@click.option("--order", type=click.Choice(ORDERS), default="copies", show_default=True,
-              help="copies: each N images show every source image once, cycling through its copies; "
-                   "shuffle: all rows shuffled together.")
+@click.option("--order", type=click.Choice(ORDERS), default="shuffle", show_default=True,
+              help="shuffle: all rows shuffled together; copies: each N images show every source "
+                   "image once, cycling through its copies (see docs/benchmarks.md for the comparison).")
 @click.option("--online", "mode", flag_value="online",
               help="Baseline: augment the N source images on the fly, on the CPU, with the same ops.")
 @click.option("--unaugmented", "mode", flag_value="unaugmented",
