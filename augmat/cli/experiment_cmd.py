@@ -1,0 +1,80 @@
+"""``augmat experiment``."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from ..build import default_workers
+from ..errors import AugmatError
+from ..ops import OP_NAMES
+from ..stream import ORDERS
+
+
+def _int_list(ctx, param, value: str):
+    """``10000,20000`` -> (10000, 20000); anything else is one error line (the config checks values)."""
+    try:
+        return tuple(int(v) for v in (v.strip() for v in value.split(",")) if v)
+    except ValueError:
+        raise AugmatError(f"--{param.name} {value!r}: not a comma-separated list of whole numbers "
+                          "(e.g. 10000,20000)") from None
+
+
+def _names(ctx, param, value: str | None):
+    """``rotate,flip_lr`` -> ("rotate", "flip_lr"); the config checks the names."""
+    if value is None:
+        return OP_NAMES
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@click.command("experiment")
+@click.option("--sizes", callback=_int_list, required=True, metavar="N,N,..",
+              help="Training-subset sizes, comma-separated (the seed: 10000,20000,40000).")
+@click.option("--copies", callback=_int_list, default="8", show_default=True, metavar="K,K,..",
+              help="Pre-rendered copies per image; one offline-augmented cell per value.")
+@click.option("--online", is_flag=True, help="Also train the baseline that augments fresh every epoch, on the CPU.")
+@click.option("--epochs", type=int, default=200, show_default=True,
+              help="Epochs of N images each (N/batch gradient steps), the same for every mode.")
+@click.option("--repeats", type=int, default=1, show_default=True,
+              help="Runs per cell, with training seeds --seed, --seed+1, ...")
+@click.option("--out", type=str, default="reports/experiment", show_default=True, metavar="DIR",
+              help="Where the files, the runs and the report go. Rerun with the same --out to resume.")
+@click.option("--source", type=str, default=None, metavar="PATH",
+              help="As for `augmat build` (default: CIFAR-10 from the Keras cache).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the split, the subsets and the rendered copies; repeats train with seed+r.")
+@click.option("--workers", type=int, default=default_workers(), show_default="all cores",
+              help="Worker processes that render the files.")
+@click.option("--ops", callback=_names, default=None, metavar="A,B,..", help="Ops to draw from (default: all).")
+@click.option("--val", type=int, default=10000, show_default=True, metavar="M",
+              help="Unaugmented validation images, the same for every size (the seed's 20% of 50,000).")
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Images per gradient step.")
+@click.option("--order", type=click.Choice(ORDERS), default="copies", show_default=True,
+              help="Offline stream order, as for `augmat train`.")
+def experiment_command(**options) -> None:
+    """Reproduce the seed's table: train the seed CNN unaugmented, on pre-rendered copies
+    and (--online) augmented fresh every epoch, for each size, at equal gradient steps.
+
+    \b
+      augmat experiment --sizes 10000,20000,40000 --epochs 200 --out reports/seed-table
+      augmat experiment --sizes 10000 --copies 1,2,4,8,16 --online --out reports/copies
+      augmat experiment --sizes 1000 --copies 2 --epochs 2 --out /tmp/smoke
+
+    Writes results.md, results.json, curves.png and bars.png into --out after every run.
+    A stopped experiment resumes: finished runs are kept and skipped. Keras backend: KERAS_BACKEND.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from ..experiment import ExperimentConfig, command_line, run_experiment
+
+    cfg = ExperimentConfig(**options)
+    try:
+        run_experiment(cfg, command=command_line(cfg), log=click.echo)
+    except KeyboardInterrupt:
+        click.echo(f"augmat: interrupted; finished runs and their report are in {cfg.out}: "
+                   "rerun the same command to resume", err=True)
+        sys.exit(130)
+
+
+COMMANDS = [experiment_command]
