@@ -517,8 +517,9 @@ def plot_curves(cfg: ExperimentConfig, rows: list[dict], path: Path) -> None:
         ax.set_xlabel(f"epoch ({n:,} images)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("validation accuracy")
-    if axes[0][-1].get_legend_handles_labels()[0]:
-        axes[0][-1].legend(fontsize=8, loc="lower right")
+    with_lines = [ax for ax in axes[0] if ax.get_legend_handles_labels()[0]]
+    if with_lines:  # the last panel with runs (a stopped experiment has none in later ones)
+        with_lines[-1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     _save(fig, path)
 
