@@ -275,7 +275,7 @@ def build(cfg: BuildConfig, progress: bool = True, log=lambda msg: print(msg, fi
 def _build(cfg, pool, chunk_rows, shard_rows, out, t0, progress, log) -> BuildResult:
     from tqdm import tqdm
 
-    src: SourceData = load_source(cfg.source)
+    src: SourceData = load_source(cfg.source, progress)
     subset_idx, val_idx = split_indices(src.train_labels, cfg.subset, cfg.val, cfg.seed)
     plan: RowPlan = plan_rows(subset_idx, cfg.copies, list(cfg.ops), cfg.seed, cfg.include_originals)
     rows = len(plan)

@@ -129,7 +129,7 @@ def _open_tar(path: Path) -> tarfile.TarFile:
 _ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
 
 
-def load_tar(path: Path) -> SourceData:
+def load_tar(path: Path, progress: bool = True) -> SourceData:
     """A cifar-10-python.tar.gz, or a .tar.gz of an image tree (told apart by content)."""
     try:
         with _open_tar(path) as tar:
@@ -149,7 +149,7 @@ def load_tar(path: Path) -> SourceData:
             # decompresses it again from the start.
             files = [(n, tar.extractfile(m).read()) for n, m in members.items()
                      if n.lower().endswith(IMAGE_SUFFIXES)]
-            return _from_image_files(files, lambda raw: raw, path, "image-archive")
+            return _from_image_files(files, lambda raw: raw, path, "image-archive", progress)
     except _ARCHIVE_ERRORS as e:
         raise AugmatError(f"{path}: the archive is corrupt or truncated ({type(e).__name__}: {e}); "
                           "download or copy it again")
@@ -191,7 +191,7 @@ def _decode_image(raw: bytes, where: str) -> np.ndarray:
         raise AugmatError(f"{where}: not a readable image ({e})")
 
 
-def _from_image_files(files, read, path, kind) -> SourceData:
+def _from_image_files(files, read, path, kind, progress: bool = True) -> SourceData:
     tree = _split_tree([n for n, _ in files], path)
     handle = dict(files)
     classes = _class_order(tree["train"])
@@ -202,7 +202,7 @@ def _from_image_files(files, read, path, kind) -> SourceData:
     from tqdm import tqdm
     total = sum(len(v) for split in tree.values() for v in split.values())
     with tqdm(total=total, desc="decoding source", unit="img", leave=False,
-              disable=total < 5000) as bar:
+              disable=not progress or total < 5000) as bar:
         for split in ("train", "test"):
             xs, ys = [], []
             for label, cls in enumerate(classes):
@@ -215,9 +215,9 @@ def _from_image_files(files, read, path, kind) -> SourceData:
     return _finish(*arrays["train"], *arrays["test"], classes, kind, path)
 
 
-def load_image_folder(folder: Path) -> SourceData:
+def load_image_folder(folder: Path, progress: bool = True) -> SourceData:
     files = [(str(p), p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    return _from_image_files(files, lambda p: p.read_bytes(), folder, "image-folder")
+    return _from_image_files(files, lambda p: p.read_bytes(), folder, "image-folder", progress)
 
 
 # --- the Keras cache -----------------------------------------------------------------
@@ -248,11 +248,12 @@ def load_keras_cifar10() -> SourceData:
     return load_keras_cifar10()
 
 
-def load_source(source: str | os.PathLike | None) -> SourceData:
-    """Load the whole source (training and test splits) into memory."""
+def load_source(source: str | os.PathLike | None, progress: bool = True) -> SourceData:
+    """Load the whole source (training and test splits) into memory; ``progress``: show a
+    progress bar while decoding a large image tree."""
     if source is None or str(source) == "":
         return load_keras_cifar10()
-    path = Path(source).expanduser().absolute()  # recorded in the file: must work from anywhere
+    path = Path(os.path.abspath(Path(source).expanduser()))  # recorded in the file: works from anywhere
     if not path.exists():
         raise AugmatError(f"--source {source}: no such file or folder")
     if not os.access(path, os.R_OK):
@@ -262,11 +263,11 @@ def load_source(source: str | os.PathLike | None) -> SourceData:
             return load_cifar_python_folder(path)
         if (path / "cifar-10-batches-py" / "data_batch_1").exists():
             return load_cifar_python_folder(path / "cifar-10-batches-py")
-        return load_image_folder(path)
+        return load_image_folder(path, progress)
     try:
         is_tar = tarfile.is_tarfile(path)
     except OSError as e:
         raise AugmatError(f"--source {source}: cannot read it ({e.strerror})")
     if not is_tar:
         raise AugmatError(f"--source {source}: not a tar archive or a folder; it may be corrupt or truncated")
-    return load_tar(path)
+    return load_tar(path, progress)

@@ -46,6 +46,7 @@ ROW_DATASETS = {          # name: (dtype, shape after the row axis)
     "magnitude": (np.float32, ()),
 }
 SPLIT_DATASETS = ("val/images", "val/labels", "test/images", "test/labels")
+INDEX_DATASETS = ("subset_index", "val/source_index")
 
 
 def create_rows(f: h5py.File, name: str, n: int, dtype, tail=(), chunk_rows: int | None = None) -> h5py.Dataset:
@@ -118,7 +119,7 @@ def _check(f: h5py.File, path: Path) -> FileInfo:
         raise _fail(path, "an HDF5 file not written by augmat (no augmat_format attribute)")
     if int(f.attrs["augmat_format"]) > FORMAT_VERSION:
         raise _fail(path, f"written in augmat file format {int(f.attrs['augmat_format'])}; upgrade augmat to read it")
-    missing = [n for n in list(ROW_DATASETS) + list(SPLIT_DATASETS) if n not in f]
+    missing = [n for n in (*ROW_DATASETS, *SPLIT_DATASETS, *INDEX_DATASETS) if n not in f]
     if missing:
         raise _fail(path, f"missing datasets {', '.join(missing)}; not a complete augmat file")
     rows = f["images"].shape[0]

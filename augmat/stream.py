@@ -182,8 +182,6 @@ class Stream:
 
     def _prepare(self, source, buffer_rows: int, block_rows: int, epoch_size) -> None:
         f, path = self._file, self.info.path
-        if "subset_index" not in f:
-            raise AugmatError(f"{path}: missing dataset subset_index; not a complete augmat file")
         self.rows = self.info.rows
         self.sources = int(f["subset_index"].shape[0])          # N
         n = self.sources

@@ -91,7 +91,7 @@ def _damaged(kind: str, tiny_h5: Path, tmp: Path) -> Path:
     ("truncated", "truncated"),
     ("corrupted", r"images rows 0-\d+ cannot be read .*damaged"),
     ("missing", "missing datasets labels"),
-    ("no-subset", "missing dataset subset_index"),
+    ("no-subset", "missing datasets subset_index"),
     ("foreign", "not written by augmat"),
     ("28px", r"expected uint8 \(120, 32, 32, 3\)"),
 ])
