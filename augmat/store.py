@@ -141,3 +141,29 @@ def _check(f: h5py.File, path: Path) -> FileInfo:
         source=json.loads(f.attrs["source"]), version=str(f.attrs["augmat_version"]),
         val_rows=f["val/images"].shape[0], test_rows=f["test/images"].shape[0],
     )
+
+
+def read_rows(ds: h5py.Dataset, a: int = 0, b: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows [a, b) of a dataset (all rows by default) in one h5py call, into ``out`` if
+    given. A chunk that fails its fletcher32 checksum, or a truncated file, becomes one
+    AugmatError naming the file, the dataset and the exact rows of the bad chunk.
+    Every reader of augmat files reads through here."""
+    b = ds.shape[0] if b is None else b
+    try:
+        if out is None:
+            return ds[a:b]
+        ds.read_direct(out, source_sel=np.s_[a:b])
+        return out
+    except OSError:
+        path, name = ds.file.filename, ds.name.lstrip("/")
+        step = ds.chunks[0] if ds.chunks else max(b - a, 1)
+        for c in range(a - a % step, b, step):  # find the chunk that fails, for the message
+            lo, hi = max(c, a), min(c + step, b)
+            try:
+                ds[lo:hi]
+            except OSError as e:
+                raise AugmatError(f"{path}: {name} rows {lo}-{hi - 1} cannot be read ({e}); the file is "
+                                  "damaged (a chunk failed its checksum, or the file is truncated): "
+                                  "rebuild it with `augmat build`") from None
+        raise AugmatError(f"{path}: {name} rows {a}-{b - 1} cannot be read; the file is damaged: "
+                          "rebuild it with `augmat build`") from None

@@ -60,7 +60,7 @@ import numpy as np
 
 from .errors import AugmatError
 from .plan import ORIGINAL_COPY
-from .store import open_file
+from .store import open_file, read_rows
 
 ORDERS = ("copies", "shuffle")
 MODES = ("offline", "online", "unaugmented")
@@ -110,33 +110,9 @@ def load_split(path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         raise AugmatError(f"unknown split {split!r}; choose val or test")
     f, info = open_file(path)
     try:
-        return (_read(f[f"{split}/images"], 0, f[f"{split}/images"].shape[0], info.path, f"{split}/images"),
-                _read(f[f"{split}/labels"], 0, f[f"{split}/labels"].shape[0], info.path,
-                      f"{split}/labels").astype(np.int32))
+        return read_rows(f[f"{split}/images"]), read_rows(f[f"{split}/labels"]).astype(np.int32)
     finally:
         f.close()
-
-
-def _read(ds, a: int, b: int, path: Path, name: str = "images", out: np.ndarray | None = None) -> np.ndarray:
-    """Rows [a, b) of a dataset in one call; a chunk that fails its checksum (or a
-    truncated file) becomes an AugmatError naming the file and the exact rows."""
-    try:
-        if out is None:
-            return ds[a:b]
-        ds.read_direct(out, source_sel=np.s_[a:b])
-        return out
-    except OSError:
-        step = ds.chunks[0] if ds.chunks else b - a
-        for c in range(a - a % step, b, step):  # find the chunk that fails, for the message
-            lo, hi = max(c, a), min(c + step, b)
-            try:
-                ds[lo:hi]
-            except OSError as e:
-                raise AugmatError(f"{path}: {name} rows {lo}-{hi - 1} cannot be read ({e}); the file is "
-                                  "damaged (a chunk failed its checksum, or the file is truncated): "
-                                  "rebuild it with `augmat build`") from None
-        raise AugmatError(f"{path}: {name} rows {a}-{b - 1} cannot be read; the file is damaged: "
-                          "rebuild it with `augmat build`") from None
 
 
 class Stream:
@@ -185,7 +161,7 @@ class Stream:
         self.rows = self.info.rows
         self.sources = int(f["subset_index"].shape[0])          # N
         n = self.sources
-        copy = _read(f["copy"], 0, self.rows, path, "copy")
+        copy = read_rows(f["copy"])
         if n < 1 or self.rows % n:
             raise AugmatError(f"{path}: {self.rows} rows are not whole blocks of the {n} subset images")
         self.blocks = self.rows // n                            # copy blocks, originals included
@@ -194,7 +170,7 @@ class Stream:
             if (copy[k * n:(k + 1) * n] != c).any():
                 raise AugmatError(f"{path}: rows {k * n}-{(k + 1) * n - 1} mix several copies; "
                                   "not stored copy block after copy block")
-        self._labels = _read(f["labels"], 0, self.rows, path, "labels").astype(np.int32)
+        self._labels = read_rows(f["labels"]).astype(np.int32)
         self._images = f["images"]
         chunk = self._images.chunks[0] if self._images.chunks else self.rows
         self.block_rows = max(chunk, block_rows - block_rows % chunk)
@@ -226,8 +202,8 @@ class Stream:
         f, path, n = self._file, self.info.path, self.sources
         if ORIGINAL_COPY in self.block_copy:
             a = self.block_copy.index(ORIGINAL_COPY) * n
-            order = np.argsort(_read(f["source_index"], a, a + n, path, "source_index"), kind="stable")
-            images = _read(self._images, a, a + n, path)
+            order = np.argsort(read_rows(f["source_index"], a, a + n), kind="stable")
+            images = read_rows(self._images, a, a + n)
             return images[order], self._labels[a:a + n][order]
         recorded = self.info.source.get("path")
         candidates = [source] if source else [recorded, str(path.parent / recorded)] if recorded else []
@@ -291,7 +267,7 @@ class Stream:
         t0 = time.perf_counter()
         o = 0
         for a, b in ranges:
-            _read(self._images, a, b, self.info.path, out=images[o:o + b - a])
+            read_rows(self._images, a, b, out=images[o:o + b - a])
             o += b - a
         rows = np.concatenate([np.arange(a, b) for a, b in ranges])
         with self._lock:
