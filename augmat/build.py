@@ -17,7 +17,8 @@ The result is identical for any number of workers and any shard size.
 
 For tests, ``AUGMAT_FAULT`` injects failures (comma-separated):
 ``kill-worker@S`` a worker SIGKILLs itself on shard S; ``enospc@S`` writing shard S
-fails with a full disk; ``kill-main@K`` the main process SIGKILLs itself after K
+fails with a full disk; ``enospc-store@K`` the main process's write of the K-th shard
+into the output fails with a full disk; ``kill-main@K`` the main process SIGKILLs itself after K
 shards are stored; ``slow@SECONDS`` each shard takes that much longer.
 """
 
@@ -99,7 +100,10 @@ class BuildConfig:
 
     def content_key(self, source_sha256: str) -> str:
         content = {k: getattr(self, k) for k in self.CONTENT_FIELDS}
-        content.update(source=source_sha256, shard_rows=self.shard_rows, format=FORMAT_VERSION)
+        # The version too: a newer augmat's ops may render differently, so an older
+        # build's shards are not reused.
+        content.update(source=source_sha256, shard_rows=self.shard_rows, format=FORMAT_VERSION,
+                       version=__version__)
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
@@ -310,6 +314,8 @@ def _build(cfg, pool, chunk_rows, shard_rows, out, t0, progress, log) -> BuildRe
             nonlocal done
             _, a, b = bounds[index]
             try:
+                if faults.get("enospc-store") == str(done + 1):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_out))
                 images[a:b] = shard
             except OSError as e:
                 raise _disk_error(e, tmp_out, parts)
@@ -338,6 +344,8 @@ def _build(cfg, pool, chunk_rows, shard_rows, out, t0, progress, log) -> BuildRe
             _write_rest(f, cfg, src, plan, subset_idx, val_idx)
             f.close()
             f = None
+            with open(tmp_out, "rb+") as fh:  # on disk before it takes the final name
+                os.fsync(fh.fileno())
             os.replace(tmp_out, out)
         except OSError as e:
             raise _disk_error(e, tmp_out, parts)

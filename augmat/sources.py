@@ -3,7 +3,8 @@
 Accepted sources (``--source``):
 
 * nothing: CIFAR-10 the Keras way, from the ``~/.keras/datasets`` cache (``$KERAS_HOME``
-  is honoured), downloading it once through Keras when the machine can;
+  is honoured), downloading it once through Keras when the machine can (never when
+  ``AUGMAT_NO_DOWNLOAD`` is set);
 * the official python archive ``cifar-10-python.tar.gz`` or its extracted
   ``cifar-10-batches-py/`` folder;
 * a class-per-folder image tree ``train/<class>/*.png|jpg`` and ``test/<class>/...``,
@@ -235,6 +236,10 @@ def load_keras_cifar10() -> SourceData:
     for archive in (base / "cifar-10-batches-py.tar.gz", base / "cifar-10-python.tar.gz"):
         if archive.is_file():
             return load_tar(archive)
+    if os.environ.get("AUGMAT_NO_DOWNLOAD"):
+        raise AugmatError(f"CIFAR-10 is not in the Keras cache ({base}) and AUGMAT_NO_DOWNLOAD is set; "
+                          "pass --source PATH (cifar-10-python.tar.gz, its extracted folder, or a "
+                          "train/<class>/ image folder or .tar.gz)")
     try:  # download once, the Keras way; fails fast without a network
         import socket
         socket.setdefaulttimeout(20)

@@ -252,6 +252,17 @@ def test_disk_full_mid_build(tmp_path, cifar_archive):
     assert not list((tmp_path / "f.h5.parts").glob("*.tmp*"))
 
 
+def test_disk_full_while_storing_into_the_output(tmp_path, cifar_archive, tiny_h5):
+    args = ["--source", cifar_archive, *TINY_FLAGS, "--shard-rows", 16, "--workers", 1, "-o", "s.h5"]
+    line = _bad(tmp_path, *args, env={"AUGMAT_FAULT": "enospc-store@3"}, expect="disk full")
+    assert "rerun the same command" in line
+    assert leftovers(tmp_path) == []
+    assert not list((tmp_path / "s.h5.parts").glob("*.tmp*"))
+    r = run_cli("build", *args, "-q", cwd=tmp_path)
+    assert r.returncode == 0 and "resuming" in r.stderr
+    assert_same_content(tmp_path / "s.h5", tiny_h5)
+
+
 def test_worker_killed(tmp_path, cifar_archive):
     line = _bad(tmp_path, "--source", cifar_archive, *TINY_FLAGS, "--shard-rows", 16, "--workers", 2,
                 "-o", "w.h5", env={"AUGMAT_FAULT": "kill-worker@1"}, expect="worker process died")
@@ -260,7 +271,21 @@ def test_worker_killed(tmp_path, cifar_archive):
 
 
 def test_no_source_offline_without_keras_cache(tmp_path):
-    _bad(tmp_path, "--subset", 10, env={"KERAS_HOME": str(tmp_path / "kh")}, expect="pass --source")
+    # AUGMAT_NO_DOWNLOAD keeps the test from downloading CIFAR-10 where a network exists.
+    _bad(tmp_path, "--subset", 10, env={"KERAS_HOME": str(tmp_path / "kh"), "AUGMAT_NO_DOWNLOAD": "1"},
+         expect="pass --source")
+
+
+def test_keras_cache_is_the_default_source(tmp_path, cifar_archive):
+    datasets = tmp_path / "kh" / "datasets" / "cifar-10-batches-py-target"
+    datasets.mkdir(parents=True)
+    with tarfile.open(cifar_archive) as tar:
+        tar.extractall(datasets, filter="data")
+    r = run_cli("build", "--subset", 10, "--copies", 1, "--val", 0, "-q", "-o", "k.h5", cwd=tmp_path,
+                env={"KERAS_HOME": str(tmp_path / "kh"), "AUGMAT_NO_DOWNLOAD": "1"})
+    assert r.returncode == 0, r.stderr
+    with h5py.File(tmp_path / "k.h5") as f:
+        assert json.loads(f.attrs["source"])["kind"] == "keras-cache"
 
 
 def test_default_output_path_and_summary(tmp_path, cifar_archive):
