@@ -142,13 +142,13 @@ def image_chunks(f: h5py.File) -> tuple[int, int]:
 # --- the summary -----------------------------------------------------------------------
 
 def unfinished_build(path: Path) -> dict | None:
-    """The parts folder (and temporary file) an interrupted ``augmat build`` leaves beside its output."""
+    """The parts folder an interrupted ``augmat build`` leaves beside its output: its
+    finished shards and, once copying began, its temporary file ``<file>.parts/<file>.tmp``."""
     parts = path.with_name(path.name + ".parts")
-    tmp = path.with_name(path.name + ".tmp")
-    if not parts.is_dir() and not tmp.exists():
+    if not parts.is_dir():
         return None
-    shards = len(list(parts.glob("shard-*.npy"))) if parts.is_dir() else 0
-    return {"parts": str(parts) if parts.is_dir() else None, "shards": shards,
+    tmp = parts / (path.name + ".tmp")
+    return {"parts": str(parts), "shards": len(list(parts.glob("shard-*.npy"))),
             "tmp": str(tmp) if tmp.exists() else None}
 
 
@@ -246,10 +246,8 @@ def format_summary(s: dict) -> str:
     lines.append(f"  complete    {state}")
     ub = s["unfinished_build"]
     if ub:
-        where = ub["parts"] or ub["tmp"]
-        lines.append(f"  note        an unfinished build sits beside it: {where}"
-                     + (f" ({ub['shards']} shards done)" if ub["parts"] else "")
-                     + "; rerun its `augmat build` to resume, or delete it")
+        lines.append(f"  note        an unfinished build sits beside it: {ub['parts']} ({ub['shards']} shards done)"
+                     "; rerun its `augmat build` to resume, or delete it")
     most = max(s["rows_per_class"].values(), default=0)
     width = max((len(n) for n in s["rows_per_class"]), default=0)
     lines.append("rows per class")

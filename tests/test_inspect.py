@@ -114,12 +114,21 @@ def test_text_summary(tiny):
 
 
 def test_summary_notes_an_unfinished_build_beside_the_file(tiny):
+    """The build keeps everything unfinished in <file>.parts/, its temporary file included."""
     parts = tiny.with_name(tiny.name + ".parts")
     parts.mkdir()
     np.save(parts / "shard-00000.npy", np.zeros((1, 32, 32, 3), np.uint8))
     assert summarize(tiny)["unfinished_build"] == {"parts": str(parts), "shards": 1, "tmp": None}
     r = run("inspect", tiny)
     assert r.exit_code == 0 and f"an unfinished build sits beside it: {parts} (1 shards done)" in r.stdout
+    (parts / (tiny.name + ".tmp")).write_bytes(b"half a file")
+    assert summarize(tiny)["unfinished_build"]["tmp"] == str(parts / (tiny.name + ".tmp"))
+
+
+def test_a_tmp_file_beside_the_output_is_not_an_unfinished_build(tiny):
+    tiny.with_name(tiny.name + ".tmp").write_bytes(b"someone else's")  # the build never writes here
+    assert summarize(tiny)["unfinished_build"] is None
+    assert "unfinished" not in run("inspect", tiny).stdout
 
 
 def test_originals_are_counted_apart(chunky):
