@@ -30,7 +30,8 @@ DRAW_STREAM = 2
 ORIGINAL_COPY = -1  # ``copy`` value of an unaugmented original row
 
 
-def _rng(seed: int, *key: int) -> np.random.Generator:
+def seeded_rng(seed: int, *key: int) -> np.random.Generator:
+    """The random stream ``SeedSequence(seed, spawn_key=key)``."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
@@ -70,7 +71,7 @@ def split_indices(labels: np.ndarray, subset: int, val: int, seed: int) -> tuple
         raise AugmatError(
             f"--subset {subset} is larger than the {max(n_train - val, 0)} training images "
             f"left after --val {val} (the source has {n_train}); lower --subset or --val")
-    rng = _rng(seed, SPLIT_STREAM)
+    rng = seeded_rng(seed, SPLIT_STREAM)
     classes = np.unique(labels)
     pools = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
     val_parts = _stratified_take(pools, val)
@@ -95,15 +96,23 @@ class RowPlan:
         return len(self.source_index)
 
 
-def draw_copies(seed: int, source_index: int, copies: int, allowed_ops: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """The (op code, magnitude) of copies 0..copies-1 of one source image.
+def draw_ops(rng: np.random.Generator, n: int, allowed_ops) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` draws of (op code uint8, magnitude float32): one op uniform among
+    ``allowed_ops`` (op codes) and one magnitude uniform in [0, 1) each.
 
-    Two uniforms per copy, drawn row by row, so copy k is the same whatever ``copies``
-    is: u0 picks the op uniformly among ``allowed_ops``, u1 is the magnitude.
+    Two uniforms per draw, drawn row by row, so draw k is the same whatever ``n`` is:
+    u0 picks the op, u1 is the magnitude. The build (:func:`draw_copies`) and the online
+    stream (:mod:`augmat.stream`) both draw with this.
     """
-    u = _rng(seed, DRAW_STREAM, int(source_index)).random((copies, 2))
-    ops = np.asarray(allowed_ops, dtype=np.uint8)[(u[:, 0] * len(allowed_ops)).astype(np.int64)]
-    return ops, u[:, 1].astype(np.float32)
+    allowed = np.asarray(allowed_ops, dtype=np.uint8)
+    u = rng.random((n, 2))
+    return allowed[(u[:, 0] * len(allowed)).astype(np.int64)], u[:, 1].astype(np.float32)
+
+
+def draw_copies(seed: int, source_index: int, copies: int, allowed_ops: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The (op code, magnitude) of copies 0..copies-1 of one source image: copy k is the
+    same whatever ``copies`` is (see :func:`draw_ops`)."""
+    return draw_ops(seeded_rng(seed, DRAW_STREAM, int(source_index)), copies, allowed_ops)
 
 
 def plan_rows(subset_indices: np.ndarray, copies: int, ops: list[str], seed: int,
@@ -119,9 +128,9 @@ def plan_rows(subset_indices: np.ndarray, copies: int, ops: list[str], seed: int
     for j, src in enumerate(subset_indices):
         op_table[j], mag_table[j] = draw_copies(seed, int(src), copies, allowed)
 
-    blocks = [(k, _rng(seed, ORDER_STREAM, k).permutation(n)) for k in range(copies)]
+    blocks = [(k, seeded_rng(seed, ORDER_STREAM, k).permutation(n)) for k in range(copies)]
     if include_originals:
-        blocks.append((ORIGINAL_COPY, _rng(seed, ORDER_STREAM, copies + 1000).permutation(n)))
+        blocks.append((ORIGINAL_COPY, seeded_rng(seed, ORDER_STREAM, copies + 1000).permutation(n)))
     # Where one block ends with the image the next begins with, rotate the next one.
     for b in range(1, len(blocks)):
         k, order = blocks[b]

@@ -59,7 +59,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import AugmatError
-from .plan import ORIGINAL_COPY
+from .plan import ORIGINAL_COPY, draw_ops, seeded_rng
 from .store import open_file, read_rows
 
 ORDERS = ("copies", "shuffle")
@@ -71,10 +71,6 @@ PREFETCH_BATCHES = 8       # batches made ahead of the training step
 # Independent random streams, SeedSequence(seed, spawn_key=(stream, pass[, window])).
 _BLOCK_STREAM, _ROW_STREAM, _SOURCE_STREAM, _DRAW_STREAM = 0, 1, 2, 3
 _POLL_S = 0.1              # how often a blocked thread checks whether the stream was closed
-
-
-def _rng(seed: int, *key: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
 @dataclass
@@ -229,13 +225,13 @@ class Stream:
         step = self.block_rows  # cut on multiples of block_rows: every read starts on a chunk boundary
         cuts = [lo] + list(range(lo - lo % step + step, hi, step)) + [hi]
         ranges = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-        ranges = [ranges[i] for i in _rng(self.seed, _BLOCK_STREAM, p).permutation(len(ranges))]
+        ranges = [ranges[i] for i in seeded_rng(self.seed, _BLOCK_STREAM, p).permutation(len(ranges))]
         window: list[tuple[int, int]] = []
         w = 0
         for r in ranges + [None]:
             if r is None or (window and sum(b - a for a, b in window) + r[1] - r[0] > self.buffer_rows):
                 size = sum(b - a for a, b in window)
-                yield window, _rng(self.seed, _ROW_STREAM, p, w).permutation(size)
+                yield window, seeded_rng(self.seed, _ROW_STREAM, p, w).permutation(size)
                 window, w = [], w + 1
             if r is not None:
                 window.append(r)
@@ -247,12 +243,10 @@ class Stream:
                 for ranges, order in self._pass_windows(p):
                     yield self._read_window(ranges, order)
             else:
-                perm = _rng(self.seed, _SOURCE_STREAM, p).permutation(self.sources)
+                perm = seeded_rng(self.seed, _SOURCE_STREAM, p).permutation(self.sources)
                 ops = mags = None
                 if self.mode == "online":
-                    u = _rng(self.seed, _DRAW_STREAM, p).random((self.sources, 2))
-                    ops = self._allowed_ops[(u[:, 0] * len(self._allowed_ops)).astype(np.int64)]
-                    mags = u[:, 1].astype(np.float32)
+                    ops, mags = draw_ops(seeded_rng(self.seed, _DRAW_STREAM, p), self.sources, self._allowed_ops)
                 for a in range(0, self.sources, self.buffer_rows):
                     sel = perm[a:a + self.buffer_rows]
                     self._buffered(len(sel))

@@ -7,7 +7,7 @@ import pytest
 
 from augmat.errors import AugmatError
 from augmat.ops import OP_NAMES
-from augmat.plan import ORIGINAL_COPY, draw_copies, plan_rows, split_indices
+from augmat.plan import DRAW_STREAM, ORIGINAL_COPY, draw_copies, draw_ops, plan_rows, seeded_rng, split_indices
 
 LABELS = np.repeat(np.arange(10), 100).astype(np.uint8)  # 1000 images, 100 per class
 
@@ -55,6 +55,19 @@ def test_copy_draws_do_not_depend_on_the_number_of_copies():
     np.testing.assert_array_equal(a_ops, b_ops[:4])
     np.testing.assert_array_equal(a_mag, b_mag[:4])
     assert a_mag.dtype == np.float32 and ((0 <= a_mag) & (a_mag < 1)).all()
+
+
+def test_draw_copies_is_draw_ops_on_the_copy_stream():
+    ops = [OP_NAMES.index("rotate"), OP_NAMES.index("flip_lr"), OP_NAMES.index("contrast")]
+    got_ops, got_mags = draw_copies(7, 123, 6, ops)
+    want_ops, want_mags = draw_ops(seeded_rng(7, DRAW_STREAM, 123), 6, np.array(ops, np.uint8))
+    np.testing.assert_array_equal(got_ops, want_ops)
+    np.testing.assert_array_equal(got_mags, want_mags)
+    assert want_ops.dtype == np.uint8 and want_mags.dtype == np.float32
+    # The formula, spelled out once here: u0 picks the op, u1 is the magnitude.
+    u = np.random.default_rng(np.random.SeedSequence(7, spawn_key=(DRAW_STREAM, 123))).random((6, 2))
+    np.testing.assert_array_equal(want_ops, np.array(ops, np.uint8)[(u[:, 0] * 3).astype(np.int64)])
+    np.testing.assert_array_equal(want_mags, u[:, 1].astype(np.float32))
 
 
 def test_draws_cover_every_allowed_op_uniformly():

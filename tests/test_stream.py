@@ -126,6 +126,24 @@ def test_online_draws_fresh_augmentations_from_the_sources(medium_h5, medium):
     assert 0.5 < changed < 1 and redrawn > 0.5     # most images changed, and differently each pass
 
 
+def test_online_draws_are_the_builds_draw_ops(medium_h5, medium):
+    """Online mode draws (op, magnitude) with plan.draw_ops, the build's own function,
+    from the stream's draw stream of each pass, and renders them with apply_ops."""
+    from augmat.ops import apply_ops
+    from augmat.plan import draw_ops, seeded_rng
+    from augmat.stream import _DRAW_STREAM, _SOURCE_STREAM
+    originals = medium["images"][medium["copy"] == -1][np.argsort(medium["source_index"][medium["copy"] == -1])]
+    with Stream(medium_h5, batch_size=40, seed=3, mode="online", buffer_rows=64) as s:
+        allowed = s._allowed_ops
+        for p in range(2):
+            batches = list(s.batches())
+            rows = np.concatenate([b.rows for b in batches])
+            np.testing.assert_array_equal(rows, seeded_rng(3, _SOURCE_STREAM, p).permutation(200))
+            ops, mags = draw_ops(seeded_rng(3, _DRAW_STREAM, p), 200, allowed)
+            want = apply_ops(originals[rows], ops, mags, s.info.op_names)
+            np.testing.assert_array_equal(np.concatenate([b.images for b in batches]), want)
+
+
 def test_online_without_originals_needs_the_source(tiny_h5, cifar_archive, tmp_path):
     with Stream(tiny_h5, batch_size=8, seed=0, mode="unaugmented", source=str(cifar_archive)) as s:
         assert s.epoch_size == 40
