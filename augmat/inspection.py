@@ -31,10 +31,11 @@ from .errors import AugmatError
 from .ops import OPS, apply_ops
 from .plan import ORIGINAL_COPY
 from .sources import SourceData, load_source
-from .store import FileInfo, open_file
+from .store import FileInfo, open_file, read_rows
 
 HIST_BINS = 10
 VECTORS = ("labels", "op", "magnitude", "copy", "source_index")
+SIDE_VECTORS = ("subset_index", "val/source_index", "val/labels", "test/labels")
 
 
 # --- reading helpers -------------------------------------------------------------------
@@ -53,15 +54,17 @@ def rows_text(rows, limit: int = 8) -> str:
     return f"{noun} {', '.join(parts)}{more}{total}"
 
 
-def read_vectors(f: h5py.File, names=VECTORS) -> dict[str, np.ndarray]:
-    """The small per-row datasets, whole; a damaged one is one AugmatError line."""
-    out = {}
-    for name in names:
-        try:
-            out[name] = f[name][...]
-        except OSError as e:
-            raise AugmatError(f"{f.filename}: cannot read dataset {name} ({e}); "
-                              "run `augmat inspect --verify` to find the damaged rows") from None
+def read_picked(ds: h5py.Dataset, rows) -> np.ndarray:
+    """``ds[rows]`` for row numbers in any order, through :func:`augmat.store.read_rows`
+    (a damaged chunk is one AugmatError line): one read per chunk the rows touch."""
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty((len(rows),) + ds.shape[1:], ds.dtype)
+    step = ds.chunks[0] if ds.chunks else max(ds.shape[0], 1)
+    order = np.argsort(rows, kind="stable")
+    for idx in np.split(order, np.flatnonzero(np.diff(rows[order] // step)) + 1):
+        if len(idx):
+            lo, hi = int(rows[idx].min()), int(rows[idx].max()) + 1
+            out[idx] = read_rows(ds, lo, hi)[rows[idx] - lo]
     return out
 
 
@@ -120,10 +123,10 @@ def scan_chunks(f: h5py.File) -> tuple[int, int, list[ChunkProblem]]:
                 problems.append(ChunkProblem(name, start, stop, "never written (a missing shard)"))
                 continue
             try:
-                block = ds[sel]
-            except OSError as e:
-                what = "fletcher32 checksum mismatch" if "fletcher" in str(e).lower() or "filter" in str(e).lower() \
-                    else f"unreadable ({e})"
+                block = read_rows(ds, start, stop)
+            except AugmatError as e:
+                what = "fletcher32 checksum mismatch" if "filter" in str(e).lower() \
+                    else "unreadable (the file is truncated or damaged)"
                 problems.append(ChunkProblem(name, start, stop, what))
                 continue
             n_chunks += 1
@@ -156,8 +159,8 @@ def summarize(path: str | Path) -> dict:
     """Everything the summary shows, as plain JSON-able values."""
     f, info = open_file(path)
     with f:
-        v = read_vectors(f, ("labels", "op", "magnitude", "copy"))
-        subset_rows = f["subset_index"].shape[0] if "subset_index" in f else None
+        v = {name: read_rows(f[name]) for name in ("labels", "op", "magnitude", "copy")}
+        subset_rows = f["subset_index"].shape[0]
         written, expected = image_chunks(f)
         fmt = int(f.attrs["augmat_format"])
         description = str(f.attrs.get("description", ""))
@@ -319,7 +322,7 @@ def _check_chunks(f: h5py.File) -> tuple[Check, list[ChunkProblem]]:
                                    "every fletcher32 checksum matches, none missing"), problems
 
 
-def _check_ranges(v: dict, f: h5py.File, info: FileInfo) -> Check:
+def _check_ranges(v: dict, info: FileInfo) -> Check:
     n_classes = len(info.class_names)
     copies = int(info.config.get("copies", 0))
     n_train = int(info.source.get("train_images", 2**31 - 1))
@@ -337,13 +340,12 @@ def _check_ranges(v: dict, f: h5py.File, info: FileInfo) -> Check:
     problems = [(what, rows) for what, rows in problems if len(rows)]
     other = []
     for split in ("val", "test"):
-        labels = f[f"{split}/labels"][...]
+        labels = v[f"{split}/labels"]
         if (labels >= n_classes).any():
             other.append(f"{split}/labels {rows_text(np.flatnonzero(labels >= n_classes))} >= {n_classes}")
-    if "val/source_index" in f:
-        vi = f["val/source_index"][...]
-        if ((vi < 0) | (vi >= n_train)).any():
-            other.append(f"val/source_index out of range at {rows_text(np.flatnonzero((vi < 0) | (vi >= n_train)))}")
+    vi = v["val/source_index"]
+    if ((vi < 0) | (vi >= n_train)).any():
+        other.append(f"val/source_index out of range at {rows_text(np.flatnonzero((vi < 0) | (vi >= n_train)))}")
     if problems or other:
         c = _fail_rows("ranges", problems) if problems else Check("ranges", "FAIL", "")
         c.detail = "; ".join(x for x in [c.detail] + other if x)
@@ -352,7 +354,7 @@ def _check_ranges(v: dict, f: h5py.File, info: FileInfo) -> Check:
                                    f"copies in -1..{copies - 1}, source indices < {n_train:,}")
 
 
-def _check_counts(v: dict, f: h5py.File, info: FileInfo) -> Check:
+def _check_counts(v: dict, info: FileInfo) -> Check:
     cfg = info.config
     n, k = int(cfg["subset"]), int(cfg["copies"])
     originals = bool(cfg.get("include_originals"))
@@ -361,14 +363,14 @@ def _check_counts(v: dict, f: h5py.File, info: FileInfo) -> Check:
     bad_rows: list[tuple[str, np.ndarray]] = []
     if info.rows != want_rows:
         bad.append(f"{info.rows:,} rows, expected subset*copies{' + subset' if originals else ''} = {want_rows:,}")
-    subset = f["subset_index"][...] if "subset_index" in f else None
-    if subset is not None and len(subset) != n:
+    subset = v["subset_index"]
+    if len(subset) != n:
         bad.append(f"subset_index holds {len(subset):,} images, the config says {n:,}")
     if info.val_rows != int(cfg.get("val", info.val_rows)):
         bad.append(f"{info.val_rows:,} validation images, the config says {cfg['val']:,}")
     if info.test_rows != int(info.source.get("test_images", info.test_rows)):
         bad.append(f"{info.test_rows:,} test images, the source has {info.source['test_images']:,}")
-    if info.rows == want_rows and subset is not None and len(subset) == n:
+    if info.rows == want_rows and len(subset) == n:
         blocks = list(range(k)) + ([ORIGINAL_COPY] if originals else [])
         want_ops = {info.op_names.index(o) for o in cfg.get("ops", info.op_names) if o in info.op_names}
         identity = info.op_names.index("identity") if "identity" in info.op_names else -1
@@ -391,10 +393,9 @@ def _check_counts(v: dict, f: h5py.File, info: FileInfo) -> Check:
                 what = f"op not among the build's --ops {','.join(cfg.get('ops', []))}"
             if len(stray):
                 bad_rows.append((what, stray))
-    if subset is not None and "val/source_index" in f:
-        overlap = np.intersect1d(subset, f["val/source_index"][...])
-        if len(overlap):
-            bad.append(f"{len(overlap)} source images are in both the subset and validation")
+    overlap = np.intersect1d(subset, v["val/source_index"])
+    if len(overlap):
+        bad.append(f"{len(overlap)} source images are in both the subset and validation")
     if bad or bad_rows:
         c = _fail_rows("counts", bad_rows) if bad_rows else Check("counts", "FAIL", "")
         c.detail = "; ".join(x for x in bad + [c.detail] if x)
@@ -405,13 +406,13 @@ def _check_counts(v: dict, f: h5py.File, info: FileInfo) -> Check:
                    f"{info.test_rows:,} test images as configured")
 
 
-def _check_labels(v: dict, f: h5py.File, src: SourceData) -> Check:
+def _check_labels(v: dict, src: SourceData) -> Check:
     wrong = np.flatnonzero(v["labels"] != src.train_labels[np.clip(v["source_index"], 0, len(src.train_labels) - 1)])
     other = []
-    vi = np.clip(f["val/source_index"][...], 0, len(src.train_labels) - 1)
-    if not np.array_equal(f["val/labels"][...], src.train_labels[vi]):
+    vi = np.clip(v["val/source_index"], 0, len(src.train_labels) - 1)
+    if not np.array_equal(v["val/labels"], src.train_labels[vi]):
         other.append("val/labels differ from the source's labels at val/source_index")
-    if not np.array_equal(f["test/labels"][...], src.test_labels):
+    if not np.array_equal(v["test/labels"], src.test_labels):
         other.append("test/labels differ from the source's test labels")
     if len(wrong) or other:
         c = _fail_rows("labels", [("label is not the source's label at source_index", wrong)]) \
@@ -422,18 +423,16 @@ def _check_labels(v: dict, f: h5py.File, src: SourceData) -> Check:
                                    "validation and test labels match the source")
 
 
-def _check_splits(f: h5py.File, src: SourceData, bad_chunks: list[ChunkProblem]) -> Check:
-    if any(p.dataset in ("val/images", "test/images") for p in bad_chunks):
-        return Check("splits", "SKIP", "damaged split chunks (see chunks)")
+def _check_splits(v: dict, f: h5py.File, src: SourceData) -> Check:
     bad = []
-    vi = np.clip(f["val/source_index"][...], 0, len(src.train_labels) - 1)
+    vi = np.clip(v["val/source_index"], 0, len(src.train_labels) - 1)
     for name, want in (("val/images", lambda a, b: src.train_images[vi[a:b]]),
                        ("test/images", lambda a, b: src.test_images[a:b])):
         ds = f[name]
         wrong = []
         for sel in _chunk_slices(ds):
             a, b = sel[0].start, sel[0].stop
-            diff = np.any(ds[a:b] != want(a, b), axis=(1, 2, 3))
+            diff = np.any(read_rows(ds, a, b) != want(a, b), axis=(1, 2, 3))
             wrong.extend((a + np.flatnonzero(diff)).tolist())
         if wrong:
             bad.append(f"{name} {rows_text(wrong)} differ from the source")
@@ -455,7 +454,7 @@ def _check_rerender(v: dict, f: h5py.File, info: FileInfo, src: SourceData, samp
     rows = sample_rows(info.rows, sample, seed)
     damaged = np.zeros(info.rows, bool)
     for p in bad_chunks:
-        if p.dataset in ("images",) + VECTORS:
+        if p.dataset == "images":
             damaged[p.start:p.stop] = True
     skipped = int(damaged[rows].sum())
     rows = rows[~damaged[rows]]
@@ -466,7 +465,7 @@ def _check_rerender(v: dict, f: h5py.File, info: FileInfo, src: SourceData, samp
     rows = rows[ok_range]
     if len(rows) == 0:
         return Check("re-render", "SKIP", "no rows left to re-render (see the checks above)")
-    stored = f["images"][rows]
+    stored = read_picked(f["images"], rows)
     again = apply_ops(src.train_images[v["source_index"][rows]], v["op"][rows], v["magnitude"][rows],
                       op_names=info.op_names)
     wrong = rows[np.any(stored != again, axis=(1, 2, 3))]
@@ -477,6 +476,20 @@ def _check_rerender(v: dict, f: h5py.File, info: FileInfo, src: SourceData, samp
     what = "all" if len(rows) == info.rows else f"a sample of {len(rows):,} (seed {seed}) of the {info.rows:,}"
     return Check("re-render", "PASS", f"{what} rows re-rendered from the source equal the stored pixels "
                                       f"bit for bit{note}")
+
+
+NEEDS = {  # the datasets each check reads whole: it is skipped when one has a damaged chunk
+    "ranges": VECTORS + ("val/labels", "test/labels", "val/source_index"),
+    "counts": ("copy", "source_index", "op", "subset_index", "val/source_index"),
+    "labels": ("labels", "source_index", "val/source_index", "val/labels", "test/labels"),
+    "splits": ("val/source_index", "val/images", "test/images"),
+    "re-render": ("op", "magnitude", "source_index"),  # damaged image rows are left out instead
+}
+
+
+def _skip_damaged(name: str, damaged: set[str]) -> Check | None:
+    hit = [d for d in NEEDS[name] if d in damaged]
+    return Check(name, "SKIP", f"{', '.join(hit)} damaged (see chunks)") if hit else None
 
 
 def verify(path: str | Path, source: str | None = None, sample: int = 256, seed: int = 0) -> Iterator[Check]:
@@ -491,43 +504,38 @@ def verify(path: str | Path, source: str | None = None, sample: int = 256, seed:
         yield datasets
         chunks, bad_chunks = _check_chunks(f)
         yield chunks
-        unreadable = {p.dataset for p in bad_chunks} & set(VECTORS)
-        if unreadable:
-            why = f"{', '.join(sorted(unreadable))} damaged (see chunks)"
-            for name in ("ranges", "counts", "source", "labels", "splits", "re-render"):
-                yield Check(name, "SKIP", why)
-            return
-        v = read_vectors(f)
         if datasets.failed:
             for name in ("ranges", "counts", "source", "labels", "splits", "re-render"):
                 yield Check(name, "SKIP", "datasets missing (see datasets)")
             return
-        yield _check_ranges(v, f, info)
-        yield _check_counts(v, f, info)
+        damaged = {p.dataset for p in bad_chunks}
+        v = {name: read_rows(f[name]) for name in VECTORS + SIDE_VECTORS if name not in damaged}
+        yield _skip_damaged("ranges", damaged) or _check_ranges(v, info)
+        yield _skip_damaged("counts", damaged) or _check_counts(v, info)
         try:
             src = load_recorded_source(info, source)
         except AugmatError as e:
             yield Check("source", "FAIL" if source or "sha256" in str(e) else "SKIP",
                         f"{e}" + ("" if source else "; pass --source PATH to check against it"))
             for name in ("labels", "splits", "re-render"):
-                yield Check(name, "SKIP", "no source to compare with")
+                yield _skip_damaged(name, damaged) or Check(name, "SKIP", "no source to compare with")
             return
         yield Check("source", "PASS", f"{src.kind} {src.path}: sha256 {src.sha256[:16]}... as recorded")
-        yield _check_labels(v, f, src)
-        yield _check_splits(f, src, bad_chunks)
-        yield _check_rerender(v, f, info, src, sample, seed, bad_chunks)
+        yield _skip_damaged("labels", damaged) or _check_labels(v, src)
+        yield _skip_damaged("splits", damaged) or _check_splits(v, f, src)
+        yield _skip_damaged("re-render", damaged) or _check_rerender(v, f, info, src, sample, seed, bad_chunks)
 
 
 def source_rows(f: h5py.File, info: FileInfo, source_index: int) -> np.ndarray:
     """The file rows holding ``source_index`` (copies, and its original if stored), in copy order;
     an AugmatError if that source image is not in this file."""
-    si = read_vectors(f, ("source_index",))["source_index"]
+    si = read_rows(f["source_index"])
     rows = np.flatnonzero(si == source_index)
     if len(rows) == 0:
-        subset = f["subset_index"][...] if "subset_index" in f else np.unique(si)
+        subset = read_rows(f["subset_index"])
         example = ", ".join(str(int(i)) for i in subset[:5])
         raise AugmatError(f"{info.path}: source index {source_index} is not in this file; its {len(subset):,} "
                           f"source images have indices such as {example} (the subset_index dataset lists them)")
-    copies = f["copy"][...][rows]
+    copies = read_picked(f["copy"], rows)
     return rows[np.argsort(np.where(copies == ORIGINAL_COPY, np.iinfo(np.int32).max, copies), kind="stable")]
 

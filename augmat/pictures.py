@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AugmatError
-from .inspection import load_recorded_source, read_vectors, source_rows
+from .inspection import load_recorded_source, read_picked, source_rows
 from .ops import OPS
 from .plan import ORIGINAL_COPY
 from .sources import load_source
-from .store import open_file
+from .store import open_file, read_rows
 
 PAD = 8             # around and between cells, pixels
 HEADER_W = 104      # the row label column
@@ -152,7 +152,7 @@ def samples_grid(path, columns: int = 8, scale: int = 3) -> Figure:
         raise AugmatError(f"--columns must be at least 1 (got {columns})")
     f, info = open_file(path)
     with f:
-        v = read_vectors(f, ("labels", "op", "magnitude", "copy"))
+        v = {name: read_rows(f[name]) for name in ("labels", "op", "magnitude", "copy")}
         augmented = v["copy"] != ORIGINAL_COPY
         picks = []
         for code, name in enumerate(info.op_names):
@@ -160,7 +160,7 @@ def samples_grid(path, columns: int = 8, scale: int = 3) -> Figure:
             if len(rows):
                 picks.append((name, _spread(rows, v["magnitude"][rows], columns)))
         wanted = np.unique(np.concatenate([r for _, r in picks])) if picks else np.zeros(0, int)
-        images = dict(zip(wanted.tolist(), f["images"][wanted])) if len(wanted) else {}
+        images = dict(zip(wanted.tolist(), read_picked(f["images"], wanted)))
     grid = []
     for name, rows in picks:
         grid.append((name, [Cell(images[int(r)], (_class(info, v["labels"][r]), f"{name} {v['magnitude'][r]:.2f}"),
@@ -182,9 +182,8 @@ def source_index_grid(path, source_index: int, source: str | None = None, scale:
     f, info = open_file(path)
     with f:
         rows = source_rows(f, info, source_index)
-        v = {k: a[rows] for k, a in read_vectors(f, ("labels", "op", "magnitude", "copy")).items()}
-        images = f["images"][np.sort(rows)]
-        images = images[np.argsort(np.argsort(rows))]
+        v = {name: read_picked(f[name], rows) for name in ("labels", "op", "magnitude", "copy")}
+        images = read_picked(f["images"], rows)
     label = _class(info, v["labels"][0])
     cells, note = [], None
     is_original = v["copy"] == ORIGINAL_COPY

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -203,6 +204,28 @@ def test_verify_names_the_rows_of_a_corrupted_chunk(chunky, dataset, chunk):
         assert v["re-render"].startswith("PASS") and "in damaged chunks left out" in v["re-render"]
 
 
+# the checks that need each side dataset: skipped (not a traceback) when its chunk is damaged
+NEEDS = {"val/labels": {"ranges", "labels"}, "test/labels": {"ranges", "labels"},
+         "val/source_index": {"ranges", "counts", "labels", "splits"}, "subset_index": {"counts"},
+         "labels": {"ranges", "labels"}, "magnitude": {"ranges", "re-render"}}
+
+
+@pytest.mark.parametrize("dataset", list(NEEDS))
+def test_verify_skips_the_checks_that_need_a_damaged_dataset(chunky, dataset):
+    start, stop = flip_byte(chunky, dataset, 0)
+    r = run("inspect", chunky, "--verify")
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.exception  # no traceback
+    v = verdicts(r.stdout)
+    assert list(v) == CHECKS, r.stdout
+    assert f"{dataset} rows {start}-{stop - 1}: fletcher32 checksum mismatch" in v["chunks"]
+    skipped = {name for name, line in v.items() if line.startswith("SKIP")}
+    assert skipped == NEEDS[dataset], r.stdout
+    for name in skipped:
+        assert dataset in v[name]  # the reason names the damaged dataset
+    assert all(v[name].startswith("PASS") for name in CHECKS if name not in skipped | {"chunks"}), r.stdout
+    assert "failed verification: chunks" in r.stderr
+
+
 def test_truncated_file_is_one_line(chunky):
     size = chunky.stat().st_size
     with open(chunky, "r+b") as fh:
@@ -392,6 +415,26 @@ def test_source_index_grid_shows_the_original_and_its_copies(which, request, cif
         assert copy[cells[0].row] == -1
     listing = run("inspect", path, "--source-index", i).stdout.splitlines()
     assert len(listing) == len(rows) and all(f"row" in l for l in listing)
+
+
+def _chunk_of(path: Path, row: int) -> int:
+    with h5py.File(path, "r") as f:
+        ds = f["images"]
+        return next(i for i in range(ds.id.get_num_chunks())
+                    if ds.id.get_chunk_info(i).chunk_offset[0] == row - row % ds.chunks[0])
+
+
+def test_grids_of_a_damaged_image_chunk_are_one_line(chunky, tmp_path):
+    row = samples_grid(chunky).placed[0][2].row
+    start, stop = flip_byte(chunky, "images", _chunk_of(chunky, row))
+    with h5py.File(chunky, "r") as f:
+        i = int(f["source_index"][row])
+    for args in (["--grid", tmp_path / "g.png"], ["--source-index", i, "--grid", tmp_path / "c.png"]):
+        r = run("inspect", chunky, *args)
+        assert_one_line_error(r, "chunky.h5: images rows", "cannot be read", "rebuild it")
+        lo, hi = map(int, re.search(r"images rows (\d+)-(\d+)", r.stderr).groups())
+        assert start <= lo <= row <= hi < stop  # the rows it read of the damaged chunk
+    assert not (tmp_path / "g.png").exists() and not (tmp_path / "c.png").exists()
 
 
 def test_preview_draws_every_op_at_each_magnitude(cifar_archive, tmp_path):

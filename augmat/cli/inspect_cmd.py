@@ -7,7 +7,7 @@ import json
 import click
 
 from ..errors import AugmatError
-from ..inspection import format_summary, read_vectors, rows_text, source_rows, summarize
+from ..inspection import format_summary, read_picked, rows_text, source_rows, summarize
 from ..inspection import verify as verify_file  # the --verify flag takes the name `verify`
 from ..pictures import PREVIEW_MAGNITUDES, check_writable, preview, samples_grid, save_png, source_index_grid
 from ..store import open_file
@@ -103,12 +103,12 @@ def _source_listing(path: str, source_index: int) -> list[dict]:
     f, info = open_file(path)
     with f:
         rows = source_rows(f, info, source_index)
-        v = read_vectors(f, ("labels", "op", "magnitude", "copy"))
-    return [{"row": int(r), "copy": int(v["copy"][r]),
-             "op": info.op_names[v["op"][r]] if v["op"][r] < len(info.op_names) else f"op {v['op'][r]}",
-             "magnitude": float(v["magnitude"][r]),
-             "class": info.class_names[v["labels"][r]] if v["labels"][r] < len(info.class_names) else "?"}
-            for r in rows]
+        v = {name: read_picked(f[name], rows) for name in ("labels", "op", "magnitude", "copy")}
+    return [{"row": int(r), "copy": int(v["copy"][i]),
+             "op": info.op_names[v["op"][i]] if v["op"][i] < len(info.op_names) else f"op {v['op'][i]}",
+             "magnitude": float(v["magnitude"][i]),
+             "class": info.class_names[v["labels"][i]] if v["labels"][i] < len(info.class_names) else "?"}
+            for i, r in enumerate(rows)]
 
 
 @click.command("preview")
