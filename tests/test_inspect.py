@@ -437,6 +437,21 @@ def test_grids_of_a_damaged_image_chunk_are_one_line(chunky, tmp_path):
     assert not (tmp_path / "g.png").exists() and not (tmp_path / "c.png").exists()
 
 
+@pytest.mark.parametrize("how", ["same", "dotted", "symlink", "hardlink"])
+def test_grid_refuses_to_overwrite_the_file_it_inspects(chunky, tmp_path, how):
+    before = hashlib.sha256(chunky.read_bytes()).hexdigest()
+    (tmp_path / "sub").mkdir()
+    target = {"same": chunky, "dotted": tmp_path / "sub" / ".." / chunky.name,
+              "symlink": tmp_path / "link.png", "hardlink": tmp_path / "hard.png"}[how]
+    if how == "symlink":
+        target.symlink_to(chunky)
+    elif how == "hardlink":
+        os.link(chunky, target)
+    for args in (["--grid", target], ["--source-index", 0, "--grid", target]):
+        assert_one_line_error(run("inspect", chunky, *args), "--grid", "the file it inspects")
+    assert hashlib.sha256(chunky.read_bytes()).hexdigest() == before
+
+
 def test_preview_draws_every_op_at_each_magnitude(cifar_archive, tmp_path):
     out = tmp_path / "transforms.png"
     r = run("preview", "--source", cifar_archive, "--image", 3, "-o", out)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import click
 
@@ -52,6 +54,7 @@ def inspect_command(path: str, as_json: bool, verify: bool, sample: int, seed: i
       augmat inspect data/aug10k.h5 --json                 the summary for scripts
     """
     if grid is not None:
+        _refuse_to_overwrite(grid, path)
         check_writable(grid)  # before any slow work
     out: dict = {}
     if as_json or not (verify or grid or source_index is not None):
@@ -109,6 +112,18 @@ def _source_listing(path: str, source_index: int) -> list[dict]:
              "magnitude": float(v["magnitude"][i]),
              "class": info.class_names[v["labels"][i]] if v["labels"][i] < len(info.class_names) else "?"}
             for i, r in enumerate(rows)]
+
+
+def _refuse_to_overwrite(grid: str, path: str) -> None:
+    """``inspect`` never modifies the file it reads: not even through a --grid path that is it
+    (the same path spelled otherwise, a symbolic or a hard link)."""
+    same = Path(grid).resolve() == Path(path).resolve()
+    try:
+        same = same or os.path.samefile(grid, path)
+    except OSError:  # one of them does not exist: not the same file
+        pass
+    if same:
+        raise AugmatError(f"--grid {grid}: that is the file it inspects ({path}); name another .png file")
 
 
 @click.command("preview")
