@@ -144,6 +144,31 @@ def test_ctrl_c_stops_keeps_the_run_and_exits_130(tiny_h5, tmp_path):
     assert (run_dir / "model-best.keras").exists()
 
 
+@pytest.mark.parametrize("stop_at", [1, 2])
+def test_ctrl_c_during_a_model_save_leaves_no_broken_model(stop_at, tiny_h5, tmp_path, monkeypatch):
+    """Save 1 is the best model (epoch 1), save 2 the final one: Ctrl-C while either is
+    being written leaves the model files whole (or absent), never half-written."""
+    import keras
+    real_save, calls = keras.Model.save, []
+
+    def save(self, filepath, *args, **kwargs):
+        calls.append(Path(filepath).name)
+        if len(calls) == stop_at:
+            Path(filepath).write_bytes(b"PK\x03\x04 half a zip")  # what a stopped save leaves
+            raise KeyboardInterrupt
+        return real_save(self, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save", save)
+    run_dir = tmp_path / "run"
+    r = train(tiny_h5, "--epochs", 1, "--batch-size", 32, "--run-dir", run_dir, "-q")
+    assert r.exit_code == 130, r.output
+    assert len(calls) == stop_at
+    kept = sorted(p.name for p in run_dir.glob("*.keras"))
+    assert kept == ["model-best.keras"][:stop_at - 1], kept    # no temporary file left either
+    for name in kept:
+        keras.models.load_model(run_dir / name)
+
+
 def readme_train_example() -> str:
     text = README.read_text()
     section = text.split("## Train: `augmat train`", 1)[1].split("\n## ", 1)[0]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import keras
 
-from .rundir import write_history
+from .rundir import save_model, write_history
 
 
 class Recorder(keras.callbacks.Callback):
@@ -57,7 +57,7 @@ class Recorder(keras.callbacks.Callback):
         score = logs.get(self.monitor)
         if score is not None and (self.best is None or score > self.best):
             self.best, self.best_epoch = float(score), epoch + 1
-            self.model.save(self.run_dir / "model-best.keras")
+            save_model(self.model, self.run_dir / "model-best.keras")
 
     def summary(self, status: str, wall_seconds: float, backend: str) -> dict:
         last = self.history[-1] if self.history else {}

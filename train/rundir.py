@@ -45,6 +45,19 @@ def _write_atomic(path: Path, text: str) -> None:
         raise AugmatError(f"cannot write {path} ({e.strerror})") from None
 
 
+def save_model(model, path: Path) -> None:
+    """``model.save(path)`` under a temporary name in the same folder, then renamed: a run
+    stopped during a save keeps the previous model whole (or none), never a broken one."""
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)  # Keras wants the .keras suffix
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise AugmatError(f"cannot write {path} ({e.strerror})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json(path: Path, data) -> None:
     _write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 

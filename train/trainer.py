@@ -24,7 +24,7 @@ from pathlib import Path
 from augmat.errors import AugmatError
 from augmat.stream import BUFFER_ROWS, MODES, ORDERS, Stream, as_keras, load_split
 
-from .rundir import make_run_dir, plot_curves, table, write_json
+from .rundir import make_run_dir, plot_curves, save_model, table, write_json
 
 # --- 1. Hyperparameters ------------------------------------------------------------------
 
@@ -145,9 +145,9 @@ def _train(cfg, stream, val, test, run_dir: Path, t_start: float, log) -> dict:
     test_loss, test_acc = model.evaluate(*test, batch_size=EVAL_BATCH, verbose=0)
     metrics.update(test_accuracy=float(test_acc), test_loss=float(test_loss),
                    wall_seconds=time.perf_counter() - t_start)
-    model.save(run_dir / "model-final.keras")
+    save_model(model, run_dir / "model-final.keras")
     if not (run_dir / "model-best.keras").exists():
-        model.save(run_dir / "model-best.keras")
+        save_model(model, run_dir / "model-best.keras")
     plot_curves(recorder.history, run_dir / "curves.png")
     write_json(run_dir / "metrics.json", metrics)
     log(table(metrics, run_dir))
