@@ -50,6 +50,7 @@ from __future__ import annotations
 import functools
 import math
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -432,6 +433,30 @@ def _apply(images, ops, mags, op_names):
     return apply_ops(images, ops, mags, op_names)
 
 
+# Keras functions that take batches from a dataset without training on them (Keras 3.15,
+# backend/*/trainer.py and trainers/data_adapters/py_dataset_adapter.py): the TensorFlow
+# adapter's shape probe, and the fits' model build (JAX and torch call _symbolic_build on
+# the first epoch's iterator, then reset it). TensorFlow under a distribution strategy
+# builds from a batch read in a tf.data thread, out of sight: there the first epoch
+# realigns by dropping the rest of the stream's first epoch (on_epoch_begin).
+_KERAS_PROBES = {"get_tf_dataset": "shapes", "_symbolic_build": "build", "_maybe_symbolic_build": "build"}
+_PROBE_DEPTH = 64          # frames searched for them
+
+
+def _keras_probe() -> str | None:
+    """Which Keras probe (``"shapes"`` or ``"build"``) asks for this batch, if one does:
+    a Keras function of that name is among our callers."""
+    frame = sys._getframe(2)
+    for _ in range(_PROBE_DEPTH):
+        if frame is None:
+            return None
+        code = frame.f_code
+        if code.co_name in _KERAS_PROBES and "keras" in code.co_filename:
+            return _KERAS_PROBES[code.co_name]
+        frame = frame.f_back
+    return None
+
+
 @functools.cache
 def _keras_dataset_class():
     import keras
@@ -442,7 +467,11 @@ def _keras_dataset_class():
         ``__getitem__`` ignores its index and returns the stream's next batch: the order
         is the stream's (so ``fit``'s ``shuffle`` has no effect), and batches arrive in
         sequence from the stream's own threads (Keras's workers stay off: one worker, no
-        multiprocessing). Each epoch is the next ``len(self)`` batches of the stream.
+        multiprocessing). Each Keras epoch is one epoch of the stream, its ``len(self)``
+        batches: the batches Keras asks for only to learn shapes or build the model get
+        zeros, and an epoch left half-way (a fit stopped early) is dropped when the next
+        begins. A ``steps_per_epoch`` below ``len(self)`` in ``fit`` takes the first steps
+        of each stream epoch; to train on shorter epochs, give the stream an ``epoch_size``.
         """
 
         def __init__(self, stream: Stream):
@@ -455,11 +484,16 @@ def _keras_dataset_class():
 
         def __getitem__(self, index):
             s = self.stream
-            if not self._in_epoch:
-                # Outside an epoch, Keras's TensorFlow adapter asks for two batches only to
-                # learn their shapes. Answer with zeros of the full and the last batch size
-                # (so the batch dimension is left free) without consuming the stream.
-                n = s.batch_size if index == 0 else s.last_batch_size
+            probe = _keras_probe()
+            if probe or not self._in_epoch:
+                # Keras asks for batches it never trains on, only to learn their shapes: the
+                # TensorFlow adapter takes two when a fit starts (answered with the full and
+                # the last batch size, so the batch dimension is left free); the JAX and
+                # torch fits build the model from the first batch of their first epoch's
+                # iterator (two on a GPU, which reads one ahead) and drop it. Zeros of the
+                # right shape and type, without consuming the stream, so every Keras epoch
+                # is exactly the stream's epoch. (Outside an epoch, every request is one.)
+                n = s.batch_size if probe == "build" or index == 0 else s.last_batch_size
                 s.stats["shape_probes"] += 1
                 return np.zeros((n, 32, 32, 3), np.uint8), np.zeros((n,), np.int32)
             batch = s.next_batch()
@@ -474,8 +508,9 @@ def _keras_dataset_class():
                 self.on_epoch_end()
 
         def on_epoch_begin(self):
-            # No resync to the stream's epoch start here: Keras's JAX iterator prefetches the
-            # next epoch's first batches before this call, and they must count.
+            # Start on an epoch of the stream. Only needed after a fit stopped half-way
+            # (an error, Ctrl-C, stop_training): its epoch's other batches are dropped.
+            self.stream.sync_to_epoch_start()
             self._in_epoch = True
 
         def on_epoch_end(self):

@@ -47,16 +47,108 @@ def test_two_epochs_fill_the_run_dir(tiny_h5, tmp_path):
     assert 0 <= m["test_accuracy"] <= 1 and m["best_epoch"] in (1, 2)
     assert m["images_per_second"] > 0 and m["data_wait_seconds"] >= 0
     assert m["stream"]["rows_read"] >= 2 * 120
-    # Keras took the stream's epochs in order, none skipped (JAX's iterator prefetches the
-    # first two batches of an epoch that never comes).
-    assert 2 * 4 <= m["stream"]["batches"] <= 2 * 4 + 2 and m["stream"]["skipped_batches"] == 0
-    assert m["stream"]["shape_probes"] <= 2
+    # Keras took exactly the stream's two epochs, in order, none skipped; its shape probes
+    # got zeros (see test_each_keras_epoch_is_one_stream_epoch).
+    assert m["stream"]["batches"] == 2 * 4 and m["stream"]["skipped_batches"] == 0
+    assert 1 <= m["stream"]["shape_probes"] <= 2
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["config"]["seed"] == 4 and cfg["config"]["order"] == "shuffle"
     assert "test acc" in r.stdout and "waited for data" in r.stdout
     model = keras.models.load_model(run_dir / "model-final.keras")
     assert type(model.layers[0]).__name__ == "Rescaling"
     assert model.predict(np.zeros((2, 32, 32, 3), np.uint8), verbose=0).shape == (2, 10)
+
+
+# Which stream batches each Keras epoch trains on, under a given backend (run in a fresh
+# interpreter: the backend is chosen once per process). Batches are recorded as the stream
+# hands them out, tagged with the Keras epoch running at that moment (None: outside any).
+KERAS_EPOCHS_SCRIPT = """
+import json, sys
+import keras
+from augmat.stream import open_dataset
+
+if sys.argv[2:] == ["read-ahead"]:  # what JAX does on a GPU: read one batch ahead, on any device
+    from keras.src.backend.jax.trainer import JAXEpochIterator
+    JAXEpochIterator._get_iterator = lambda self: self._one_batch_ahead_iterator(
+        self.data_adapter.get_jax_iterator())
+
+ds = open_dataset(sys.argv[1], batch_size=8, order="copies", seed=0, epoch_size=40)
+stream, now, taken, seen = ds.stream, {"epoch": None}, [], []
+next_batch = stream.next_batch
+def take():
+    taken.append(next_batch())
+    return taken[-1]
+stream.next_batch = take
+get = type(ds).__getitem__
+def getitem(self, index):  # what Keras got: [its epoch, stream epoch, index, rows] or [its epoch] (zeros)
+    taken.clear()
+    out = get(self, index)
+    b = taken[-1] if taken else None
+    seen.append([now["epoch"]] + ([b.epoch, b.index, b.rows.tolist()] if b else []))
+    return out
+type(ds).__getitem__ = getitem
+
+class Track(keras.callbacks.Callback):
+    def __init__(self, fit, stop_after=None):
+        super().__init__()
+        self.fit, self.stop_after = fit, stop_after
+    def on_epoch_begin(self, epoch, logs=None):
+        now["epoch"] = 100 * self.fit + epoch
+    def on_epoch_end(self, epoch, logs=None):
+        now["epoch"] = None
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.stop_after:
+            self.model.stop_training = True
+
+model = keras.Sequential([keras.Input((32, 32, 3), dtype="uint8"), keras.layers.Rescaling(1 / 255),
+                          keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
+model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+model.fit(ds, epochs=4, verbose=0, callbacks=[Track(0)])
+model.fit(ds, epochs=1, verbose=0, callbacks=[Track(1, stop_after=2)])  # stopped half-way
+model.fit(ds, epochs=1, verbose=0, callbacks=[Track(2)])
+ds.close()
+print(json.dumps({"backend": keras.backend.backend(), "seen": seen, "stats": stream.stats}))
+"""
+
+
+@pytest.mark.parametrize("backend, read_ahead", [("tensorflow", False), ("jax", False), ("jax", True)])
+def test_each_keras_epoch_is_one_stream_epoch(backend, read_ahead, tiny_h5):
+    """Keras epoch e trains on stream epoch e, batches 0..n-1 in order, and takes nothing
+    from the stream outside its epochs: JAX's fit pulls a batch (two on a GPU, which reads
+    one ahead) to build the model before the first epoch and drops it, which must not
+    shift the epochs. With --order copies each epoch then shows every source image once,
+    one copy block."""
+    pytest.importorskip(backend)
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    args = [str(tiny_h5)] + (["read-ahead"] if read_ahead else [])
+    out = subprocess.run([sys.executable, "-c", KERAS_EPOCHS_SCRIPT, *args], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["backend"] == backend
+    with h5py.File(tiny_h5, "r") as f:
+        source_index, copy, subset = f["source_index"][:], f["copy"][:], sorted(f["subset_index"][:].tolist())
+    seen, stats = result["seen"], result["stats"]
+    # Keras's probes (two shape probes per fit with TensorFlow, one model build with JAX,
+    # two on a GPU) got zeros, outside its epochs; inside them, the stream's batches.
+    probes = [s for s in seen if len(s) == 1]
+    assert all(s[0] is None for s in probes) and stats["shape_probes"] == len(probes)
+    assert len(probes) == {"tensorflow": 6, "jax": 2 if read_ahead else 1}[backend]
+    seen = [s for s in seen if len(s) > 1]
+    assert [s[0] for s in seen[:20]] == [e for e in range(4) for _ in range(5)]
+    for e in range(4):
+        batches = [s for s in seen if s[0] == e]
+        assert [(s[1], s[2]) for s in batches] == [(e, i) for i in range(5)]
+        rows = [r for s in batches for r in s[3]]
+        assert sorted(source_index[rows].tolist()) == subset                  # each source once
+        assert set(copy[rows].tolist()) == {e % 3}                           # one copy block
+    # A fit stopped after 3 steps (its iterator may have read a batch or two ahead): the
+    # next fit starts on the next epoch of the stream, dropping the rest of the stopped one.
+    stopped = [(s[1], s[2]) for s in seen[20:-5]]
+    assert stopped[:3] == [(4, 0), (4, 1), (4, 2)] and {e for e, _ in stopped} == {4}
+    assert {s[0] for s in seen[20:23]} == {100}
+    assert [(s[0], s[1], s[2]) for s in seen[-5:]] == [(200, 5, i) for i in range(5)]
+    assert stats["batches"] == 20 + 5 + 5 and stats["skipped_batches"] == 5 - len(stopped)
 
 
 def test_online_baseline_runs(tiny_h5, tmp_path):
