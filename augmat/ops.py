@@ -40,26 +40,28 @@ def rotate(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
     Bilinear interpolation (as scikit-image's ``rotate`` default, order=1, which
     the seed used); corners outside the source are black. OpenCV's warpAffine
     does one 32x32 image in a few microseconds, far faster than any per-pixel
-    numpy gather, so it is called once per image.
+    numpy gather, so it is called once per image, writing straight into the output;
+    the matrices (OpenCV's getRotationMatrix2D, written out) are computed for the batch.
     """
     out = np.empty_like(images)
     h, w = images.shape[1:3]
-    centre = ((w - 1) / 2.0, (h - 1) / 2.0)
-    for i, z in enumerate(magnitudes):
-        angle = (float(z) - 0.5) * 120.0
-        m = cv2.getRotationMatrix2D(centre, angle, 1.0)
-        out[i] = cv2.warpAffine(
-            images[i], m, (w, h), flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0),
-        )
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    theta = np.deg2rad((magnitudes.astype(np.float64) - 0.5) * 120.0)
+    cos, sin = np.cos(theta), np.sin(theta)
+    m = np.empty((len(images), 2, 3))
+    m[:, 0, 0], m[:, 0, 1], m[:, 0, 2] = cos, sin, (1 - cos) * cx - sin * cy
+    m[:, 1, 0], m[:, 1, 1], m[:, 1, 2] = -sin, cos, sin * cx + (1 - cos) * cy
+    for i in range(len(images)):
+        cv2.warpAffine(images[i], m[i], (w, h), dst=out[i], flags=cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return out
 
 
 def flip_lr(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
     """Mirrored left-right when abs(z - 0.5) > 0.25 (half of all draws)."""
     out = images.copy()
-    flip = np.abs(magnitudes.astype(np.float64) - 0.5) > 0.25
-    out[flip] = images[flip][:, :, ::-1]
+    flip = np.flatnonzero(np.abs(magnitudes.astype(np.float64) - 0.5) > 0.25)
+    out[flip] = images[flip, :, ::-1]
     return out
 
 
