@@ -258,6 +258,7 @@ def run_experiment(cfg: ExperimentConfig, command: str = "", log=print) -> dict:
     from .build import _check_writable
 
     t0 = time.perf_counter()
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise AugmatError(f"--out {out} is a file; choose a folder")
@@ -278,7 +279,7 @@ def run_experiment(cfg: ExperimentConfig, command: str = "", log=print) -> dict:
         f"{cfg.repeats} repeat(s); {cfg.epochs} epochs of N images; {len(runs)} runs -> {out}")
     builds = ensure_files(cfg, sha, log)
     meta = {"command": command, "config": asdict(cfg), "augmat_version": __version__,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "builds": builds, "source_sha256": sha}
+            "started": started, "builds": builds, "source_sha256": sha}
     meta.update(environment())
     write_report(cfg, runs, meta)
 
