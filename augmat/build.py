@@ -385,7 +385,7 @@ def _run_shards(pool: ProcessPoolExecutor, tasks: list[tuple], parts: Path, stor
                     f"shards are kept in {parts}: rerun the same command to resume")
             except OSError as e:
                 raise _disk_error(e, f"a shard in {parts}", parts)
-            store(index, np.load(shard_path(parts, index)))
+            store(index, np.load(shard_path(parts, index), mmap_mode="r"))  # no extra copy
 
 
 def _stop_pool(pool: ProcessPoolExecutor) -> None:
