@@ -74,6 +74,7 @@ class ExperimentConfig:
     val: int = SEED_VAL
     batch_size: int = 128
     order: str = "copies"
+    raw_inputs: bool = False   # feed 0..255 to the first conv, as the seed did
 
     def __post_init__(self):
         object.__setattr__(self, "sizes", tuple(int(s) for s in self.sizes))
@@ -134,6 +135,7 @@ def command_line(cfg: ExperimentConfig) -> str:
     args = ["augmat", "experiment", "--sizes", ",".join(map(str, cfg.sizes)),
             "--copies", ",".join(map(str, cfg.copies))]
     args += ["--online"] if cfg.online else []
+    args += ["--raw-inputs"] if cfg.raw_inputs else []
     for key in ("epochs", "repeats", "out", "source", "seed", "workers", "val", "batch_size", "order"):
         if c[key] is not None:
             args += [f"--{key.replace('_', '-')}", str(c[key])]
@@ -164,7 +166,7 @@ def train_config(cfg: ExperimentConfig, run: Run):
     return TrainConfig(file=str(file_path(cfg, run.size, k)), epochs=cfg.epochs, batch_size=cfg.batch_size,
                        epoch_size=run.size, order=cfg.order, mode=mode,
                        source=None if mode == "offline" else cfg.source, seed=run.seed,
-                       run_dir=str(Path(cfg.out) / "runs" / run.name), verbose=2)
+                       raw_inputs=cfg.raw_inputs, run_dir=str(Path(cfg.out) / "runs" / run.name), verbose=2)
 
 
 # --- files: build or reuse -------------------------------------------------------------
@@ -443,7 +445,8 @@ def markdown(cfg: ExperimentConfig, res: dict) -> str:
               f"- {c['epochs']} epochs of N images (N/{c['batch_size']} gradient steps each) for every mode, "
               f"{c['repeats']} repeat(s) per cell (training seeds {c['seed']}..{c['seed'] + c['repeats'] - 1}); "
               f"validation: {c['val']:,} unaugmented training images, the same for every size; "
-              f"order `{c['order']}`; ops {', '.join(c['ops'])}",
+              f"order `{c['order']}`; inputs {'raw 0..255, as the seed' if c.get('raw_inputs') else 'rescaled to 0..1'}; "
+              f"ops {', '.join(c['ops'])}",
               f"- source `{c['source']}` (pixel checksum {res['source_sha256'][:12]})",
               "", "## Accuracy per size and mode", "",
               "Final-epoch validation accuracy and test accuracy of the final model: mean ± sample sd "

@@ -163,3 +163,22 @@ def test_bad_input_is_one_line(args, pattern, source, tmp_path):
     r = experiment("--val", 100, "--source", source, "--out", tmp_path / "out", *args)
     _one_error_line(r, pattern)
     assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_every_run_trains_at_the_seed_epoch_with_the_options_given(tmp_path):
+    from augmat.experiment import ExperimentConfig, command_line, plan_runs, train_config
+    cfg = ExperimentConfig(sizes=(300, 200), copies=(4, 1), online=True, epochs=3, repeats=2, seed=5,
+                           out=str(tmp_path), raw_inputs=True, order="shuffle")
+    runs = plan_runs(cfg)
+    assert [r.name for r in runs[:4]] == ["n300-unaugmented-r0", "n300-offline-c4-r0", "n300-offline-c1-r0",
+                                          "n300-online-r0"]
+    assert len(runs) == 2 * 2 * 4 and {r.seed for r in runs if r.repeat == 1} == {6}
+    for run in runs:
+        tc = train_config(cfg, run)
+        assert tc.epoch_size == run.size and tc.epochs == 3 and tc.raw_inputs and tc.seed == run.seed
+        assert tc.mode == ("offline" if run.copies else run.mode) and tc.order == "shuffle"
+        # unaugmented and online read the sources through the smallest file of their size
+        assert tc.file.endswith(f"n{run.size}-c{run.copies or 1}.h5")
+    line = command_line(cfg)
+    assert "--sizes 300,200 --copies 4,1 --online --raw-inputs --epochs 3 --repeats 2" in line
+    assert "--seed 5" in line and "--order shuffle" in line

@@ -53,6 +53,8 @@ def _names(ctx, param, value: str | None):
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Images per gradient step.")
 @click.option("--order", type=click.Choice(ORDERS), default="copies", show_default=True,
               help="Offline stream order, as for `augmat train`.")
+@click.option("--raw-inputs", is_flag=True,
+              help="Feed raw 0..255 pixels to the first conv, as the seed did (default: rescaled to 0..1).")
 def experiment_command(**options) -> None:
     """Reproduce the seed's table: train the seed CNN unaugmented, on pre-rendered copies
     and (--online) augmented fresh every epoch, for each size, at equal gradient steps.
