@@ -373,16 +373,20 @@ def _start_pool(workers: int) -> ProcessPoolExecutor:
 def _run_shards(pool: ProcessPoolExecutor, tasks: list[tuple], parts: Path, store) -> None:
     """Render the shards on the pool, storing each as it finishes; a dead worker or a
     failed write ends the build with one line that says how to resume."""
-    pending = {pool.submit(_render_shard, *task) for task in tasks}
+    died = AugmatError("a worker process died (killed, out of memory, or it could not start: a script "
+                       "calling build() needs `if __name__ == \"__main__\":`); finished shards are kept "
+                       f"in {parts}: rerun the same command to resume")
+    try:
+        pending = {pool.submit(_render_shard, *task) for task in tasks}
+    except BrokenProcessPool:
+        raise died from None
     while pending:
         finished, pending = wait(pending, return_when=FIRST_COMPLETED)
         for fut in finished:
             try:
                 index = fut.result()
             except BrokenProcessPool:
-                raise AugmatError(
-                    "a worker process died (killed, or out of memory) while rendering; finished "
-                    f"shards are kept in {parts}: rerun the same command to resume")
+                raise died from None
             except OSError as e:
                 raise _disk_error(e, f"a shard in {parts}", parts)
             store(index, np.load(shard_path(parts, index), mmap_mode="r"))  # no extra copy

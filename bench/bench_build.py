@@ -1,7 +1,7 @@
 """Benchmark ``augmat build``: rendering speed per core against the seed's way, worker
 scaling, and the whole build's wall time and peak memory.
 
-    .venv/bin/python bench/bench_build.py --source ../shared/data/cifar10-jpeg.tar.gz
+    .venv/bin/python bench/bench_build.py --source ../shared/data/cifar10-jpeg.tar.gz [--sections ABC]
 
 Everything in one run, on one machine, so the ratios are comparable:
 
@@ -162,6 +162,7 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--work", default="data/bench-build")
+    ap.add_argument("--sections", default="ABC", help="which sections to run, e.g. B")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -172,9 +173,12 @@ def main() -> None:
     report = [f"Machine: {psutil.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB, "
               f"Python {platform.python_version()}, numpy {np.__version__}; "
               f"load average at start {os.getloadavg()[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""]
-    report += section_a(src, args.repeats) + [""]
-    report += section_b(folder, args.subset, args.copies, args.repeats, work) + [""]
-    report += section_c(args.source, folder, args.subset, (2, 8, 16), work)
+    if "A" in args.sections:
+        report += section_a(src, args.repeats) + [""]
+    if "B" in args.sections:
+        report += section_b(folder, args.subset, args.copies, args.repeats, work) + [""]
+    if "C" in args.sections:
+        report += section_c(args.source, folder, args.subset, (2, 8, 16), work)
     report += ["", f"Load average at end {os.getloadavg()[0]:.2f}."]
     text = "\n".join(report)
     (work.parent / "bench_build.md").write_text(text + "\n")
