@@ -295,3 +295,13 @@ def test_default_output_path_and_summary(tmp_path, cifar_archive):
     assert (tmp_path / "data" / "aug0.02k.h5").exists()
     for word in ("20 rows", "shards", " s ", "images/s", "MiB", "data/aug0.02k.h5"):
         assert word in r.stdout
+
+
+def test_readme_python_example_runs(tmp_path, cifar_archive):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("**From Python**", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    script = tmp_path / "example.py"
+    script.write_text(block.replace("cifar-10-python.tar.gz", str(cifar_archive)))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "wrote 400 rows" in r.stdout and (tmp_path / "data" / "small.h5").exists()
