@@ -38,9 +38,9 @@ from pathlib import Path
 from . import __version__
 from .build import BuildConfig, build, default_workers
 from .errors import AugmatError
+from .files import write_json, write_text_atomic
 from .ops import OP_NAMES
 from .stream import ORDERS
-from train.rundir import _write_atomic, write_json  # whole files only (temporary name, then renamed)
 
 SEED_VAL = 10000  # the seed's validation split: 20% of the 50,000 training images
 
@@ -277,6 +277,12 @@ def run_experiment(cfg: ExperimentConfig, command: str = "", log=print) -> dict:
         (out / sub).mkdir(parents=True, exist_ok=True)
 
     runs = plan_runs(cfg)
+    # Every run's state first: a finished run with other options is refused here, before
+    # any file is built or any report rewritten.
+    plans = []
+    for run in runs:
+        tc, bc = train_config(cfg, run), build_config(cfg, run.size, run.copies or min(cfg.copies))
+        plans.append((run, tc, *finished_run(Path(tc.run_dir), tc, bc)))
     log(f"experiment: sizes {', '.join(map(str, cfg.sizes))}; cells {', '.join(cfg.modes)}; "
         f"{cfg.repeats} repeat(s); {cfg.epochs} epochs of N images; {len(runs)} runs -> {out}")
     builds = ensure_files(cfg, sha, log)
@@ -286,11 +292,8 @@ def run_experiment(cfg: ExperimentConfig, command: str = "", log=print) -> dict:
     write_report(cfg, runs, meta)
 
     trained = skipped = 0
-    for i, run in enumerate(runs, 1):
-        tc = train_config(cfg, run)
-        bc = build_config(cfg, run.size, run.copies or min(cfg.copies))
+    for i, (run, tc, done, why) in enumerate(plans, 1):
         run_dir = Path(tc.run_dir)
-        done, why = finished_run(run_dir, tc, bc)
         if done:
             skipped += 1
             log(f"[{i}/{len(runs)}] skipped {run.name}: finished earlier ({run_dir})")
@@ -408,7 +411,7 @@ def write_report(cfg: ExperimentConfig, runs: list[Run], meta: dict, finished: f
     if finished is not None:
         results["experiment_seconds"] = finished
     write_json(out / "results.json", results)
-    _write_atomic(out / "results.md", markdown(cfg, results))
+    write_text_atomic(out / "results.md", markdown(cfg, results))
     plot_curves(cfg, rows, out / "curves.png")
     plot_bars(cfg, cells, out / "bars.png")
     return results

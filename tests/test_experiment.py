@@ -139,8 +139,11 @@ def test_a_stopped_run_is_trained_again_the_rest_kept(smoke, source, tmp_path):
 def test_other_options_on_a_finished_out_are_refused(smoke, source):
     out, first = smoke
     assert first.exit_code == 0, first.output
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in [*out.glob("results.*"), *out.glob("data/*.h5")]}
     r = experiment(*smoke_args(source, out, "--epochs", 3))
     _one_error_line(r, r"holds a finished run with other options \(epochs\); choose another --out")
+    # Refused before anything was built or rewritten.
+    assert before and {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in before} == before
 
 
 @pytest.mark.parametrize("args, pattern", [

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from pathlib import Path
 
 from augmat.errors import AugmatError
+from augmat.files import write_json, write_text_atomic
 
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "test_accuracy",
                    "images_per_s", "data_wait_s", "train_s")
@@ -36,15 +36,6 @@ def make_run_dir(path: str | Path) -> Path:
     return run_dir
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise AugmatError(f"cannot write {path} ({e.strerror})") from None
-
-
 def save_model(model, path: Path) -> None:
     """``model.save(path)`` under a temporary name in the same folder, then renamed: a run
     stopped during a save keeps the previous model whole (or none), never a broken one."""
@@ -58,17 +49,13 @@ def save_model(model, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_json(path: Path, data) -> None:
-    _write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
-
-
 def write_history(run_dir: Path, history: list[dict]) -> None:
     write_json(run_dir / "history.json", history)
     out = io.StringIO()
     w = csv.DictWriter(out, HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     w.writerows(history)
-    _write_atomic(run_dir / "history.csv", out.getvalue())
+    write_text_atomic(run_dir / "history.csv", out.getvalue())
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
