@@ -1,4 +1,4 @@
-"""Import Keras quietly: TensorFlow writes start-up lines (oneDNN, "no CUDA drivers")
+"""Import Keras quietly: TensorFlow writes start-up lines (oneDNN, "no CUDA drivers", cuInit)
 straight to file descriptor 2 from C++, before any log setting applies, which would
 bury augmat's own one-line messages. Import keras through :func:`import_keras`."""
 
@@ -36,5 +36,6 @@ def import_keras():
         import keras
         keras.backend.backend()  # the backend module loads lazily; load it while silenced
         if keras.backend.backend() == "tensorflow":
-            import tensorflow  # noqa: F401  (its C++ logging starts here)
+            import tensorflow  # its C++ logging starts here
+            tensorflow.config.list_physical_devices()  # and the device probe ("cuInit") here
     return keras

@@ -104,7 +104,8 @@ def run(cfg: TrainConfig, log=print) -> dict:
 
 
 def _train(cfg, stream, val, test, run_dir: Path, t_start: float, log) -> dict:
-    import keras
+    from augmat.kerasenv import import_keras
+    keras = import_keras()  # without TensorFlow's C++ start-up lines on stderr
 
     keras.utils.set_random_seed(cfg.seed)  # Python, NumPy and backend seeds: the model init
     dataset = as_keras(stream)
