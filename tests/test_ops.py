@@ -107,3 +107,13 @@ def test_apply_ops_routes_each_image_to_its_op(images):
     for i in range(len(images)):
         expected = OPS[OP_NAMES[codes[i]]].fn(images[i:i + 1], z[i:i + 1])[0]
         np.testing.assert_array_equal(out[i], expected)
+
+
+def test_apply_ops_rows_renders_the_gathered_images(images):
+    """rows= (what a build worker passes) gives exactly what gathering first gives,
+    repeats and any order included."""
+    rng = np.random.default_rng(4)
+    pos = rng.integers(0, len(images), 100)
+    codes = rng.integers(0, len(OP_NAMES), 100).astype(np.uint8)
+    z = rng.random(100).astype(np.float32)
+    np.testing.assert_array_equal(apply_ops(images, codes, z, rows=pos), apply_ops(images[pos], codes, z))
