@@ -28,10 +28,11 @@ import h5py
 import numpy as np
 
 from .errors import AugmatError
+from .build import SHARD_GLOB
 from .ops import OPS, apply_ops
 from .plan import ORIGINAL_COPY
 from .sources import SourceData, load_source
-from .store import FileInfo, open_file, read_rows
+from .store import FileInfo, blank_chunks, open_file, read_rows
 
 HIST_BINS = 10
 VECTORS = ("labels", "op", "magnitude", "copy", "source_index")
@@ -91,8 +92,12 @@ def _chunk_slices(ds: h5py.Dataset) -> Iterator[tuple[slice, ...]]:
 
 
 def _written_chunks(ds: h5py.Dataset) -> set[tuple[int, ...]]:
+    """Chunks in the chunk index; for ``images``, whose chunks a build allocates before its
+    workers fill them, less those still blank (checksum 0)."""
     n = ds.id.get_num_chunks()
-    return {tuple(ds.id.get_chunk_info(i).chunk_offset) for i in range(n)}
+    blank = blank_chunks(ds) if ds.name == "/images" else set()
+    return {offset for offset in (tuple(ds.id.get_chunk_info(i).chunk_offset) for i in range(n))
+            if offset[0] not in blank}
 
 
 @dataclass
@@ -135,23 +140,23 @@ def scan_chunks(f: h5py.File) -> tuple[int, int, list[ChunkProblem]]:
 
 
 def image_chunks(f: h5py.File) -> tuple[int, int]:
-    """(written, expected) chunks of ``images``: cheap, from the chunk index alone."""
+    """(written, expected) chunks of ``images``: cheap, from the chunk index and 4 bytes per chunk."""
     ds = f["images"]
     if ds.chunks is None or ds.shape[0] == 0:
         return 0, 0
-    return ds.id.get_num_chunks(), -(-ds.shape[0] // ds.chunks[0])
+    return len(_written_chunks(ds)), -(-ds.shape[0] // ds.chunks[0])
 
 
 # --- the summary -----------------------------------------------------------------------
 
 def unfinished_build(path: Path) -> dict | None:
     """The parts folder an interrupted ``augmat build`` leaves beside its output: its
-    finished shards and, once copying began, its temporary file ``<file>.parts/<file>.tmp``."""
+    finished shards and its unfinished file ``<file>.parts/<file>.partial``."""
     parts = path.with_name(path.name + ".parts")
     if not parts.is_dir():
         return None
-    tmp = parts / (path.name + ".tmp")
-    return {"parts": str(parts), "shards": len(list(parts.glob("shard-*.npy"))),
+    tmp = parts / (path.name + ".partial")
+    return {"parts": str(parts), "shards": len(list(parts.glob(SHARD_GLOB))),
             "tmp": str(tmp) if tmp.exists() else None}
 
 

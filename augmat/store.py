@@ -26,6 +26,7 @@ links, no virtual datasets).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,12 +50,19 @@ SPLIT_DATASETS = ("val/images", "val/labels", "test/images", "test/labels")
 INDEX_DATASETS = ("subset_index", "val/source_index")
 
 
-def create_rows(f: h5py.File, name: str, n: int, dtype, tail=(), chunk_rows: int | None = None) -> h5py.Dataset:
-    """A fixed-size, row-chunked, fletcher32-checked dataset."""
+def create_rows(f: h5py.File, name: str, n: int, dtype, tail=(), chunk_rows: int | None = None,
+                allocate: bool = False) -> h5py.Dataset:
+    """A fixed-size, row-chunked, fletcher32-checked dataset. ``allocate``: give every chunk
+    its place in the file now (HDF5's early allocation; no bytes are written), so that
+    :func:`write_chunks_at` can fill them later from other processes."""
     rows = chunk_rows or (CHUNK_ROWS if tail else VECTOR_CHUNK)
     chunks = (max(1, min(rows, n)),) + tuple(tail)
+    dcpl = None
+    if allocate and n:
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     return f.create_dataset(name, shape=(n,) + tuple(tail), dtype=dtype,
-                            chunks=chunks if n else None, fletcher32=bool(n))
+                            chunks=chunks if n else None, fletcher32=bool(n), dcpl=dcpl)
 
 
 def write_array(f: h5py.File, name: str, data: np.ndarray) -> h5py.Dataset:
@@ -62,6 +70,105 @@ def write_array(f: h5py.File, name: str, data: np.ndarray) -> h5py.Dataset:
     if len(data):
         ds[...] = data
     return ds
+
+
+# --- image chunks written outside HDF5 --------------------------------------------------
+# A build creates its file whole first, with every chunk of ``images`` allocated but not
+# written, and closes it. Its workers then write each shard's chunks straight into their
+# places, exactly as HDF5 stores them (the bytes, then the fletcher32 checksum), so the
+# main process does no per-row work and the checksums cost the workers' cores.
+
+# Weights for fletcher32's block sums: column 0 sums a block's words, column 1 weighs word k by k.
+_WEIGHTS = np.stack([np.ones(1536), np.arange(1536.0)], axis=1)
+
+
+def fletcher32(data: np.ndarray) -> int:
+    """HDF5's Fletcher-32 (``H5_checksum_fletcher32``) of the bytes ``data``.
+
+    Over the n big-endian 16-bit words w_j: sum1 = sum(w_j), sum2 = sum((n - j) w_j),
+    each reduced the way HDF5's folding reduces it (mod 65535, except that a positive
+    multiple of 65535 gives 65535 and only all-zero data gives 0); the checksum is
+    (sum2 << 16) | sum1. Computed in blocks of 1536 words whose float64 sums are exact
+    (below 2**53): about 0.25 ms per 768 KiB chunk here, where writing a chunk through
+    HDF5's filter takes about 0.4 ms.
+    """
+    b = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
+    size = b.size
+    block = len(_WEIGHTS)
+    if b.size % (2 * block):  # an odd last byte is the high byte of a last word
+        b = np.concatenate([b, np.zeros(2 * block - b.size % (2 * block), np.uint8)])
+    words = b.view(">u2").reshape(-1, block).astype(np.float64)
+    sums = (words @ _WEIGHTS).astype(np.int64)   # per block: sum of w_k, and of k w_k (one BLAS call)
+    starts = np.arange(len(sums), dtype=np.int64) * block
+    s1 = int(sums[:, 0].sum())
+    j_w = int(sums[:, 1].sum()) + int((starts * sums[:, 0]).sum())   # sum of j w_j over the whole data
+    n = -(-size // 2)
+    s2 = n * s1 - j_w                                           # sum of (n - j) w_j
+    return (_fold(s2) << 16) | _fold(s1)
+
+
+def _fold(total: int) -> int:
+    return 0 if total == 0 else (total % 65535 or 65535)
+
+
+def chunk_locations(ds: h5py.Dataset) -> list[tuple[int, int]]:
+    """(byte offset, stored size) of every chunk of a row-chunked dataset, in row order.
+    The chunks must exist: ``create_rows(..., allocate=True)`` makes them all at once."""
+    n = -(-ds.shape[0] // ds.chunks[0])
+    if ds.id.get_num_chunks() != n:
+        raise ValueError(f"{ds.name}: {ds.id.get_num_chunks()} of {n} chunks allocated")
+    info = sorted((ds.id.get_chunk_info(i) for i in range(n)), key=lambda c: c.chunk_offset)
+    return [(c.byte_offset, c.size) for c in info]
+
+
+def write_chunks_at(fd: int, rows: np.ndarray, chunk_rows: int, locations: list[tuple[int, int]]) -> list[int]:
+    """Write ``rows`` into an allocated fletcher32 dataset's chunks at ``locations`` of the
+    file open as ``fd``, as HDF5 itself would store them: each chunk's bytes (the last one
+    padded with zeros to a whole chunk) followed by its checksum, little-endian. Returns
+    the checksums. No HDF5 call: a build's workers write their shards' chunks this way
+    while no process has the file open in HDF5."""
+    flat = rows.reshape(len(rows), -1)
+    sums = []
+    for (offset, size), a in zip(locations, range(0, len(rows), chunk_rows), strict=True):
+        data = np.ascontiguousarray(flat[a:a + chunk_rows]).reshape(-1)
+        if data.size != size - 4:
+            data = np.concatenate([data, np.zeros(size - 4 - data.size, np.uint8)])
+        sums.append(fletcher32(data))
+        _pwrite_all(fd, memoryview(data), offset)
+        _pwrite_all(fd, sums[-1].to_bytes(4, "little"), offset + size - 4)
+    return sums
+
+
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while len(view):
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def stored_checksum_ok(fd: int, location: tuple[int, int], expected: int) -> bool:
+    """Whether the chunk at ``location`` holds data whose fletcher32 is ``expected`` and
+    carries that checksum (a chunk never written holds zeros: checksum 0)."""
+    offset, size = location
+    raw = os.pread(fd, size, offset)
+    return (len(raw) == size and int.from_bytes(raw[-4:], "little") == expected
+            and fletcher32(np.frombuffer(raw, np.uint8)[:-4]) == expected)
+
+
+def blank_chunks(ds: h5py.Dataset) -> set[int]:
+    """First rows of the chunks of ``ds`` whose stored checksum is 0: allocated early but
+    never written (they read back as zeros and pass fletcher32). Only all-zero data has
+    checksum 0, which a chunk of rendered images never is; only ``images`` is allocated
+    early, so only it is asked. Reads 4 bytes per chunk."""
+    if ds.chunks is None or not ds.fletcher32:
+        return set()
+    blank = set()
+    with open(ds.file.filename, "rb") as fh:
+        for i in range(ds.id.get_num_chunks()):
+            c = ds.id.get_chunk_info(i)
+            if os.pread(fh.fileno(), 4, c.byte_offset + c.size - 4) == bytes(4):
+                blank.add(c.chunk_offset[0])
+    return blank
 
 
 @dataclass(frozen=True)

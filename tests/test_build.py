@@ -20,6 +20,7 @@ import pytest
 from augmat.build import BuildConfig, build
 from augmat.ops import OP_NAMES, apply_ops
 from augmat.sources import load_source
+from augmat.store import chunk_locations
 from conftest import write_cifar_archive, write_image_tree
 
 ROW_DATASETS = ("images", "labels", "source_index", "copy", "op", "magnitude")
@@ -132,18 +133,33 @@ def test_cifar_class_names_keep_cifar_order(tmp_path):
 def test_killed_build_resumes_to_the_same_file(tmp_path, cifar_archive, tiny_h5):
     out = tmp_path / "k.h5"
     args = ["build", "--source", cifar_archive, *TINY_FLAGS, "--shard-rows", 16, "--workers", 2, "-o", out, "-q"]
-    r = run_cli(*args, env={"AUGMAT_FAULT": "kill-main@3,slow@0.3"})
+    r = run_cli(*args, env={"AUGMAT_FAULT": "kill-main@4,slow@0.3"})
     assert r.returncode == -signal.SIGKILL
     assert leftovers(tmp_path) == []  # no output, no temporary file beside it
     parts = tmp_path / "k.h5.parts"
-    kept = sorted(parts.glob("shard-*.npy"))
-    assert 3 <= len(kept) < 8
-    # A half-written shard must never be taken for a finished one.
-    (parts / "shard-00007.npy.tmp999").write_bytes(b"\x93NUMPY half")
-    kept[0].write_bytes(kept[0].read_bytes()[:200])  # a damaged "finished" shard is re-rendered too
+    kept = sorted(parts.glob("shard-*.done"))
+    assert 4 <= len(kept) < 8
+    # Nothing half-done or damaged may pass for a finished shard: a receipt being written,
+    # a receipt cut short, a chunk with one byte changed, a chunk lost (zeros, as an OS
+    # crash can leave a file that was never fsynced).
+    (parts / "shard-00007.done.tmp999").write_text("[1, 2")
+    partial = parts / "k.h5.partial"
+    with h5py.File(partial, "r") as f:
+        locations = chunk_locations(f["images"])  # one 16-row chunk per shard here
+    shard = [int(p.name[len("shard-"):-len(".done")]) for p in kept]
+    kept[0].write_text(kept[0].read_text()[:3])
+    with open(partial, "r+b") as fh:
+        offset, size = locations[shard[1]]
+        fh.seek(offset + 1000)
+        byte = fh.read(1)[0]
+        fh.seek(offset + 1000)
+        fh.write(bytes([byte ^ 0x10]))
+        offset, size = locations[shard[2]]
+        fh.seek(offset)
+        fh.write(bytes(size))
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr
-    assert f"resuming: {len(kept) - 1} of 8 shards" in r.stderr
+    assert f"resuming: {len(kept) - 3} of 8 shards" in r.stderr
     assert_same_content(out, tiny_h5)
     assert not parts.exists() and leftovers(tmp_path) == ["k.h5"]
 
@@ -156,7 +172,7 @@ def test_ctrl_c_stops_workers_keeps_shards_and_exits_130(tmp_path, cifar_archive
                             env={**os.environ, "AUGMAT_FAULT": "slow@0.5"})
     parts = tmp_path / "c.h5.parts"
     deadline = time.time() + 60
-    while not list(parts.glob("shard-*.npy")) and time.time() < deadline:
+    while not list(parts.glob("shard-*.done")) and time.time() < deadline:
         time.sleep(0.05)
     workers = psutil.Process(proc.pid).children(recursive=True)
     assert workers
@@ -254,7 +270,7 @@ def test_disk_full_mid_build(tmp_path, cifar_archive):
 
 def test_disk_full_while_storing_into_the_output(tmp_path, cifar_archive, tiny_h5):
     args = ["--source", cifar_archive, *TINY_FLAGS, "--shard-rows", 16, "--workers", 1, "-o", "s.h5"]
-    line = _bad(tmp_path, *args, env={"AUGMAT_FAULT": "enospc-store@3"}, expect="disk full")
+    line = _bad(tmp_path, *args, env={"AUGMAT_FAULT": "enospc-finish@1"}, expect="disk full")
     assert "rerun the same command" in line
     assert leftovers(tmp_path) == []
     assert not list((tmp_path / "s.h5.parts").glob("*.tmp*"))

@@ -22,6 +22,7 @@ from augmat.inspection import rows_text, summarize, verify
 from augmat.ops import OPS, apply_ops
 from augmat.pictures import PREVIEW_MAGNITUDES, figure_size, preview, samples_grid, source_index_grid, upscale
 from augmat.sources import load_source
+from augmat.store import chunk_locations
 
 from conftest import write_cifar_archive
 
@@ -118,12 +119,12 @@ def test_summary_notes_an_unfinished_build_beside_the_file(tiny):
     """The build keeps everything unfinished in <file>.parts/, its temporary file included."""
     parts = tiny.with_name(tiny.name + ".parts")
     parts.mkdir()
-    np.save(parts / "shard-00000.npy", np.zeros((1, 32, 32, 3), np.uint8))
+    (parts / "shard-00000.done").write_text("[1]")
     assert summarize(tiny)["unfinished_build"] == {"parts": str(parts), "shards": 1, "tmp": None}
     r = run("inspect", tiny)
     assert r.exit_code == 0 and f"an unfinished build sits beside it: {parts} (1 shards done)" in r.stdout
-    (parts / (tiny.name + ".tmp")).write_bytes(b"half a file")
-    assert summarize(tiny)["unfinished_build"]["tmp"] == str(parts / (tiny.name + ".tmp"))
+    (parts / (tiny.name + ".partial")).write_bytes(b"half a file")
+    assert summarize(tiny)["unfinished_build"]["tmp"] == str(parts / (tiny.name + ".partial"))
 
 
 def test_a_tmp_file_beside_the_output_is_not_an_unfinished_build(tiny):
@@ -262,6 +263,21 @@ def test_verify_finds_a_shard_never_written(chunky):
     assert r.exit_code == 1
     assert "images rows 32-63: never written" in verdicts(r.stdout)["chunks"]
     assert "rows 32-63" in r.stderr
+    assert "NO: only 4 of 5 image chunks were written" in run("inspect", chunky).stdout
+
+
+def test_verify_finds_a_chunk_allocated_but_never_written(chunky):
+    """A build allocates every image chunk before its workers fill them: one never filled
+    holds zeros, checksum 0 included, which passes fletcher32. Verify and the summary
+    still call it never written."""
+    with h5py.File(chunky, "r") as f:
+        offset, size = chunk_locations(f["images"])[1]  # rows 32-63
+    with open(chunky, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(bytes(size))
+    r = run("inspect", chunky, "--verify")
+    assert r.exit_code == 1
+    assert "images rows 32-63: never written" in verdicts(r.stdout)["chunks"]
     assert "NO: only 4 of 5 image chunks were written" in run("inspect", chunky).stdout
 
 
