@@ -294,7 +294,11 @@ def build(cfg: BuildConfig, progress: bool = True, log=lambda msg: print(msg, fi
 
 
 def _build(cfg, pool, chunk_rows, shard_rows, out, t0, progress, log) -> BuildResult:
-    src: SourceData = load_source(cfg.source, progress)
+    try:  # an image tree's files are decoded on the worker pool, in parallel
+        src: SourceData = load_source(cfg.source, progress, executor=pool)
+    except BrokenProcessPool:
+        raise AugmatError("a worker process died while decoding the source (killed, or out of memory); "
+                          "rerun the command") from None
     subset_idx, val_idx = split_indices(src.train_labels, cfg.subset, cfg.val, cfg.seed)
     plan: RowPlan = plan_rows(subset_idx, cfg.copies, list(cfg.ops), cfg.seed, cfg.include_originals)
     rows = len(plan)

@@ -130,30 +130,29 @@ def _open_tar(path: Path) -> tarfile.TarFile:
 _ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
 
 
-def load_tar(path: Path, progress: bool = True) -> SourceData:
-    """A cifar-10-python.tar.gz, or a .tar.gz of an image tree (told apart by content)."""
+def load_tar(path: Path, progress: bool = True, executor=None) -> SourceData:
+    """A cifar-10-python.tar.gz, or a .tar.gz of an image tree (told apart by content).
+
+    The archive is read in one pass, every file into memory (the whole source is loaded
+    anyway): seeking back in a gzip stream decompresses it again from the start."""
     try:
         with _open_tar(path) as tar:
-            members = {m.name.lstrip("./"): m for m in tar.getmembers() if m.isfile()}
-            batch = [n for n in members if n.endswith("/data_batch_1") or n == "data_batch_1"]
-            if batch:
-                prefix = batch[0][: -len("data_batch_1")]
-
-                def read(name: str) -> bytes:
-                    m = members.get(prefix + name)
-                    if m is None:
-                        raise (FileNotFoundError if name == "batches.meta" else AugmatError)(
-                            f"{path}: {prefix + name} is missing from the archive")
-                    return tar.extractfile(m).read()
-                return _from_batches(read, str(path), "cifar-python-archive", path)
-            # Read members in archive order: seeking backwards in a gzip stream
-            # decompresses it again from the start.
-            files = [(n, tar.extractfile(m).read()) for n, m in members.items()
-                     if n.lower().endswith(IMAGE_SUFFIXES)]
-            return _from_image_files(files, lambda raw: raw, path, "image-archive", progress)
+            files = {m.name.lstrip("./"): tar.extractfile(m).read() for m in tar if m.isfile()}
     except _ARCHIVE_ERRORS as e:
         raise AugmatError(f"{path}: the archive is corrupt or truncated ({type(e).__name__}: {e}); "
                           "download or copy it again")
+    batch = [n for n in files if n.endswith("/data_batch_1") or n == "data_batch_1"]
+    if batch:
+        prefix = batch[0][: -len("data_batch_1")]
+
+        def read(name: str) -> bytes:  # each member once: its bytes go as soon as it is decoded
+            if prefix + name not in files:
+                raise (FileNotFoundError if name == "batches.meta" else AugmatError)(
+                    f"{path}: {prefix + name} is missing from the archive")
+            return files.pop(prefix + name)
+        return _from_batches(read, str(path), "cifar-python-archive", path)
+    images = [(n, raw) for n, raw in files.items() if n.lower().endswith(IMAGE_SUFFIXES)]
+    return _from_image_files(images, lambda raw: raw, path, "image-archive", progress, executor)
 
 
 # --- image trees ---------------------------------------------------------------------
@@ -192,33 +191,48 @@ def _decode_image(raw: bytes, where: str) -> np.ndarray:
         raise AugmatError(f"{where}: not a readable image ({e})")
 
 
-def _from_image_files(files, read, path, kind, progress: bool = True) -> SourceData:
+def _decode_many(items: list[tuple[bytes, str]]) -> np.ndarray:
+    """Decode (raw bytes, name for errors) pairs into one uint8 array (n, 32, 32, 3)."""
+    out = np.empty((len(items), 32, 32, 3), np.uint8)
+    for i, (raw, where) in enumerate(items):
+        out[i] = _decode_image(raw, where)
+    return out
+
+
+_DECODE_BATCH = 2000  # images per task (and per progress-bar step)
+
+
+def _from_image_files(files, read, path, kind, progress: bool = True, executor=None) -> SourceData:
+    """Decode an image tree's files in class, then file name order. With ``executor``
+    (a concurrent.futures executor, such as a build's worker pool) the JPEG/PNG decoding,
+    most of the time of a large tree, runs there in batches, in parallel."""
     tree = _split_tree([n for n, _ in files], path)
     handle = dict(files)
     classes = _class_order(tree["train"])
     unknown = set(tree["test"]) - set(classes)
     if unknown:
         raise AugmatError(f"{path}: test classes {sorted(unknown)} have no train/ folder")
-    arrays = {}
+    order = {split: [(n, label) for label, cls in enumerate(classes) for n in sorted(tree[split].get(cls, []))]
+             for split in ("train", "test")}
+    names = order["train"] + order["test"]
+    items = [(read(handle[n]), f"{path}:{n}" if kind == "image-archive" else n) for n, _ in names]
     from tqdm import tqdm
-    total = sum(len(v) for split in tree.values() for v in split.values())
-    with tqdm(total=total, desc="decoding source", unit="img", leave=False,
-              disable=not progress or total < 5000) as bar:
-        for split in ("train", "test"):
-            xs, ys = [], []
-            for label, cls in enumerate(classes):
-                for n in sorted(tree[split].get(cls, [])):
-                    xs.append(_decode_image(read(handle[n]), f"{path}:{n}" if kind == "image-archive" else n))
-                    ys.append(label)
-                    bar.update()
-            x = np.stack(xs) if xs else np.zeros((0, 32, 32, 3), np.uint8)
-            arrays[split] = (x, np.asarray(ys, dtype=np.uint8))
-    return _finish(*arrays["train"], *arrays["test"], classes, kind, path)
+    with tqdm(total=len(items), desc="decoding source", unit="img", leave=False,
+              disable=not progress or len(items) < 5000) as bar:
+        batches = [items[a:a + _DECODE_BATCH] for a in range(0, len(items), _DECODE_BATCH)]
+        parts = []
+        for part in (map if executor is None else executor.map)(_decode_many, batches):
+            parts.append(part)
+            bar.update(len(part))
+    x = np.concatenate(parts) if parts else np.zeros((0, 32, 32, 3), np.uint8)
+    y = np.asarray([label for _, label in names], dtype=np.uint8)
+    k = len(order["train"])
+    return _finish(x[:k], y[:k], x[k:], y[k:], classes, kind, path)
 
 
-def load_image_folder(folder: Path, progress: bool = True) -> SourceData:
+def load_image_folder(folder: Path, progress: bool = True, executor=None) -> SourceData:
     files = [(str(p), p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    return _from_image_files(files, lambda p: p.read_bytes(), folder, "image-folder", progress)
+    return _from_image_files(files, lambda p: p.read_bytes(), folder, "image-folder", progress, executor)
 
 
 # --- the Keras cache -----------------------------------------------------------------
@@ -253,9 +267,10 @@ def load_keras_cifar10() -> SourceData:
     return load_keras_cifar10()
 
 
-def load_source(source: str | os.PathLike | None, progress: bool = True) -> SourceData:
+def load_source(source: str | os.PathLike | None, progress: bool = True, executor=None) -> SourceData:
     """Load the whole source (training and test splits) into memory; ``progress``: show a
-    progress bar while decoding a large image tree."""
+    progress bar while decoding a large image tree; ``executor``: decode an image tree's
+    files there, in parallel (a concurrent.futures executor)."""
     if source is None or str(source) == "":
         return load_keras_cifar10()
     path = Path(os.path.abspath(Path(source).expanduser()))  # recorded in the file: works from anywhere
@@ -268,11 +283,11 @@ def load_source(source: str | os.PathLike | None, progress: bool = True) -> Sour
             return load_cifar_python_folder(path)
         if (path / "cifar-10-batches-py" / "data_batch_1").exists():
             return load_cifar_python_folder(path / "cifar-10-batches-py")
-        return load_image_folder(path, progress)
+        return load_image_folder(path, progress, executor)
     try:
         is_tar = tarfile.is_tarfile(path)
     except OSError as e:
         raise AugmatError(f"--source {source}: cannot read it ({e.strerror})")
     if not is_tar:
         raise AugmatError(f"--source {source}: not a tar archive or a folder; it may be corrupt or truncated")
-    return load_tar(path, progress)
+    return load_tar(path, progress, executor)

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from unittest import mock
 from pathlib import Path
 
 import h5py
@@ -120,6 +122,11 @@ def test_sources_of_every_kind_agree(tmp_path, cifar_archive):
     assert a.class_names == ("cat", "dog", "ship")  # not CIFAR-10's names: sorted
     assert a.sha256 == b.sha256 and len(a.train_labels) == 36 and len(a.test_labels) == 9
     assert np.bincount(a.train_labels).tolist() == [12, 12, 12]
+    # Decoded in batches on an executor (as a build does on its worker pool): the same images, in order.
+    with ThreadPoolExecutor(2) as pool, mock.patch("augmat.sources._DECODE_BATCH", 5):
+        c = load_source(tmp_path / "tree.tar.gz", executor=pool)
+    assert c.sha256 == a.sha256
+    np.testing.assert_array_equal(c.test_images, a.test_images)
 
 
 def test_cifar_class_names_keep_cifar_order(tmp_path):
