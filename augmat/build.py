@@ -4,16 +4,18 @@ The story of a build:
 
 1. Load the source, draw the plan (:mod:`augmat.plan`): nothing random happens later.
 2. Create the output under a temporary name, ``<output>.parts/<name>.partial``, whole
-   but for its pixels: every dataset and attribute written, every chunk of ``images``
-   given its place in the file (HDF5's early allocation), the disk space claimed.
+   but for its pixels: every other dataset written, every chunk of ``images`` given its
+   place in the file (HDF5's early allocation, which writes them once as zeros: a full
+   disk fails here, before any rendering).
 3. Cut the rows into shards of ``shard_rows`` (a multiple of the HDF5 chunk). Worker
    processes (``spawn``ed: no HDF5 handle or TensorFlow state crosses a fork) render
    a shard and write its chunks straight into their places, as HDF5 stores them (the
    bytes, then the fletcher32 checksum: :func:`augmat.store.write_chunks_at`), then a
    receipt ``<output>.parts/shard-NNNNN.done`` with the chunks' checksums. The main
-   process does no per-row work, so two workers keep two cores busy.
-4. When every shard is done: fsync, rename to ``<output>`` (the final path appears only
-   when the build is complete), remove the parts folder.
+   process does no per-shard work, so two workers keep two cores busy.
+4. When every shard is done: write the attributes (this run's options), fsync, rename to
+   ``<output>`` (the final path appears only when the build is complete), remove the
+   parts folder.
 
 Killed half-way (Ctrl-C, SIGKILL, a full disk), the parts folder stays; the same
 command again reuses the partial file and every shard whose receipt matches the
@@ -22,7 +24,8 @@ The result is identical for any number of workers and any shard size.
 
 For tests, ``AUGMAT_FAULT`` injects failures (comma-separated):
 ``kill-worker@S`` a worker SIGKILLs itself on shard S; ``enospc@S`` writing shard S
-fails with a full disk; ``enospc-layout@1`` creating the output fails with a full disk;
+fails with a full disk; ``enospc-layout@1`` creating the output fails with a full disk
+(raised as h5py reports it, a ValueError naming errno 28);
 ``enospc-finish@1`` the main process's last write (the fsync before the rename) fails
 with a full disk; ``kill-main@K`` the main process SIGKILLs itself after K shards are
 done; ``slow@SECONDS`` each shard takes that much longer.
@@ -35,6 +38,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import sys
@@ -110,7 +114,7 @@ class BuildConfig:
         # The version too: a newer augmat's ops may render differently, so an older
         # build's shards are not reused.
         content.update(source=source_sha256, shard_rows=self.shard_rows, format=FORMAT_VERSION,
-                       version=__version__)
+                       version=__version__, parts=PARTS_FORMAT)
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
@@ -174,6 +178,7 @@ def _ready() -> int:
 
 
 SHARD_GLOB = "shard-*.done"
+PARTS_FORMAT = 2  # what a parts folder holds (1: shard .npy files); part of the plan key
 
 
 def done_path(parts: Path, index: int) -> Path:
@@ -218,6 +223,13 @@ def _finished(fd: int, parts: Path, index: int, locations: list[tuple[int, int]]
         return False
     return (isinstance(sums, list) and len(sums) == len(locations)
             and all(stored_checksum_ok(fd, loc, s) for loc, s in zip(locations, sums)))
+
+
+def _whole_npy(path: Path, shape: tuple) -> bool:
+    try:
+        return np.load(path, mmap_mode="r").shape == shape
+    except (OSError, ValueError, EOFError):
+        return False
 
 
 def _prepare_parts(cfg: BuildConfig, key: str, out: Path, log) -> Path:
@@ -307,7 +319,7 @@ def _build(cfg, pool, chunk_rows, shard_rows, out, t0, progress, log) -> BuildRe
 
     parts = _prepare_parts(cfg, cfg.content_key(src.sha256), out, log)
     subset_path = parts / "subset.npy"
-    if not subset_path.exists():
+    if not _whole_npy(subset_path, (len(subset_idx), 32, 32, 3)):
         try:
             np.save(parts / "subset.tmp.npy", src.train_images[subset_idx])
             os.replace(parts / "subset.tmp.npy", subset_path)
@@ -347,13 +359,16 @@ def _build(cfg, pool, chunk_rows, shard_rows, out, t0, progress, log) -> BuildRe
     bar.close()
     t_rendered = time.perf_counter()
     try:
+        import h5py
+        with h5py.File(tmp_out, "r+") as f:
+            _write_attrs(f, cfg, src, len(val_idx))
         if faults.get("enospc-finish"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_out))
         with open(tmp_out, "rb+") as fh:  # on disk before it takes the final name
             os.fsync(fh.fileno())
         os.replace(tmp_out, out)
-    except OSError as e:
-        raise _disk_error(e, tmp_out, parts)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise _disk_error(_io_error(e), tmp_out, parts) from None
     shutil.rmtree(parts, ignore_errors=True)
     return BuildResult(out, rows, sum(b - a for _, a, b in todo), len(bounds), reused,
                        seconds=time.perf_counter() - t0, load_seconds=t_render - t0,
@@ -363,42 +378,89 @@ def _build(cfg, pool, chunk_rows, shard_rows, out, t0, progress, log) -> BuildRe
 def _layout(tmp_out: Path, parts: Path, cfg: BuildConfig, src: SourceData, plan: RowPlan, subset_idx, val_idx,
             chunk_rows: int, log) -> list[tuple[int, int]]:
     """The temporary output, whole but for the pixels of ``images``: every other dataset
-    and attribute written, every image chunk given its place (returned). Made once per
-    plan and reused by a resume; ``layout.json`` marks it as made."""
+    written, every image chunk given its place (returned). HDF5's early allocation writes
+    each image chunk once, as zeros, so the main process writes the image area once, here,
+    and a full disk fails here, before any rendering. Made once per plan; a resume reuses
+    it after checking it: the chunks where they can be, every other dataset equal to what
+    the plan says (damage of any kind, an OS crash's included, means a fresh file)."""
     import h5py
     marker = parts / "layout.json"
+    rest = _rest(src, plan, subset_idx, val_idx)
     if marker.exists() and tmp_out.exists():
         try:
             with h5py.File(tmp_out, "r") as f:
-                if f["images"].shape[0] == len(plan) and f["images"].chunks[0] == min(chunk_rows, len(plan)):
-                    return chunk_locations(f["images"])
-        except (OSError, KeyError, ValueError):
-            pass
-        log(f"note: the unfinished file in {parts} is damaged; rendering every shard again")
+                return _reusable(f, rest, len(plan), chunk_rows, tmp_out.stat().st_size)
+        except Exception:  # noqa: BLE001 - whatever HDF5 says of a damaged file, the answer is a new one
+            log(f"note: the unfinished file in {parts} is damaged; rendering every shard again")
     marker.unlink(missing_ok=True)
     for receipt in parts.glob(SHARD_GLOB):  # they describe chunks of the file made before
         receipt.unlink()
     try:
         with h5py.File(tmp_out, "w") as f:
             if _faults().get("enospc-layout"):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_out))
+                raise ValueError("Unable to synchronously create dataset (... errno = 28, error message = "
+                                 "'No space left on device' ...)")  # how h5py reports it
             images = create_rows(f, "images", len(plan), np.uint8, (32, 32, 3), chunk_rows=chunk_rows,
                                  allocate=True)
-            locations = chunk_locations(images) if len(plan) else []
-            _write_rest(f, cfg, src, plan, subset_idx, val_idx)
-        with open(tmp_out, "rb+") as fh:  # claim the disk space now: a full disk fails here, before rendering
-            try:
-                os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
-            except OSError as e:
-                if e.errno == errno.ENOSPC:
-                    raise
-            except AttributeError:  # not on this system
-                pass
+            locations = chunk_locations(images)
+            for name, data in rest.items():
+                write_array(f, name, data)
+            f["op"].attrs["names"] = np.array(plan.op_names, dtype=h5py.string_dtype())
         marker.write_text(json.dumps({"chunks": len(locations)}))
-    except OSError as e:
+    except (OSError, ValueError, RuntimeError) as e:
         tmp_out.unlink(missing_ok=True)
-        raise _disk_error(e, tmp_out, parts)
+        raise _disk_error(_io_error(e), tmp_out, parts) from None
     return locations
+
+
+def _rest(src: SourceData, plan: RowPlan, subset_idx, val_idx) -> dict[str, np.ndarray]:
+    """Every dataset of the file but ``images``."""
+    return {"labels": src.train_labels[plan.source_index], "source_index": plan.source_index.astype(np.int32),
+            "copy": plan.copy, "op": plan.op, "magnitude": plan.magnitude,
+            "subset_index": subset_idx.astype(np.int32), "val/images": src.train_images[val_idx],
+            "val/labels": src.train_labels[val_idx], "val/source_index": val_idx.astype(np.int32),
+            "test/images": src.test_images, "test/labels": src.test_labels}
+
+
+def _reusable(f, rest: dict[str, np.ndarray], rows: int, chunk_rows: int, file_size: int) -> list[tuple[int, int]]:
+    """The image chunk locations of an earlier run's file, if it is intact; raises otherwise."""
+    images = f["images"]
+    if images.shape[0] != rows or images.chunks[0] != chunk_rows:
+        raise ValueError("another layout")
+    locations = chunk_locations(images)
+    size = chunk_rows * 32 * 32 * 3 + 4
+    if any(s != size or not 0 < o <= file_size - s for o, s in locations):
+        raise ValueError("chunk index damaged")
+    for name, data in rest.items():  # read through fletcher32, compared with what the plan says
+        if f[name].shape != data.shape or not np.array_equal(f[name][...], data):
+            raise ValueError(f"{name} differs")
+    return locations
+
+
+def _io_error(e: Exception) -> OSError:
+    """An I/O error as an OSError: h5py reports some (a full disk while allocating) as
+    ValueError or RuntimeError with the errno in the message; others are re-raised."""
+    if isinstance(e, OSError):
+        return e
+    found = re.search(r"errno = (\d+)", str(e))
+    if not found:
+        raise e
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code))
+
+
+def _write_attrs(f, cfg: BuildConfig, src: SourceData, val_rows: int) -> None:
+    """The file's attributes, written by the run that finishes the build (its options and
+    source path, not those of a run it resumed)."""
+    f.attrs["augmat_format"] = FORMAT_VERSION
+    f.attrs["augmat_version"] = __version__
+    f.attrs["config"] = cfg.to_json()
+    f.attrs["class_names"] = json.dumps(list(src.class_names))
+    f.attrs["source"] = json.dumps(src.describe())
+    f.attrs["description"] = (
+        f"{cfg.copies} augmented copies of {cfg.subset} {src.kind} training images "
+        f"(seed {cfg.seed}, ops {', '.join(cfg.ops)}), plus {val_rows} validation "
+        f"and {len(src.test_labels)} test images, unaugmented; made by augmat {__version__}")
 
 
 def _start_pool(workers: int, shard_rows: int) -> ProcessPoolExecutor:
@@ -440,28 +502,3 @@ def _stop_pool(pool: ProcessPoolExecutor) -> None:
         if p.is_alive():
             p.terminate()
     pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _write_rest(f, cfg: BuildConfig, src: SourceData, plan: RowPlan, subset_idx, val_idx) -> None:
-    import h5py
-    write_array(f, "labels", src.train_labels[plan.source_index])
-    write_array(f, "source_index", plan.source_index.astype(np.int32))
-    write_array(f, "copy", plan.copy)
-    op = write_array(f, "op", plan.op)
-    op.attrs["names"] = np.array(plan.op_names, dtype=h5py.string_dtype())
-    write_array(f, "magnitude", plan.magnitude)
-    write_array(f, "subset_index", subset_idx.astype(np.int32))
-    write_array(f, "val/images", src.train_images[val_idx])
-    write_array(f, "val/labels", src.train_labels[val_idx])
-    write_array(f, "val/source_index", val_idx.astype(np.int32))
-    write_array(f, "test/images", src.test_images)
-    write_array(f, "test/labels", src.test_labels)
-    f.attrs["augmat_format"] = FORMAT_VERSION
-    f.attrs["augmat_version"] = __version__
-    f.attrs["config"] = cfg.to_json()
-    f.attrs["class_names"] = json.dumps(list(src.class_names))
-    f.attrs["source"] = json.dumps(src.describe())
-    f.attrs["description"] = (
-        f"{cfg.copies} augmented copies of {cfg.subset} {src.kind} training images "
-        f"(seed {cfg.seed}, ops {', '.join(cfg.ops)}), plus {len(val_idx)} validation "
-        f"and {len(src.test_labels)} test images, unaugmented; made by augmat {__version__}")

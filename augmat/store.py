@@ -53,8 +53,8 @@ INDEX_DATASETS = ("subset_index", "val/source_index")
 def create_rows(f: h5py.File, name: str, n: int, dtype, tail=(), chunk_rows: int | None = None,
                 allocate: bool = False) -> h5py.Dataset:
     """A fixed-size, row-chunked, fletcher32-checked dataset. ``allocate``: give every chunk
-    its place in the file now (HDF5's early allocation; no bytes are written), so that
-    :func:`write_chunks_at` can fill them later from other processes."""
+    its place in the file now (HDF5's early allocation, which writes each chunk once, as
+    zeros), so that :func:`write_chunks_at` can fill them later from other processes."""
     rows = chunk_rows or (CHUNK_ROWS if tail else VECTOR_CHUNK)
     chunks = (max(1, min(rows, n)),) + tuple(tail)
     dcpl = None
@@ -73,10 +73,10 @@ def write_array(f: h5py.File, name: str, data: np.ndarray) -> h5py.Dataset:
 
 
 # --- image chunks written outside HDF5 --------------------------------------------------
-# A build creates its file whole first, with every chunk of ``images`` allocated but not
-# written, and closes it. Its workers then write each shard's chunks straight into their
-# places, exactly as HDF5 stores them (the bytes, then the fletcher32 checksum), so the
-# main process does no per-row work and the checksums cost the workers' cores.
+# A build creates its file whole first, every chunk of ``images`` allocated (as zeros),
+# and closes it. Its workers then write each shard's chunks straight into their places,
+# exactly as HDF5 stores them (the bytes, then the fletcher32 checksum), so the main
+# process does no per-shard work and the checksums cost the workers' cores.
 
 # Weights for fletcher32's block sums: column 0 sums a block's words, column 1 weighs word k by k.
 _WEIGHTS = np.stack([np.ones(1536), np.arange(1536.0)], axis=1)
@@ -92,23 +92,27 @@ def fletcher32(data: np.ndarray) -> int:
     (below 2**53): about 0.25 ms per 768 KiB chunk here, where writing a chunk through
     HDF5's filter takes about 0.4 ms.
     """
-    b = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
+    b = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) \
+        else np.ascontiguousarray(data).reshape(-1).view(np.uint8)
     size = b.size
     block = len(_WEIGHTS)
     if b.size % (2 * block):  # an odd last byte is the high byte of a last word
         b = np.concatenate([b, np.zeros(2 * block - b.size % (2 * block), np.uint8)])
     words = b.view(">u2").reshape(-1, block).astype(np.float64)
     sums = (words @ _WEIGHTS).astype(np.int64)   # per block: sum of w_k, and of k w_k (one BLAS call)
-    starts = np.arange(len(sums), dtype=np.int64) * block
-    s1 = int(sums[:, 0].sum())
-    j_w = int(sums[:, 1].sum()) + int((starts * sums[:, 0]).sum())   # sum of j w_j over the whole data
+    # Sums over blocks mod 65535 (int64 would overflow past ~33 MB of data otherwise).
+    starts = np.arange(len(sums), dtype=np.int64) * block % 65535
+    s1 = int((sums[:, 0] % 65535).sum())
+    j_w = int((sums[:, 1] % 65535).sum()) + int((starts * (sums[:, 0] % 65535) % 65535).sum())
     n = -(-size // 2)
-    s2 = n * s1 - j_w                                           # sum of (n - j) w_j
-    return (_fold(s2) << 16) | _fold(s1)
+    s2 = n * s1 - j_w                                           # sum of (n - j) w_j, mod 65535
+    nonzero = bool(sums[:, 0].any())                            # HDF5 gives 0 only for all-zero data
+    return (_fold(s2, nonzero) << 16) | _fold(s1, nonzero)
 
 
-def _fold(total: int) -> int:
-    return 0 if total == 0 else (total % 65535 or 65535)
+def _fold(total: int, nonzero: bool) -> int:
+    """HDF5's end-around-carry folding of a sum known mod 65535: 0 only for all-zero data."""
+    return (total % 65535 or 65535) if nonzero else 0
 
 
 def chunk_locations(ds: h5py.Dataset) -> list[tuple[int, int]]:
@@ -156,10 +160,9 @@ def stored_checksum_ok(fd: int, location: tuple[int, int], expected: int) -> boo
 
 
 def blank_chunks(ds: h5py.Dataset) -> set[int]:
-    """First rows of the chunks of ``ds`` whose stored checksum is 0: allocated early but
-    never written (they read back as zeros and pass fletcher32). Only all-zero data has
-    checksum 0, which a chunk of rendered images never is; only ``images`` is allocated
-    early, so only it is asked. Reads 4 bytes per chunk."""
+    """First rows of the chunks of ``ds`` whose stored checksum is 0, i.e. whose bytes are
+    all zero: allocated early and never written, or data that is all zeros (black images).
+    Such a chunk passes fletcher32; only a re-render tells which. Reads 4 bytes per chunk."""
     if ds.chunks is None or not ds.fletcher32:
         return set()
     blank = set()

@@ -328,3 +328,50 @@ def test_readme_python_example_runs(tmp_path, cifar_archive):
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "wrote 400 rows" in r.stdout and (tmp_path / "data" / "small.h5").exists()
+
+
+def test_disk_full_while_laying_out_the_output(tmp_path, cifar_archive):
+    """HDF5's early allocation writes every image chunk when the file is laid out, so a full
+    disk shows there, before rendering, reported by h5py as a ValueError naming errno 28."""
+    line = _bad(tmp_path, "--source", cifar_archive, *TINY_FLAGS, "--shard-rows", 16, "--workers", 1,
+                "-o", "l.h5", env={"AUGMAT_FAULT": "enospc-layout@1"}, expect="disk full")
+    assert "rerun the same command" in line
+    assert leftovers(tmp_path) == []
+    assert not (tmp_path / "l.h5.parts" / "l.h5.partial").exists()
+
+
+def test_resume_rejects_a_damaged_partial_file(tmp_path, cifar_archive, tiny_h5):
+    """Damage outside the image chunks (a provenance dataset, HDF5's own metadata) of an
+    interrupted build's file means a fresh file, never a resumed one that cannot be read."""
+    out = tmp_path / "d.h5"
+    args = ["build", "--source", cifar_archive, *TINY_FLAGS, "--shard-rows", 16, "--workers", 1, "-o", out, "-q"]
+    for damage in ("labels", "metadata"):
+        assert run_cli(*args, env={"AUGMAT_FAULT": "kill-main@3"}).returncode == -signal.SIGKILL
+        partial = tmp_path / "d.h5.parts" / "d.h5.partial"
+        with h5py.File(partial, "r") as f:
+            offset = f["labels"].id.get_chunk_info(0).byte_offset if damage == "labels" else 1000
+        with open(partial, "r+b") as fh:
+            fh.seek(offset)
+            byte = fh.read(1)[0]
+            fh.seek(offset)
+            fh.write(bytes([byte ^ 0x55]))
+        r = run_cli(*args)
+        assert r.returncode == 0, r.stderr
+        assert "damaged; rendering every shard again" in r.stderr and "resuming" not in r.stderr
+        assert_same_content(out, tiny_h5)
+        out.unlink()
+
+
+def test_a_resumed_file_records_the_run_that_finished_it(tmp_path, cifar_archive):
+    out = tmp_path / "r.h5"
+    copy = tmp_path / "copy.tar.gz"
+    shutil.copy(cifar_archive, copy)
+    first = ["build", *TINY_FLAGS, "--shard-rows", 16, "-o", out, "-q"]
+    assert run_cli(*first, "--source", copy, "--workers", 2,
+                   env={"AUGMAT_FAULT": "kill-main@3"}).returncode == -signal.SIGKILL
+    copy.unlink()
+    r = run_cli(*first, "--source", cifar_archive, "--workers", 1)
+    assert r.returncode == 0 and "resuming" in r.stderr
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["config"])["workers"] == 1
+        assert json.loads(f.attrs["source"])["path"] == str(cifar_archive)

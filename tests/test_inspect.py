@@ -268,8 +268,8 @@ def test_verify_finds_a_shard_never_written(chunky):
 
 def test_verify_finds_a_chunk_allocated_but_never_written(chunky):
     """A build allocates every image chunk before its workers fill them: one never filled
-    holds zeros, checksum 0 included, which passes fletcher32. Verify and the summary
-    still call it never written."""
+    holds zeros, checksum 0 included, which passes fletcher32. Verify re-renders every row
+    of such a chunk and names them."""
     with h5py.File(chunky, "r") as f:
         offset, size = chunk_locations(f["images"])[1]  # rows 32-63
     with open(chunky, "r+b") as fh:
@@ -277,8 +277,9 @@ def test_verify_finds_a_chunk_allocated_but_never_written(chunky):
         fh.write(bytes(size))
     r = run("inspect", chunky, "--verify")
     assert r.exit_code == 1
-    assert "images rows 32-63: never written" in verdicts(r.stdout)["chunks"]
-    assert "NO: only 4 of 5 image chunks were written" in run("inspect", chunky).stdout
+    rerender = verdicts(r.stdout)["re-render"]
+    assert "FAIL" in rerender and "32 of them in chunks of all zeros: never written" in rerender
+    assert "rows 32-63" in r.stderr
 
 
 def _row_with(f, op_code=None) -> int:

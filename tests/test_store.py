@@ -32,6 +32,16 @@ def test_fletcher32_is_hdf5s(n, fill):
     assert fletcher32(x) == int.from_bytes(stored[-4:], "little")
 
 
+def test_fletcher32_of_large_and_strided_data():
+    """Past ~33 MB the sums leave int64 unless reduced; a strided view is read as its values."""
+    big = np.full(40_000_000, 255, np.uint8)
+    (stored,) = hdf5_chunks(big, big.size)
+    assert fletcher32(big) == int.from_bytes(stored[-4:], "little") == 0xFFFFFFFF
+    x = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)[::2]
+    (stored,) = hdf5_chunks(np.ascontiguousarray(x), len(x))
+    assert fletcher32(x) == int.from_bytes(stored[-4:], "little")
+
+
 def allocated_file(path, rows: int, chunk_rows: int) -> list[tuple[int, int]]:
     with h5py.File(path, "w") as f:
         return chunk_locations(create_rows(f, "x", rows, np.uint8, (32, 32, 3), chunk_rows=chunk_rows,
