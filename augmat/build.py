@@ -52,7 +52,7 @@ import numpy as np
 
 from . import __version__
 from .errors import AugmatError
-from .ops import IMAGE_SHAPE, OP_NAMES, apply_ops
+from .ops import IMAGE_SHAPE, OP_NAMES, apply_ops, rendering_libraries
 from .plan import RowPlan, plan_rows, split_indices
 from .sources import SourceData, load_source
 from .store import (CHUNK_ROWS, FORMAT_VERSION, chunk_locations, create_rows, stored_checksum_ok, write_array,
@@ -454,6 +454,7 @@ def _write_attrs(f, cfg: BuildConfig, src: SourceData, val_rows: int) -> None:
     source path, not those of a run it resumed)."""
     f.attrs["augmat_format"] = FORMAT_VERSION
     f.attrs["augmat_version"] = __version__
+    f.attrs["libraries"] = json.dumps(rendering_libraries())
     f.attrs["config"] = cfg.to_json()
     f.attrs["class_names"] = json.dumps(list(src.class_names))
     f.attrs["source"] = json.dumps(src.describe())

@@ -19,6 +19,7 @@ Everything here reads; nothing writes. Files are opened only through
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 
 from .errors import AugmatError
 from .build import SHARD_GLOB
-from .ops import OPS, apply_ops
+from .ops import OPS, apply_ops, rendering_libraries
 from .plan import ORIGINAL_COPY
 from .sources import SourceData, load_source
 from .store import FileInfo, blank_chunks, open_file, read_rows
@@ -486,6 +487,11 @@ def _check_rerender(v: dict, f: h5py.File, info: FileInfo, src: SourceData, samp
     if len(wrong):
         zeros = np.intersect1d(wrong, blank_rows)
         why = f"; {len(zeros)} of them in chunks of all zeros: never written" if len(zeros) else ""
+        built = json.loads(f.attrs.get("libraries", "{}"))
+        now = rendering_libraries()
+        if built and built.get("opencv") != now["opencv"]:
+            why += (f"; the file was rendered with OpenCV {built.get('opencv')}, this is OpenCV {now['opencv']}: "
+                    "bit-for-bit re-rendering needs the same one")
         return _fail_rows("re-render", [(f"pixels differ from a re-render of the stored source_index, op and "
                                          f"magnitude ({len(wrong)} of {len(rows)} sampled{why})", wrong)])
     what = "all" if len(rows) == info.rows else f"a sample of {len(rows):,} (seed {seed}) of the {info.rows:,}"

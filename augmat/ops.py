@@ -201,6 +201,11 @@ OPS: dict[str, Op] = {
 OP_NAMES: tuple[str, ...] = tuple(OPS)
 
 
+def rendering_libraries() -> dict[str, str]:
+    """The versions that decide the rendered pixels (a build records them in its file)."""
+    return {"opencv": cv2.__version__, "numpy": np.__version__}
+
+
 def apply_ops(images: np.ndarray, op_codes: np.ndarray, magnitudes: np.ndarray,
               op_names: tuple[str, ...] = OP_NAMES, rows: np.ndarray | None = None) -> np.ndarray:
     """Render a batch where each image has its own op (an index into ``op_names``)

@@ -14,7 +14,8 @@ more CPU than the disk it saves)::
     val/images, val/labels, val/source_index     unaugmented validation split
     test/images, test/labels                     the source's test split
 
-    attrs: augmat_format, augmat_version, config (JSON of every build option),
+    attrs: augmat_format, augmat_version, libraries (JSON: OpenCV and numpy versions),
+           config (JSON of every build option),
            class_names (JSON), source (JSON: kind, path, sha256, sizes), description
 
 Rows are stored copy block after copy block (see :mod:`augmat.plan`). The file

@@ -10,6 +10,7 @@ import re
 import shutil
 from pathlib import Path
 
+import cv2
 import h5py
 import numpy as np
 import pytest
@@ -520,3 +521,14 @@ def test_preview_bad_image_index_is_one_line(cifar_archive, tmp_path):
     assert_one_line_error(run("preview", "--source", cifar_archive, "--image", 300, "-o", tmp_path / "p.png"),
                           "--image 300", "0..299")
     assert not (tmp_path / "p.png").exists()
+
+
+def test_verify_names_another_opencv_when_pixels_differ(chunky):
+    """Rotations differ between OpenCV versions: a failed re-render says which built the file."""
+    with h5py.File(chunky, "r+") as f:
+        assert json.loads(f.attrs["libraries"])["opencv"] == cv2.__version__
+        f.attrs["libraries"] = json.dumps({"opencv": "4.14.0", "numpy": np.__version__})
+        row = _row_with(f)
+        f["images"][row] = 255 - f["images"][row]
+    r = run("inspect", chunky, "--verify", "--sample", 100000)
+    assert "rendered with OpenCV 4.14.0, this is OpenCV " + cv2.__version__ in verdicts(r.stdout)["re-render"]
