@@ -133,11 +133,23 @@ _ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
 def load_tar(path: Path, progress: bool = True, executor=None) -> SourceData:
     """A cifar-10-python.tar.gz, or a .tar.gz of an image tree (told apart by content).
 
-    The archive is read in one pass, every file into memory (the whole source is loaded
-    anyway): seeking back in a gzip stream decompresses it again from the start."""
+    The archive is read in one pass (seeking back in a gzip stream decompresses it again
+    from the start): the images of a tree go to the decoder as they come, every other
+    file is kept in memory (the python archive's batches are dropped as they are decoded)."""
+    files: dict[str, bytes] = {}
+
+    def images(tar):
+        for m in tar:
+            if not m.isfile():
+                continue
+            name, raw = m.name.lstrip("./"), tar.extractfile(m).read()
+            if _tree_place(name):
+                yield name, raw
+            else:
+                files[name] = raw
     try:
         with _open_tar(path) as tar:
-            files = {m.name.lstrip("./"): tar.extractfile(m).read() for m in tar if m.isfile()}
+            names, decoded = _decode_files(images(tar), lambda n: f"{path}:{n}", progress, executor)
     except _ARCHIVE_ERRORS as e:
         raise AugmatError(f"{path}: the archive is corrupt or truncated ({type(e).__name__}: {e}); "
                           "download or copy it again")
@@ -151,24 +163,17 @@ def load_tar(path: Path, progress: bool = True, executor=None) -> SourceData:
                     f"{path}: {prefix + name} is missing from the archive")
             return files.pop(prefix + name)
         return _from_batches(read, str(path), "cifar-python-archive", path)
-    images = [(n, raw) for n, raw in files.items() if n.lower().endswith(IMAGE_SUFFIXES)]
-    return _from_image_files(images, lambda raw: raw, path, "image-archive", progress, executor)
+    return _assemble_tree(names, decoded, path, "image-archive")
 
 
 # --- image trees ---------------------------------------------------------------------
 
-def _split_tree(names: list[str], where) -> dict[str, dict[str, list[str]]]:
-    """Group paths '<prefix>/(train|test)/<class>/<file>' by split and class."""
-    tree: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
-    for n in names:
-        parts = n.split("/")
-        if len(parts) < 3 or parts[-3] not in tree:
-            continue
-        tree[parts[-3]].setdefault(parts[-2], []).append(n)
-    if not tree["train"]:
-        raise AugmatError(f"{where}: found no train/<class>/ images (.png, .jpg); expected "
-                          "train/<class>/*.png and test/<class>/*.png, or a CIFAR-10 python archive")
-    return tree
+def _tree_place(name: str) -> tuple[str, str] | None:
+    """(split, class) of an image at '<prefix>/(train|test)/<class>/<file>', else None."""
+    parts = name.split("/")
+    if len(parts) < 3 or parts[-3] not in ("train", "test") or not name.lower().endswith(IMAGE_SUFFIXES):
+        return None
+    return parts[-3], parts[-2]
 
 
 def _class_order(names) -> tuple[str, ...]:
@@ -199,40 +204,80 @@ def _decode_many(items: list[tuple[bytes, str]]) -> np.ndarray:
     return out
 
 
-_DECODE_BATCH = 2000  # images per task (and per progress-bar step)
+_DECODE_BATCH = 2000  # images per decoding task
 
 
-def _from_image_files(files, read, path, kind, progress: bool = True, executor=None) -> SourceData:
-    """Decode an image tree's files in class, then file name order. With ``executor``
-    (a concurrent.futures executor, such as a build's worker pool) the JPEG/PNG decoding,
-    most of the time of a large tree, runs there in batches, in parallel."""
-    tree = _split_tree([n for n, _ in files], path)
-    handle = dict(files)
+def _decode_files(files, where, progress: bool, executor=None) -> tuple[list[str], list[np.ndarray]]:
+    """Decode (name, raw bytes) pairs as they come, ``_DECODE_BATCH`` at a time: on
+    ``executor`` (a concurrent.futures executor, such as a build's worker pool) while the
+    caller goes on reading, so reading and decoding overlap and the decoding runs in
+    parallel; without one, here. ``where(name)`` names a file in error messages.
+    Returns the names, in the order the files came, and their images in batches."""
+    from tqdm import tqdm
+    bar = tqdm(desc="decoding source", unit="img", leave=False, delay=1.0, disable=not progress)
+    pending: list[tuple[list[str], object]] = []
+    batch: list[tuple[str, bytes]] = []
+
+    def flush():
+        names, work = [n for n, _ in batch], [(raw, where(n)) for n, raw in batch]
+        batch.clear()
+        if executor is None:
+            pending.append((names, _decode_many(work)))
+            bar.update(len(work))
+        else:
+            future = executor.submit(_decode_many, work)
+            future.add_done_callback(lambda _, k=len(work): bar.update(k))
+            pending.append((names, future))
+    try:
+        for item in files:
+            batch.append(item)
+            if len(batch) == _DECODE_BATCH:
+                flush()
+        if batch:
+            flush()
+        names = [n for batch_names, _ in pending for n in batch_names]
+        return names, [part if executor is None else part.result() for _, part in pending]
+    finally:
+        bar.close()
+
+
+def _assemble_tree(names: list[str], batches: list[np.ndarray], path, kind) -> SourceData:
+    """A tree's decoded images (``batches``, in the order of ``names``) in class, then
+    file name order; labels by class. Each batch is copied straight to its rows: one
+    allocation of the whole source, which in fresh memory costs more than the copy."""
+    tree: dict[str, dict[str, list[int]]] = {"train": {}, "test": {}}
+    for i, name in enumerate(names):
+        split, cls = _tree_place(name)
+        tree[split].setdefault(cls, []).append(i)
+    if not tree["train"]:
+        raise AugmatError(f"{path}: found no train/<class>/ images (.png, .jpg); expected "
+                          "train/<class>/*.png and test/<class>/*.png, or a CIFAR-10 python archive")
     classes = _class_order(tree["train"])
     unknown = set(tree["test"]) - set(classes)
     if unknown:
         raise AugmatError(f"{path}: test classes {sorted(unknown)} have no train/ folder")
-    order = {split: [(n, label) for label, cls in enumerate(classes) for n in sorted(tree[split].get(cls, []))]
-             for split in ("train", "test")}
-    names = order["train"] + order["test"]
-    items = [(read(handle[n]), f"{path}:{n}" if kind == "image-archive" else n) for n, _ in names]
-    from tqdm import tqdm
-    with tqdm(total=len(items), desc="decoding source", unit="img", leave=False,
-              disable=not progress or len(items) < 5000) as bar:
-        batches = [items[a:a + _DECODE_BATCH] for a in range(0, len(items), _DECODE_BATCH)]
-        parts = []
-        for part in (map if executor is None else executor.map)(_decode_many, batches):
-            parts.append(part)
-            bar.update(len(part))
-    x = np.concatenate(parts) if parts else np.zeros((0, 32, 32, 3), np.uint8)
-    y = np.asarray([label for _, label in names], dtype=np.uint8)
-    k = len(order["train"])
-    return _finish(x[:k], y[:k], x[k:], y[k:], classes, kind, path)
+    row = np.empty(len(names), np.int64)  # each decoded image's row in the whole source, train then test
+    labels = []
+    for split in ("train", "test"):
+        for label, cls in enumerate(classes):
+            members = sorted(tree[split].get(cls, []), key=names.__getitem__)
+            row[members] = np.arange(len(labels), len(labels) + len(members))
+            labels += [label] * len(members)
+    images = np.empty((len(names), 32, 32, 3), np.uint8)
+    start = 0
+    for batch in batches:
+        images[row[start:start + len(batch)]] = batch
+        start += len(batch)
+    y = np.array(labels, dtype=np.uint8)
+    k = sum(len(v) for v in tree["train"].values())
+    return _finish(images[:k], y[:k], images[k:], y[k:], classes, kind, path)
 
 
 def load_image_folder(folder: Path, progress: bool = True, executor=None) -> SourceData:
-    files = [(str(p), p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    return _from_image_files(files, lambda p: p.read_bytes(), folder, "image-folder", progress, executor)
+    paths = [p for p in folder.rglob("*") if p.is_file() and _tree_place(p.relative_to(folder).as_posix())]
+    files = ((p.relative_to(folder).as_posix(), p.read_bytes()) for p in paths)
+    names, decoded = _decode_files(files, lambda n: str(folder / n), progress, executor)
+    return _assemble_tree(names, decoded, folder, "image-folder")
 
 
 # --- the Keras cache -----------------------------------------------------------------
