@@ -207,14 +207,15 @@ def _decode_many(items: list[tuple[bytes, str]]) -> np.ndarray:
 _DECODE_BATCH = 2000  # images per decoding task
 
 
-def _decode_files(files, where, progress: bool, executor=None) -> tuple[list[str], list[np.ndarray]]:
+def _decode_files(files, where, progress: bool, executor=None,
+                  total: int | None = None) -> tuple[list[str], list[np.ndarray]]:
     """Decode (name, raw bytes) pairs as they come, ``_DECODE_BATCH`` at a time: on
     ``executor`` (a concurrent.futures executor, such as a build's worker pool) while the
     caller goes on reading, so reading and decoding overlap and the decoding runs in
     parallel; without one, here. ``where(name)`` names a file in error messages.
     Returns the names, in the order the files came, and their images in batches."""
     from tqdm import tqdm
-    bar = tqdm(desc="decoding source", unit="img", leave=False, delay=1.0, disable=not progress)
+    bar = tqdm(desc="decoding source", total=total, unit="img", leave=False, delay=1.0, disable=not progress)
     pending: list[tuple[list[str], object]] = []
     batch: list[tuple[str, bytes]] = []
 
@@ -276,7 +277,7 @@ def _assemble_tree(names: list[str], batches: list[np.ndarray], path, kind) -> S
 def load_image_folder(folder: Path, progress: bool = True, executor=None) -> SourceData:
     paths = [p for p in folder.rglob("*") if p.is_file() and _tree_place(p.relative_to(folder).as_posix())]
     files = ((p.relative_to(folder).as_posix(), p.read_bytes()) for p in paths)
-    names, decoded = _decode_files(files, lambda n: str(folder / n), progress, executor)
+    names, decoded = _decode_files(files, lambda n: str(folder / n), progress, executor, total=len(paths))
     return _assemble_tree(names, decoded, folder, "image-folder")
 
 
