@@ -37,7 +37,7 @@ def _ops(ctx, param, value: str | None):
 @click.option("-o", "--output", type=str, default="", metavar="FILE",
               help="Output file. Default: data/aug{N/1000}k.h5.")
 @click.option("--workers", type=int, default=default_workers(), show_default="all cores",
-              help="Worker processes that render shards.")
+              help="Worker processes: they decode an image source and render the shards.")
 @click.option("--shard-rows", type=int, default=4096, show_default=True,
               help="Rows per shard, the unit of work and of resuming (rounded up to whole HDF5 chunks of up to 256 rows).")
 @click.option("--force", is_flag=True, help="Replace the output if it exists (only once the new one is complete).")
