@@ -111,10 +111,10 @@ class BuildConfig:
 
     def content_key(self, source_sha256: str) -> str:
         content = {k: getattr(self, k) for k in self.CONTENT_FIELDS}
-        # The version too: a newer augmat's ops may render differently, so an older
-        # build's shards are not reused.
+        # The versions too: a newer augmat's ops, or another OpenCV, may render
+        # differently, so an older build's shards are not reused.
         content.update(source=source_sha256, shard_rows=self.shard_rows, format=FORMAT_VERSION,
-                       version=__version__, parts=PARTS_FORMAT)
+                       version=__version__, parts=PARTS_FORMAT, opencv=rendering_libraries()["opencv"])
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
@@ -225,9 +225,9 @@ def _finished(fd: int, parts: Path, index: int, locations: list[tuple[int, int]]
             and all(stored_checksum_ok(fd, loc, s) for loc, s in zip(locations, sums)))
 
 
-def _whole_npy(path: Path, shape: tuple) -> bool:
+def _same_npy(path: Path, expected: np.ndarray) -> bool:
     try:
-        return np.load(path, mmap_mode="r").shape == shape
+        return np.array_equal(np.load(path, mmap_mode="r"), expected)
     except (OSError, ValueError, EOFError):
         return False
 
@@ -309,7 +309,8 @@ def _build(cfg, pool, chunk_rows, shard_rows, out, t0, progress, log) -> BuildRe
     try:  # an image tree's files are decoded on the worker pool, in parallel
         src: SourceData = load_source(cfg.source, progress, executor=pool)
     except BrokenProcessPool:
-        raise AugmatError("a worker process died while decoding the source (killed, or out of memory); "
+        raise AugmatError("a worker process died while decoding the source (killed, out of memory, or it could "
+                          "not start: a script calling build() needs `if __name__ == \"__main__\":`); "
                           "rerun the command") from None
     subset_idx, val_idx = split_indices(src.train_labels, cfg.subset, cfg.val, cfg.seed)
     plan: RowPlan = plan_rows(subset_idx, cfg.copies, list(cfg.ops), cfg.seed, cfg.include_originals)
@@ -319,7 +320,7 @@ def _build(cfg, pool, chunk_rows, shard_rows, out, t0, progress, log) -> BuildRe
 
     parts = _prepare_parts(cfg, cfg.content_key(src.sha256), out, log)
     subset_path = parts / "subset.npy"
-    if not _whole_npy(subset_path, (len(subset_idx), 32, 32, 3)):
+    if not _same_npy(subset_path, src.train_images[subset_idx]):  # a resume checks it: workers render from it
         try:
             np.save(parts / "subset.tmp.npy", src.train_images[subset_idx])
             os.replace(parts / "subset.tmp.npy", subset_path)

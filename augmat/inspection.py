@@ -142,12 +142,14 @@ def scan_chunks(f: h5py.File) -> tuple[int, int, list[ChunkProblem]]:
     return n_chunks, n_bytes, problems
 
 
-def image_chunks(f: h5py.File) -> tuple[int, int]:
-    """(written, expected) chunks of ``images``: cheap, from the chunk index alone."""
+def image_chunks(f: h5py.File) -> tuple[int, int, int]:
+    """(written, expected, all-zero) chunks of ``images``: cheap, from the chunk index and
+    4 bytes per chunk. An all-zero chunk (checksum 0) was allocated but never written,
+    unless its images are black: only a re-render tells."""
     ds = f["images"]
     if ds.chunks is None or ds.shape[0] == 0:
-        return 0, 0
-    return ds.id.get_num_chunks(), -(-ds.shape[0] // ds.chunks[0])
+        return 0, 0, 0
+    return ds.id.get_num_chunks(), -(-ds.shape[0] // ds.chunks[0]), len(blank_chunks(ds))
 
 
 # --- the summary -----------------------------------------------------------------------
@@ -169,7 +171,7 @@ def summarize(path: str | Path) -> dict:
     with f:
         v = {name: read_rows(f[name]) for name in ("labels", "op", "magnitude", "copy")}
         subset_rows = f["subset_index"].shape[0]
-        written, expected = image_chunks(f)
+        written, expected, zero = image_chunks(f)
         fmt = int(f.attrs["augmat_format"])
         description = str(f.attrs.get("description", ""))
     cfg = info.config
@@ -209,7 +211,7 @@ def summarize(path: str | Path) -> dict:
         "size_bytes": info.path.stat().st_size,
         # Built under a temporary name and renamed when whole: a file at its path is complete.
         "complete": True,
-        "image_chunks": {"written": written, "expected": expected},
+        "image_chunks": {"written": written, "expected": expected, "all_zero": zero},
         "unfinished_build": unfinished_build(info.path),
     }
 
@@ -252,6 +254,9 @@ def format_summary(s: dict) -> str:
     state = "yes (at its final path, so the build finished)"
     if chunks["written"] != chunks["expected"]:
         state = f"NO: only {chunks['written']} of {chunks['expected']} image chunks were written; rebuild it"
+    elif chunks["all_zero"]:
+        state = (f"NOT SURE: {chunks['all_zero']} of {chunks['expected']} image chunks are all zeros, never "
+                 "written unless their images are black; `augmat inspect --verify` re-renders them")
     else:
         state += f"; all {chunks['expected']} image chunks written"
     lines.append(f"  complete    {state}")
@@ -326,8 +331,11 @@ def _check_chunks(f: h5py.File) -> tuple[Check, list[ChunkProblem]]:
         rows = sorted({r for p in problems if p.dataset in ("images",) + VECTORS
                        for r in range(p.start, p.stop)})
         return Check("chunks", "FAIL", "; ".join(map(str, problems)), rows), problems
+    zero = len(blank_chunks(f["images"]))
+    note = (f"; {zero} image chunks are all zeros (never written, or black images: the re-render "
+            "check looks at every row of them)") if zero else ""
     return Check("chunks", "PASS", f"read all {n:,} chunks ({nbytes / 2**20:,.1f} MiB), "
-                                   "every fletcher32 checksum matches, none missing"), problems
+                                   f"every fletcher32 checksum matches, none missing{note}"), problems
 
 
 def _check_ranges(v: dict, info: FileInfo) -> Check:
@@ -510,6 +518,19 @@ NEEDS = {  # the datasets each check reads whole: it is skipped when one has a d
 }
 
 
+def _unconfirmed_zeros(f: h5py.File, name: str) -> Check | None:
+    """Without a source, all-zero image chunks cannot be told from black images: a failure."""
+    if name != "re-render":
+        return None
+    step = f["images"].chunks[0] if f["images"].chunks else f["images"].shape[0]
+    zero = sorted(blank_chunks(f["images"]))
+    if not zero:
+        return None
+    rows = np.concatenate([np.arange(b, min(b + step, f["images"].shape[0])) for b in zero])
+    return _fail_rows("re-render", [("all zeros (never written, or black images) and no source to re-render "
+                                     "them with; pass --source PATH", rows)])
+
+
 def _skip_damaged(name: str, damaged: set[str]) -> Check | None:
     hit = [d for d in NEEDS[name] if d in damaged]
     return Check(name, "SKIP", f"{', '.join(hit)} damaged (see chunks)") if hit else None
@@ -541,7 +562,8 @@ def verify(path: str | Path, source: str | None = None, sample: int = 256, seed:
             yield Check("source", "FAIL" if source or "sha256" in str(e) else "SKIP",
                         f"{e}" + ("" if source else "; pass --source PATH to check against it"))
             for name in ("labels", "splits", "re-render"):
-                yield _skip_damaged(name, damaged) or Check(name, "SKIP", "no source to compare with")
+                yield _skip_damaged(name, damaged) or _unconfirmed_zeros(f, name) \
+                    or Check(name, "SKIP", "no source to compare with")
             return
         yield Check("source", "PASS", f"{src.kind} {src.path}: sha256 {src.sha256[:16]}... as recorded")
         yield _skip_damaged("labels", damaged) or _check_labels(v, src)

@@ -24,7 +24,7 @@ import pickle
 import tarfile
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -34,6 +34,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+_PYTHON_MEMBERS = {*_BATCHES, "test_batch", "batches.meta"}
 
 
 @dataclass(frozen=True)
@@ -140,13 +141,13 @@ def load_tar(path: Path, progress: bool = True, executor=None) -> SourceData:
 
     def images(tar):
         for m in tar:
+            name = m.name.lstrip("./")
             if not m.isfile():
                 continue
-            name, raw = m.name.lstrip("./"), tar.extractfile(m).read()
             if _tree_place(name):
-                yield name, raw
-            else:
-                files[name] = raw
+                yield name, tar.extractfile(m).read()
+            elif name.rsplit("/", 1)[-1] in _PYTHON_MEMBERS:  # any other file is never read
+                files[name] = tar.extractfile(m).read()
     try:
         with _open_tar(path) as tar:
             names, decoded = _decode_files(images(tar), lambda n: f"{path}:{n}", progress, executor)
@@ -171,7 +172,8 @@ def load_tar(path: Path, progress: bool = True, executor=None) -> SourceData:
 def _tree_place(name: str) -> tuple[str, str] | None:
     """(split, class) of an image at '<prefix>/(train|test)/<class>/<file>', else None."""
     parts = name.split("/")
-    if len(parts) < 3 or parts[-3] not in ("train", "test") or not name.lower().endswith(IMAGE_SUFFIXES):
+    if len(parts) < 3 or parts[-3] not in ("train", "test") \
+            or PurePosixPath(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
         return None
     return parts[-3], parts[-2]
 
@@ -192,7 +194,7 @@ def _decode_image(raw: bytes, where: str) -> np.ndarray:
                 raise AugmatError(f"{where} is a {im.size[0]}x{im.size[1]} {im.mode} image; "
                                   "augmat needs 32x32 RGB images")
             return np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise AugmatError(f"{where}: not a readable image ({e})")
 
 
@@ -244,10 +246,13 @@ def _decode_files(files, where, progress: bool, executor=None,
 
 def _assemble_tree(names: list[str], batches: list[np.ndarray], path, kind) -> SourceData:
     """A tree's decoded images (``batches``, in the order of ``names``) in class, then
-    file name order; labels by class. Each batch is copied straight to its rows: one
-    allocation of the whole source, which in fresh memory costs more than the copy."""
+    file name order; labels by class. A name seen twice (a file appended to a tar) counts
+    once, as its last copy, as extracting the tar would leave it. Each batch is copied
+    straight to its rows: one allocation of the whole source, which in fresh memory costs
+    more than the copy."""
+    last = {name: i for i, name in enumerate(names)}
     tree: dict[str, dict[str, list[int]]] = {"train": {}, "test": {}}
-    for i, name in enumerate(names):
+    for name, i in last.items():
         split, cls = _tree_place(name)
         tree[split].setdefault(cls, []).append(i)
     if not tree["train"]:
@@ -257,17 +262,18 @@ def _assemble_tree(names: list[str], batches: list[np.ndarray], path, kind) -> S
     unknown = set(tree["test"]) - set(classes)
     if unknown:
         raise AugmatError(f"{path}: test classes {sorted(unknown)} have no train/ folder")
-    row = np.empty(len(names), np.int64)  # each decoded image's row in the whole source, train then test
+    row = np.full(len(names), -1, np.int64)  # each decoded image's row in the whole source, train then test
     labels = []
     for split in ("train", "test"):
         for label, cls in enumerate(classes):
             members = sorted(tree[split].get(cls, []), key=names.__getitem__)
             row[members] = np.arange(len(labels), len(labels) + len(members))
             labels += [label] * len(members)
-    images = np.empty((len(names), 32, 32, 3), np.uint8)
+    images = np.empty((len(labels), 32, 32, 3), np.uint8)
     start = 0
     for batch in batches:
-        images[row[start:start + len(batch)]] = batch
+        keep = row[start:start + len(batch)] >= 0  # earlier copies of a name seen twice are dropped
+        images[row[start:start + len(batch)][keep]] = batch[keep]
         start += len(batch)
     y = np.array(labels, dtype=np.uint8)
     k = sum(len(v) for v in tree["train"].values())

@@ -375,3 +375,31 @@ def test_a_resumed_file_records_the_run_that_finished_it(tmp_path, cifar_archive
     with h5py.File(out, "r") as f:
         assert json.loads(f.attrs["config"])["workers"] == 1
         assert json.loads(f.attrs["source"])["path"] == str(cifar_archive)
+
+
+def test_resume_rewrites_a_subset_file_whose_pixels_were_lost(tmp_path, cifar_archive, tiny_h5):
+    """Workers render from parts/subset.npy: a resume checks its pixels, not just its shape."""
+    out = tmp_path / "s.h5"
+    args = ["build", "--source", cifar_archive, *TINY_FLAGS, "--shard-rows", 16, "--workers", 1, "-o", out, "-q"]
+    assert run_cli(*args, env={"AUGMAT_FAULT": "kill-main@2"}).returncode == -signal.SIGKILL
+    subset = tmp_path / "s.h5.parts" / "subset.npy"
+    x = np.load(subset)
+    np.save(subset, np.zeros_like(x))  # a whole file of the right shape, its pixels lost
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert_same_content(out, tiny_h5)
+
+
+def test_a_tar_member_stored_twice_counts_once_as_its_last_copy(tmp_path):
+    from PIL import Image
+    write_image_tree(tmp_path / "t", per_class=2, test_per_class=1, classes=("cat", "dog"))
+    archive = tmp_path / "t.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tmp_path / "t", arcname="t")
+    once = load_source(archive)
+    Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(tmp_path / "again.png")
+    with tarfile.open(archive, "a") as tar:  # as `tar -rf` appends a newer copy
+        tar.add(tmp_path / "again.png", arcname="t/train/cat/0001.png")
+    twice = load_source(archive)
+    assert len(twice.train_labels) == len(once.train_labels) == 4
+    assert (twice.train_images[1] == 7).all() and not (once.train_images[1] == 7).all()

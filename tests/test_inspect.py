@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from augmat import __version__
+from augmat.build import BuildConfig, build
 from augmat.cli import main
 from augmat.inspection import rows_text, summarize, verify
 from augmat.ops import OPS, apply_ops
@@ -532,3 +533,24 @@ def test_verify_names_another_opencv_when_pixels_differ(chunky):
         f["images"][row] = 255 - f["images"][row]
     r = run("inspect", chunky, "--verify", "--sample", 100000)
     assert "rendered with OpenCV 4.14.0, this is OpenCV " + cv2.__version__ in verdicts(r.stdout)["re-render"]
+
+
+def test_all_zero_chunks_without_a_source_are_not_passed(tmp_path, cifar_archive):
+    """With no source to re-render from, an all-zero image chunk (never written, or black
+    images) is reported by the summary and fails verify instead of passing unseen."""
+    source = tmp_path / "src.tar.gz"
+    shutil.copy(cifar_archive, source)
+    path = tmp_path / "z.h5"
+    build(BuildConfig(source=str(source), subset=40, copies=2, val=20, workers=1, shard_rows=32,
+                      output=str(path)), progress=False, log=lambda m: None)
+    source.unlink()
+    with h5py.File(path, "r") as f:
+        offset, size = chunk_locations(f["images"])[0]  # rows 0-31
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(bytes(size))
+    assert "NOT SURE: 1 of 3 image chunks are all zeros" in run("inspect", path).stdout
+    r = run("inspect", path, "--verify")
+    assert r.exit_code == 1
+    assert "all zeros (never written, or black images) and no source" in verdicts(r.stdout)["re-render"]
+    assert "rows 0-31" in verdicts(r.stdout)["re-render"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -54,8 +55,11 @@ def build_command(quiet: bool, **options) -> None:
         result = build(cfg, progress=not quiet)
     except KeyboardInterrupt:
         parts = f"{cfg.output}.parts"
-        click.echo(f"augmat: interrupted; finished shards are kept in {parts}: rerun the same command "
-                   f"to resume, or delete that folder to start over", err=True)
+        if Path(parts).exists():
+            click.echo(f"augmat: interrupted; finished shards are kept in {parts}: rerun the same command "
+                       f"to resume, or delete that folder to start over", err=True)
+        else:
+            click.echo("augmat: interrupted before anything was written", err=True)
         sys.exit(130)
     click.echo(result.summary())
 
