@@ -54,7 +54,7 @@ from . import __version__
 from .errors import AugmatError
 from .ops import IMAGE_SHAPE, OP_NAMES, apply_ops, rendering_libraries
 from .plan import RowPlan, plan_rows, split_indices
-from .sources import SourceData, load_source
+from .sources import SourceData, holds_image_files, load_source
 from .store import (CHUNK_ROWS, FORMAT_VERSION, chunk_locations, create_rows, stored_checksum_ok, write_array,
                     write_chunks_at)
 
@@ -296,7 +296,9 @@ def build(cfg: BuildConfig, progress: bool = True, log=lambda msg: print(msg, fi
     # Workers start now and import their libraries while this process decodes the source.
     chunk_rows, shard_rows = _shard_rows(cfg)
     expected_rows = cfg.subset * (cfg.copies + cfg.include_originals)
-    pool = _start_pool(min(cfg.workers, -(-expected_rows // shard_rows)), shard_rows)
+    # As many workers as there are shards, or all of them when they first decode an image source.
+    shards = -(-expected_rows // shard_rows)
+    pool = _start_pool(cfg.workers if holds_image_files(cfg.source) else min(cfg.workers, shards), shard_rows)
     try:
         return _build(cfg, pool, chunk_rows, shard_rows, out, t0, progress, log)
     finally:

@@ -319,6 +319,24 @@ def load_keras_cifar10() -> SourceData:
     return load_keras_cifar10()
 
 
+def holds_image_files(source: str | os.PathLike | None) -> bool:
+    """A cheap guess, before loading, whether ``source`` is an image tree (files to decode,
+    worth a pool of decoders) rather than CIFAR-10's python batches; False when unsure."""
+    if source is None or str(source) == "":
+        return False
+    path = Path(source).expanduser()
+    try:
+        if path.is_dir():
+            return not ((path / "data_batch_1").exists() or (path / "cifar-10-batches-py" / "data_batch_1").exists())
+        with tarfile.open(path, "r:*") as tar:
+            for m, _ in zip(tar, range(64)):  # the first members tell
+                if _tree_place(m.name.lstrip("./")):
+                    return True
+    except (OSError, tarfile.TarError, EOFError, zlib.error):
+        pass
+    return False
+
+
 def load_source(source: str | os.PathLike | None, progress: bool = True, executor=None) -> SourceData:
     """Load the whole source (training and test splits) into memory; ``progress``: show a
     progress bar while decoding a large image tree; ``executor``: decode an image tree's

@@ -21,7 +21,7 @@ import pytest
 
 from augmat.build import BuildConfig, build
 from augmat.ops import OP_NAMES, apply_ops
-from augmat.sources import load_source
+from augmat.sources import holds_image_files, load_source
 from augmat.store import chunk_locations
 from conftest import write_cifar_archive, write_image_tree
 
@@ -122,6 +122,9 @@ def test_sources_of_every_kind_agree(tmp_path, cifar_archive):
     assert a.class_names == ("cat", "dog", "ship")  # not CIFAR-10's names: sorted
     assert a.sha256 == b.sha256 and len(a.train_labels) == 36 and len(a.test_labels) == 9
     assert np.bincount(a.train_labels).tolist() == [12, 12, 12]
+    # Which sources a build starts every worker for, to decode their files.
+    assert holds_image_files(tmp_path / "tree" / "mydata") and holds_image_files(tmp_path / "tree.tar.gz")
+    assert not any(holds_image_files(x) for x in (cifar_archive, tmp_path / "x", None, tmp_path / "missing"))
     # Decoded in batches on an executor (as a build does on its worker pool): the same images, in order.
     with ThreadPoolExecutor(2) as pool, mock.patch("augmat.sources._DECODE_BATCH", 5):
         c = load_source(tmp_path / "tree.tar.gz", executor=pool)
