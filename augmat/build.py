@@ -2,7 +2,8 @@
 
 The story of a build:
 
-1. Load the source, draw the plan (:mod:`augmat.plan`): nothing random happens later.
+1. Load the source (an image tree's files are decoded by the worker processes, in
+   parallel), draw the plan (:mod:`augmat.plan`): nothing random happens later.
 2. Create the output under a temporary name, ``<output>.parts/<name>.partial``, whole
    but for its pixels: every other dataset written, every chunk of ``images`` given its
    place in the file (HDF5's early allocation, which writes them once as zeros: a full
@@ -68,6 +69,20 @@ def default_workers() -> int:
 
 def default_output(subset: int) -> str:
     return f"data/aug{subset / 1000:g}k.h5"
+
+
+# --- the parts folder: everything an unfinished build keeps ---------------------------
+# <output>.parts/ holds plan.json (the plan key), subset.npy (the subset's pixels, which
+# workers render from), layout.json (marks <name>.partial, the output being filled, as
+# laid out) and one receipt per finished shard.
+
+RECEIPT_GLOB = "shard-*.done"
+PARTS_FORMAT = 2  # what a parts folder holds (1: shard .npy files); part of the plan key
+
+
+def receipt_path(parts: Path, index: int) -> Path:
+    """A shard's receipt: the checksums of its chunks, written once they are in the file."""
+    return parts / f"shard-{index:05d}.done"
 
 
 @dataclass(frozen=True)
@@ -163,7 +178,7 @@ def _init_worker(parent_pid: int, shard_rows: int) -> None:
     if os.getppid() != parent_pid:  # it died before we could ask to follow it
         os._exit(1)
     _FAULTS.update(_faults())
-    # Warm up while the main process is still loading the source: render one blank shard
+    # Warm up while the main process starts reading the source: render one blank shard
     # through every op, so OpenCV's first calls and the first shard-sized allocations
     # (which move malloc's mmap threshold) are not paid by the first real shard (measured:
     # 30-60 ms instead of 17 ms for 4,096 rows).
@@ -175,15 +190,6 @@ def _init_worker(parent_pid: int, shard_rows: int) -> None:
 def _ready() -> int:
     """A no-op task: submitting one per worker makes the pool start them all now."""
     return os.getpid()
-
-
-SHARD_GLOB = "shard-*.done"
-PARTS_FORMAT = 2  # what a parts folder holds (1: shard .npy files); part of the plan key
-
-
-def done_path(parts: Path, index: int) -> Path:
-    """A shard's receipt: the checksums of its chunks, written once they are in the file."""
-    return parts / f"shard-{index:05d}.done"
 
 
 def _render_shard(tmp_out: str, parts: str, subset_path: str, index: int, pos: np.ndarray, op: np.ndarray,
@@ -206,7 +212,7 @@ def _render_shard(tmp_out: str, parts: str, subset_path: str, index: int, pos: n
         os.close(fd)
     # No fsync: a receipt only claims what the file holds, and a resume checks the
     # chunks against it, so even an OS crash cannot pass lost data off as finished.
-    receipt = done_path(Path(parts), index)
+    receipt = receipt_path(Path(parts), index)
     tmp = receipt.with_name(f"{receipt.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(sums))
     os.replace(tmp, receipt)
@@ -215,10 +221,10 @@ def _render_shard(tmp_out: str, parts: str, subset_path: str, index: int, pos: n
 
 # --- the main side -------------------------------------------------------------------
 
-def _finished(fd: int, parts: Path, index: int, locations: list[tuple[int, int]]) -> bool:
+def _receipt_matches(fd: int, parts: Path, index: int, locations: list[tuple[int, int]]) -> bool:
     """Whether shard ``index`` has a receipt and every chunk in the file matches it."""
     try:
-        sums = json.loads(done_path(parts, index).read_text())
+        sums = json.loads(receipt_path(parts, index).read_text())
     except (OSError, ValueError):
         return False
     return (isinstance(sums, list) and len(sums) == len(locations)
@@ -245,7 +251,9 @@ def _prepare_parts(cfg: BuildConfig, key: str, out: Path, log) -> Path:
             shutil.rmtree(parts)
     try:
         parts.mkdir(parents=True, exist_ok=True)
-        for stale in parts.glob("*.tmp*"):  # left by a killed worker: never finished work
+        # Left by a killed process: never finished work. (Named patterns: an output called
+        # x.tmp.h5 has a partial file x.tmp.h5.partial that must stay.)
+        for stale in [*parts.glob("shard-*.done.tmp*"), *parts.glob("subset.tmp.npy"), *parts.glob("plan.json.tmp")]:
             stale.unlink()
         if not marker.exists():
             tmp = parts / "plan.json.tmp"
@@ -293,7 +301,8 @@ def build(cfg: BuildConfig, progress: bool = True, log=lambda msg: print(msg, fi
         raise AugmatError(f"{out} is a folder; choose a file name for -o")
     _check_writable(out.parent)
 
-    # Workers start now and import their libraries while this process decodes the source.
+    # Workers start now and warm up while this process reads the source (an image tree's
+    # files they then decode themselves).
     chunk_rows, shard_rows = _shard_rows(cfg)
     expected_rows = cfg.subset * (cfg.copies + cfg.include_originals)
     # As many workers as there are shards, or all of them when they first decode an image source.
@@ -303,11 +312,12 @@ def build(cfg: BuildConfig, progress: bool = True, log=lambda msg: print(msg, fi
         return _build(cfg, pool, chunk_rows, shard_rows, out, t0, progress, log)
     finally:
         _stop_pool(pool)
-        for stale in out.parent.glob(f"{out.name}.parts/shard-*.tmp*"):  # a stopped worker's
-            stale.unlink(missing_ok=True)                                  # unfinished shard
+        for stale in out.parent.glob(f"{out.name}.parts/shard-*.done.tmp*"):  # a stopped worker's
+            stale.unlink(missing_ok=True)                                       # unfinished receipt
 
 
-def _build(cfg, pool, chunk_rows, shard_rows, out, t0, progress, log) -> BuildResult:
+def _build(cfg: BuildConfig, pool: ProcessPoolExecutor, chunk_rows: int, shard_rows: int, out: Path, t0: float,
+           progress: bool, log) -> BuildResult:
     try:  # an image tree's files are decoded on the worker pool, in parallel
         src: SourceData = load_source(cfg.source, progress, executor=pool)
     except BrokenProcessPool:
@@ -336,7 +346,7 @@ def _build(cfg, pool, chunk_rows, shard_rows, out, t0, progress, log) -> BuildRe
     per_shard = [locations[a // chunk_rows:-(-b // chunk_rows)] for _, a, b in bounds]
     fd = os.open(tmp_out, os.O_RDONLY)
     try:
-        todo = [(i, a, b) for i, a, b in bounds if not _finished(fd, parts, i, per_shard[i])]
+        todo = [(i, a, b) for i, a, b in bounds if not _receipt_matches(fd, parts, i, per_shard[i])]
     finally:
         os.close(fd)
     reused = len(bounds) - len(todo)
@@ -349,7 +359,7 @@ def _build(cfg, pool, chunk_rows, shard_rows, out, t0, progress, log) -> BuildRe
                unit_scale=True, disable=not progress)
     done = 0
 
-    def finished(index: int) -> None:
+    def on_shard_done(index: int) -> None:
         nonlocal done
         done += 1
         bar.update(bounds[index][2] - bounds[index][1])
@@ -358,7 +368,7 @@ def _build(cfg, pool, chunk_rows, shard_rows, out, t0, progress, log) -> BuildRe
 
     tasks = [(str(tmp_out), str(parts), str(subset_path), i, pos[a:b], plan.op[a:b], plan.magnitude[a:b],
               chunk_rows, per_shard[i]) for i, a, b in todo]
-    _run_shards(pool, tasks, parts, finished)
+    _run_shards(pool, tasks, parts, on_shard_done)
     bar.close()
     t_rendered = time.perf_counter()
     try:
@@ -381,11 +391,11 @@ def _build(cfg, pool, chunk_rows, shard_rows, out, t0, progress, log) -> BuildRe
 def _layout(tmp_out: Path, parts: Path, cfg: BuildConfig, src: SourceData, plan: RowPlan, subset_idx, val_idx,
             chunk_rows: int, log) -> list[tuple[int, int]]:
     """The temporary output, whole but for the pixels of ``images``: every other dataset
-    written, every image chunk given its place (returned). HDF5's early allocation writes
-    each image chunk once, as zeros, so the main process writes the image area once, here,
-    and a full disk fails here, before any rendering. Made once per plan; a resume reuses
-    it after checking it: the chunks where they can be, every other dataset equal to what
-    the plan says (damage of any kind, an OS crash's included, means a fresh file)."""
+    written, every image chunk given its place (returned). HDF5 writes every image chunk
+    once, as zeros, when the file is created: a full disk fails here, before any rendering.
+    Made once per plan; a resume reuses it after checking it (chunk index sane, every
+    other dataset equal to what the plan says: damage of any kind, an OS crash's included,
+    means a fresh file and, with it, no receipt kept)."""
     import h5py
     marker = parts / "layout.json"
     rest = _rest(src, plan, subset_idx, val_idx)
@@ -396,7 +406,7 @@ def _layout(tmp_out: Path, parts: Path, cfg: BuildConfig, src: SourceData, plan:
         except Exception:  # noqa: BLE001 - whatever HDF5 says of a damaged file, the answer is a new one
             log(f"note: the unfinished file in {parts} is damaged; rendering every shard again")
     marker.unlink(missing_ok=True)
-    for receipt in parts.glob(SHARD_GLOB):  # they describe chunks of the file made before
+    for receipt in parts.glob(RECEIPT_GLOB):  # they describe chunks of the file made before
         receipt.unlink()
     try:
         with h5py.File(tmp_out, "w") as f:
@@ -477,8 +487,8 @@ def _start_pool(workers: int, shard_rows: int) -> ProcessPoolExecutor:
     return pool
 
 
-def _run_shards(pool: ProcessPoolExecutor, tasks: list[tuple], parts: Path, finished) -> None:
-    """Render the shards on the pool, calling ``finished(index)`` as each is done; a dead
+def _run_shards(pool: ProcessPoolExecutor, tasks: list[tuple], parts: Path, on_shard_done) -> None:
+    """Render the shards on the pool, calling ``on_shard_done(index)`` as each is done; a dead
     worker or a failed write ends the build with one line that says how to resume."""
     died = AugmatError("a worker process died (killed, out of memory, or it could not start: a script "
                        "calling build() needs `if __name__ == \"__main__\":`); finished shards are kept "
@@ -495,13 +505,14 @@ def _run_shards(pool: ProcessPoolExecutor, tasks: list[tuple], parts: Path, fini
             except BrokenProcessPool:
                 raise died from None
             except OSError as e:
-                raise _disk_error(e, f"a shard in {parts}", parts)
-            finished(index)
+                raise _disk_error(e, f"shard chunks into {parts}", parts)
+            on_shard_done(index)
 
 
 def _stop_pool(pool: ProcessPoolExecutor) -> None:
     """On any exit (Ctrl-C included) stop the workers now: drop queued shards and end
-    running ones; a shard file appears only once whole, so nothing half-done stays."""
+    running ones. A receipt is written only after its shard's chunks, and a resume checks
+    the chunks against it, so a shard stopped half-way is simply rendered again."""
     for p in list((getattr(pool, "_processes", None) or {}).values()):
         if p.is_alive():
             p.terminate()

@@ -7,14 +7,16 @@ Everything here reads; nothing writes. Files are opened only through
 ``verify`` yields one :class:`Check` per property, in order:
 
 * ``datasets``  every dataset is there with its shape and dtype;
-* ``chunks``    every chunk of every dataset was written and passes its fletcher32 checksum;
+* ``chunks``    every chunk of every dataset is in the chunk index and passes its fletcher32
+  checksum (image chunks of all zeros, never written unless their images are black, are noted);
 * ``ranges``    labels, op codes, magnitudes, copies and source indices are in range;
 * ``counts``    row and split counts match the build config, copy block after copy block;
 * ``source``    the source loads and its sha256 is the one the file records;
 * ``labels``    each row's label (and the splits' labels) is the source's label;
 * ``splits``    validation and test images are the source's pixels;
-* ``re-render`` a seeded sample of rows, rendered again from the source with the stored
-  op and magnitude, equals the stored pixels bit for bit.
+* ``re-render`` a seeded sample of rows, plus every row of an all-zero image chunk, rendered
+  again from the source with the stored op and magnitude, equals the stored pixels bit for bit
+  (without a source, all-zero image chunks fail it).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import h5py
 import numpy as np
 
 from .errors import AugmatError
-from .build import SHARD_GLOB
+from .build import RECEIPT_GLOB
 from .ops import OPS, apply_ops, rendering_libraries
 from .plan import ORIGINAL_COPY
 from .sources import SourceData, load_source
@@ -104,7 +106,7 @@ class ChunkProblem:
     dataset: str
     start: int  # first row of the chunk
     stop: int   # one past its last row
-    what: str   # "checksum mismatch" | "never written"
+    what: str   # "fletcher32 checksum mismatch", "unreadable ...", "missing from the chunk index", ...
 
     def __str__(self) -> str:
         return f"{self.dataset} {rows_text(range(self.start, self.stop))}: {self.what}"
@@ -112,7 +114,7 @@ class ChunkProblem:
 
 def scan_chunks(f: h5py.File) -> tuple[int, int, list[ChunkProblem]]:
     """Read every chunk of every dataset through HDF5's filters (so fletcher32 is checked)
-    and note chunks never written. Returns (chunks read, bytes read, problems)."""
+    and note chunks missing from the chunk index. Returns (chunks read, bytes read, problems)."""
     datasets: list[tuple[str, h5py.Dataset]] = []
     f.visititems(lambda name, obj: datasets.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
     n_chunks = n_bytes = 0
@@ -128,7 +130,9 @@ def scan_chunks(f: h5py.File) -> tuple[int, int, list[ChunkProblem]]:
         for sel in _chunk_slices(ds):
             start, stop = sel[0].start, sel[0].stop
             if written is not None and tuple(s.start for s in sel) not in written:
-                problems.append(ChunkProblem(name, start, stop, "never written (a missing shard)"))
+                # Only a file not laid out by today's build (which allocates every image chunk
+                # first) can lack one: a shard never written by an older augmat or another writer.
+                problems.append(ChunkProblem(name, start, stop, "never written (missing from the chunk index)"))
                 continue
             try:
                 block = read_rows(ds, start, stop)
@@ -161,7 +165,7 @@ def unfinished_build(path: Path) -> dict | None:
     if not parts.is_dir():
         return None
     tmp = parts / (path.name + ".partial")
-    return {"parts": str(parts), "shards": len(list(parts.glob(SHARD_GLOB))),
+    return {"parts": str(parts), "shards": len(list(parts.glob(RECEIPT_GLOB))),
             "tmp": str(tmp) if tmp.exists() else None}
 
 
@@ -209,8 +213,9 @@ def summarize(path: str | Path) -> dict:
         "format": fmt,
         "description": description,
         "size_bytes": info.path.stat().st_size,
-        # Built under a temporary name and renamed when whole: a file at its path is complete.
-        "complete": True,
+        # Built under a temporary name and renamed when whole, a file at its path is complete,
+        # unless chunks are missing (older builds) or all zeros (not sure: verify tells).
+        "complete": written == expected and (None if zero else True),
         "image_chunks": {"written": written, "expected": expected, "all_zero": zero},
         "unfinished_build": unfinished_build(info.path),
     }
@@ -470,9 +475,7 @@ def _check_rerender(v: dict, f: h5py.File, info: FileInfo, src: SourceData, samp
     # Every row of an image chunk of all zeros (checksum 0) joins the sample: a chunk a
     # build allocated but never filled reads back as zeros and passes fletcher32, and
     # only a re-render tells it from images that are black.
-    blank = sorted(blank_chunks(f["images"]))
-    step = f["images"].chunks[0] if f["images"].chunks else info.rows
-    blank_rows = np.concatenate([np.arange(b, min(b + step, info.rows)) for b in blank] or [np.zeros(0, int)])
+    blank_rows = _blank_rows(f["images"])
     rows = np.union1d(sample_rows(info.rows, sample, seed), blank_rows)
     damaged = np.zeros(info.rows, bool)
     for p in bad_chunks:
@@ -518,15 +521,18 @@ NEEDS = {  # the datasets each check reads whole: it is skipped when one has a d
 }
 
 
-def _unconfirmed_zeros(f: h5py.File, name: str) -> Check | None:
+def _blank_rows(ds: h5py.Dataset) -> np.ndarray:
+    """The rows of ``ds``'s chunks that are all zeros (see :func:`augmat.store.blank_chunks`)."""
+    step = ds.chunks[0] if ds.chunks else ds.shape[0]
+    starts = sorted(blank_chunks(ds))
+    return np.concatenate([np.arange(b, min(b + step, ds.shape[0])) for b in starts] or [np.zeros(0, np.int64)])
+
+
+def _unconfirmed_zeros(f: h5py.File) -> Check | None:
     """Without a source, all-zero image chunks cannot be told from black images: a failure."""
-    if name != "re-render":
+    rows = _blank_rows(f["images"])
+    if not len(rows):
         return None
-    step = f["images"].chunks[0] if f["images"].chunks else f["images"].shape[0]
-    zero = sorted(blank_chunks(f["images"]))
-    if not zero:
-        return None
-    rows = np.concatenate([np.arange(b, min(b + step, f["images"].shape[0])) for b in zero])
     return _fail_rows("re-render", [("all zeros (never written, or black images) and no source to re-render "
                                      "them with; pass --source PATH", rows)])
 
@@ -561,9 +567,10 @@ def verify(path: str | Path, source: str | None = None, sample: int = 256, seed:
         except AugmatError as e:
             yield Check("source", "FAIL" if source or "sha256" in str(e) else "SKIP",
                         f"{e}" + ("" if source else "; pass --source PATH to check against it"))
-            for name in ("labels", "splits", "re-render"):
-                yield _skip_damaged(name, damaged) or _unconfirmed_zeros(f, name) \
-                    or Check(name, "SKIP", "no source to compare with")
+            for name in ("labels", "splits"):
+                yield _skip_damaged(name, damaged) or Check(name, "SKIP", "no source to compare with")
+            yield _skip_damaged("re-render", damaged) or _unconfirmed_zeros(f) \
+                or Check("re-render", "SKIP", "no source to compare with")
             return
         yield Check("source", "PASS", f"{src.kind} {src.path}: sha256 {src.sha256[:16]}... as recorded")
         yield _skip_damaged("labels", damaged) or _check_labels(v, src)

@@ -54,7 +54,7 @@ def rotate(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
     m[:, 1, 0], m[:, 1, 1], m[:, 1, 2] = sin, cos, -sin * cx + (1 - cos) * cy
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP  # borders: constant 0, OpenCV's default
     for i in range(len(images)):
-        cv2.warpAffine(images[i], m[i], (w, h), out[i], flags)
+        cv2.warpAffine(images[i], m[i], (w, h), dst=out[i], flags=flags)
     return out
 
 
@@ -110,7 +110,7 @@ _GAUSSIAN_9 = cv2.getGaussianKernel(9, 1.0, cv2.CV_32F)  # sigma 1, truncated at
 _BLUR_BATCH = 32  # images per OpenCV call: 1,280 rows stay in cache (48 or more ran 30% slower here)
 
 
-def gaussian_blur(images: np.ndarray) -> np.ndarray:
+def _gaussian_blur(images: np.ndarray) -> np.ndarray:
     """Each image blurred by a Gaussian of sigma 1 over 9x9 pixels, edge pixels repeated
     (scikit-image's ``gaussian``, mode 'nearest', truncated at 4 sigma), in float32.
 
@@ -132,7 +132,7 @@ def gaussian_blur(images: np.ndarray) -> np.ndarray:
 def sharpen(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
     """Unsharp mask: out = x + a (x - blur(x)) / (1 + a), a = (0.5 - z) * 0.5.
 
-    blur: :func:`gaussian_blur`, in float32; OpenCV's addWeighted then forms
+    blur: :func:`_gaussian_blur`, in float32; OpenCV's addWeighted then forms
     (1 + c) x - c blur on 0..255 per image, rounded and saturated to uint8, into the
     output. With this formula z = 0 sharpens (a = 0.25), z = 1 blurs (a = -0.25),
     z = 0.5 is the identity.
@@ -143,7 +143,7 @@ def sharpen(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
     keep, take = (np.float32(1.0) + c).tolist(), (-c).tolist()
     for s in range(0, len(images), _BLUR_BATCH):
         x = images[s:s + _BLUR_BATCH]
-        blur = gaussian_blur(x)
+        blur = _gaussian_blur(x)
         for i in range(len(x)):
             cv2.addWeighted(x[i], keep[s + i], blur[i], take[s + i], 0.0, dst=out[s + i], dtype=cv2.CV_8U)
     return out
@@ -220,6 +220,6 @@ def apply_ops(images: np.ndarray, op_codes: np.ndarray, magnitudes: np.ndarray,
     magnitudes = np.asarray(magnitudes, dtype=np.float32)
     for code in np.unique(op_codes):
         sel = np.flatnonzero(op_codes == code)
-        group = np.asarray(images[sel] if rows is None else images[rows[sel]])
+        group = images[sel] if rows is None else images[rows[sel]]  # a copy, even from a memmap
         out[sel] = OPS[op_names[int(code)]].fn(group, magnitudes[sel])
     return out

@@ -139,7 +139,8 @@ def load_tar(path: Path, progress: bool = True, executor=None) -> SourceData:
     file is kept in memory (the python archive's batches are dropped as they are decoded)."""
     files: dict[str, bytes] = {}
 
-    def images(tar):
+    def tree_images(tar):
+        """Yield the tree's images as they come; keep the python archive's members in ``files``."""
         for m in tar:
             name = m.name.lstrip("./")
             if not m.isfile():
@@ -150,7 +151,7 @@ def load_tar(path: Path, progress: bool = True, executor=None) -> SourceData:
                 files[name] = tar.extractfile(m).read()
     try:
         with _open_tar(path) as tar:
-            names, decoded = _decode_files(images(tar), lambda n: f"{path}:{n}", progress, executor)
+            names, decoded = _decode_files(tree_images(tar), lambda n: f"{path}:{n}", progress, executor)
     except _ARCHIVE_ERRORS as e:
         raise AugmatError(f"{path}: the archive is corrupt or truncated ({type(e).__name__}: {e}); "
                           "download or copy it again")
@@ -293,7 +294,7 @@ def keras_cache_dir() -> Path:
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "datasets"
 
 
-def load_keras_cifar10() -> SourceData:
+def load_keras_cifar10(progress: bool = True) -> SourceData:
     base = keras_cache_dir()
     for folder in (base / "cifar-10-batches-py-target" / "cifar-10-batches-py",
                    base / "cifar-10-batches-py"):
@@ -301,7 +302,7 @@ def load_keras_cifar10() -> SourceData:
             return load_cifar_python_folder(folder, kind="keras-cache")
     for archive in (base / "cifar-10-batches-py.tar.gz", base / "cifar-10-python.tar.gz"):
         if archive.is_file():
-            return load_tar(archive)
+            return load_tar(archive, progress)
     if os.environ.get("AUGMAT_NO_DOWNLOAD"):
         raise AugmatError(f"CIFAR-10 is not in the Keras cache ({base}) and AUGMAT_NO_DOWNLOAD is set; "
                           "pass --source PATH (cifar-10-python.tar.gz, its extracted folder, or a "
@@ -316,7 +317,7 @@ def load_keras_cifar10() -> SourceData:
             f"CIFAR-10 is not in the Keras cache ({base}) and could not be downloaded "
             f"({type(e).__name__}); pass --source PATH (cifar-10-python.tar.gz, its extracted "
             "folder, or a train/<class>/ image folder or .tar.gz)")
-    return load_keras_cifar10()
+    return load_keras_cifar10(progress)
 
 
 def holds_image_files(source: str | os.PathLike | None) -> bool:
@@ -342,7 +343,7 @@ def load_source(source: str | os.PathLike | None, progress: bool = True, executo
     progress bar while decoding a large image tree; ``executor``: decode an image tree's
     files there, in parallel (a concurrent.futures executor)."""
     if source is None or str(source) == "":
-        return load_keras_cifar10()
+        return load_keras_cifar10(progress)
     path = Path(os.path.abspath(Path(source).expanduser()))  # recorded in the file: works from anywhere
     if not path.exists():
         raise AugmatError(f"--source {source}: no such file or folder")

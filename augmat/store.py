@@ -1,4 +1,5 @@
-"""The augmat file: one self-contained HDF5 file, and the one place that opens it.
+"""The augmat file: one self-contained HDF5 file, and the one place that knows its layout,
+down to how a chunk is stored byte for byte (readers open it through :func:`open_file`).
 
 Layout (``R`` stored rows, all row datasets chunked along rows with HDF5's
 fletcher32 checksum, no compression: on 32x32 uint8 images compression costs far
@@ -79,7 +80,9 @@ def write_array(f: h5py.File, name: str, data: np.ndarray) -> h5py.Dataset:
 # exactly as HDF5 stores them (the bytes, then the fletcher32 checksum), so the main
 # process does no per-shard work and the checksums cost the workers' cores.
 
-# Weights for fletcher32's block sums: column 0 sums a block's words, column 1 weighs word k by k.
+# Weights for fletcher32's block sums: column 0 sums a block's words, column 1 weighs word k
+# by k. 1536 words: a 768 KiB image chunk is exactly 256 blocks, and a block's weighted sum
+# (at most 65535 * 1536**2 / 2) stays far below 2**53, so float64 sums are exact.
 _WEIGHTS = np.stack([np.ones(1536), np.arange(1536.0)], axis=1)
 
 
@@ -97,7 +100,7 @@ def fletcher32(data: np.ndarray) -> int:
         else np.ascontiguousarray(data).reshape(-1).view(np.uint8)
     size = b.size
     block = len(_WEIGHTS)
-    if b.size % (2 * block):  # an odd last byte is the high byte of a last word
+    if b.size % (2 * block):  # zero words add nothing; an odd last byte becomes a last word's high byte
         b = np.concatenate([b, np.zeros(2 * block - b.size % (2 * block), np.uint8)])
     words = b.view(">u2").reshape(-1, block).astype(np.float64)
     sums = (words @ _WEIGHTS).astype(np.int64)   # per block: sum of w_k, and of k w_k (one BLAS call)

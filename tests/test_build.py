@@ -23,7 +23,7 @@ from augmat.build import BuildConfig, build
 from augmat.ops import OP_NAMES, apply_ops
 from augmat.sources import holds_image_files, load_source
 from augmat.store import chunk_locations
-from conftest import write_cifar_archive, write_image_tree
+from conftest import write_image_tree
 
 ROW_DATASETS = ("images", "labels", "source_index", "copy", "op", "magnitude")
 # The options of the session fixture ``tiny_h5``, as CLI flags.
@@ -278,7 +278,7 @@ def test_disk_full_mid_build(tmp_path, cifar_archive):
     assert not list((tmp_path / "f.h5.parts").glob("*.tmp*"))
 
 
-def test_disk_full_while_storing_into_the_output(tmp_path, cifar_archive, tiny_h5):
+def test_disk_full_while_finishing_the_output(tmp_path, cifar_archive, tiny_h5):
     args = ["--source", cifar_archive, *TINY_FLAGS, "--shard-rows", 16, "--workers", 1, "-o", "s.h5"]
     line = _bad(tmp_path, *args, env={"AUGMAT_FAULT": "enospc-finish@1"}, expect="disk full")
     assert "rerun the same command" in line
