@@ -330,15 +330,14 @@ def _check_datasets(f: h5py.File, info: FileInfo) -> Check:
                                      "images with labels, op, magnitude, copy, source_index")
 
 
-def _check_chunks(f: h5py.File) -> tuple[Check, list[ChunkProblem]]:
+def _check_chunks(f: h5py.File, blank_rows: np.ndarray) -> tuple[Check, list[ChunkProblem]]:
     n, nbytes, problems = scan_chunks(f)
     if problems:
         rows = sorted({r for p in problems if p.dataset in ("images",) + VECTORS
                        for r in range(p.start, p.stop)})
         return Check("chunks", "FAIL", "; ".join(map(str, problems)), rows), problems
-    zero = len(blank_chunks(f["images"]))
-    note = (f"; {zero} image chunks are all zeros (never written, or black images: the re-render "
-            "check looks at every row of them)") if zero else ""
+    note = (f"; image rows {rows_text(blank_rows)} are in chunks of all zeros (never written, or black "
+            "images: the re-render check looks at every one of them)") if len(blank_rows) else ""
     return Check("chunks", "PASS", f"read all {n:,} chunks ({nbytes / 2**20:,.1f} MiB), "
                                    f"every fletcher32 checksum matches, none missing{note}"), problems
 
@@ -471,11 +470,10 @@ def sample_rows(rows: int, sample: int, seed: int) -> np.ndarray:
 
 
 def _check_rerender(v: dict, f: h5py.File, info: FileInfo, src: SourceData, sample: int, seed: int,
-                    bad_chunks: list[ChunkProblem]) -> Check:
+                    bad_chunks: list[ChunkProblem], blank_rows: np.ndarray) -> Check:
     # Every row of an image chunk of all zeros (checksum 0) joins the sample: a chunk a
     # build allocated but never filled reads back as zeros and passes fletcher32, and
     # only a re-render tells it from images that are black.
-    blank_rows = _blank_rows(f["images"])
     rows = np.union1d(sample_rows(info.rows, sample, seed), blank_rows)
     damaged = np.zeros(info.rows, bool)
     for p in bad_chunks:
@@ -528,9 +526,9 @@ def _blank_rows(ds: h5py.Dataset) -> np.ndarray:
     return np.concatenate([np.arange(b, min(b + step, ds.shape[0])) for b in starts] or [np.zeros(0, np.int64)])
 
 
-def _unconfirmed_zeros(f: h5py.File) -> Check | None:
-    """Without a source, all-zero image chunks cannot be told from black images: a failure."""
-    rows = _blank_rows(f["images"])
+def _unconfirmed_zeros(rows: np.ndarray) -> Check | None:
+    """Without a source, all-zero image chunks (their ``rows``) cannot be told from black
+    images: a failure."""
     if not len(rows):
         return None
     return _fail_rows("re-render", [("all zeros (never written, or black images) and no source to re-render "
@@ -552,7 +550,8 @@ def verify(path: str | Path, source: str | None = None, sample: int = 256, seed:
     with f:
         datasets = _check_datasets(f, info)
         yield datasets
-        chunks, bad_chunks = _check_chunks(f)
+        blank_rows = _blank_rows(f["images"])  # read once: 4 bytes per image chunk
+        chunks, bad_chunks = _check_chunks(f, blank_rows)
         yield chunks
         if datasets.failed:
             for name in ("ranges", "counts", "source", "labels", "splits", "re-render"):
@@ -569,13 +568,13 @@ def verify(path: str | Path, source: str | None = None, sample: int = 256, seed:
                         f"{e}" + ("" if source else "; pass --source PATH to check against it"))
             for name in ("labels", "splits"):
                 yield _skip_damaged(name, damaged) or Check(name, "SKIP", "no source to compare with")
-            yield _skip_damaged("re-render", damaged) or _unconfirmed_zeros(f) \
+            yield _skip_damaged("re-render", damaged) or _unconfirmed_zeros(blank_rows) \
                 or Check("re-render", "SKIP", "no source to compare with")
             return
         yield Check("source", "PASS", f"{src.kind} {src.path}: sha256 {src.sha256[:16]}... as recorded")
         yield _skip_damaged("labels", damaged) or _check_labels(v, src)
         yield _skip_damaged("splits", damaged) or _check_splits(v, f, src)
-        yield _skip_damaged("re-render", damaged) or _check_rerender(v, f, info, src, sample, seed, bad_chunks)
+        yield _skip_damaged("re-render", damaged) or _check_rerender(v, f, info, src, sample, seed, bad_chunks, blank_rows)
 
 
 def source_rows(f: h5py.File, info: FileInfo, source_index: int) -> np.ndarray:
