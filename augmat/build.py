@@ -53,7 +53,7 @@ import numpy as np
 
 from . import __version__
 from .errors import AugmatError
-from .ops import IMAGE_SHAPE, OP_NAMES, apply_ops, rendering_libraries
+from .ops import DEFAULT_OPS, IMAGE_SHAPE, OP_NAMES, apply_ops, rendering_libraries
 from .plan import RowPlan, plan_rows, split_indices
 from .sources import SourceData, holds_image_files, load_source
 from .store import (CHUNK_ROWS, FORMAT_VERSION, chunk_locations, create_rows, stored_checksum_ok, write_array,
@@ -94,7 +94,7 @@ class BuildConfig:
     source: str | None = None
     val: int = 5000
     seed: int = 0
-    ops: tuple[str, ...] = OP_NAMES
+    ops: tuple[str, ...] = DEFAULT_OPS
     include_originals: bool = False
     output: str = ""
     workers: int = field(default_factory=default_workers)
@@ -129,7 +129,7 @@ class BuildConfig:
         # The versions too: a newer augmat's ops, or another OpenCV, may render
         # differently, so an older build's shards are not reused.
         content.update(source=source_sha256, shard_rows=self.shard_rows, format=FORMAT_VERSION,
-                       version=__version__, parts=PARTS_FORMAT, opencv=rendering_libraries()["opencv"])
+                       version=__version__, parts=PARTS_FORMAT, libraries=rendering_libraries())
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 

@@ -39,7 +39,7 @@ from . import __version__
 from .build import BuildConfig, build, default_workers
 from .errors import AugmatError
 from .files import write_json, write_text_atomic
-from .ops import OP_NAMES
+from .ops import DEFAULT_OPS, OP_NAMES
 from .stream import ORDERS
 
 SEED_VAL = 10000  # the seed's validation split: 20% of the 50,000 training images
@@ -70,7 +70,7 @@ class ExperimentConfig:
     source: str | None = None
     seed: int = 0
     workers: int = field(default_factory=default_workers)
-    ops: tuple[str, ...] = OP_NAMES
+    ops: tuple[str, ...] = DEFAULT_OPS
     val: int = SEED_VAL
     batch_size: int = 128
     order: str = "copies"
@@ -139,7 +139,7 @@ def command_line(cfg: ExperimentConfig) -> str:
     for key in ("epochs", "repeats", "out", "source", "seed", "workers", "val", "batch_size", "order"):
         if c[key] is not None:
             args += [f"--{key.replace('_', '-')}", str(c[key])]
-    if tuple(cfg.ops) != OP_NAMES:
+    if tuple(cfg.ops) != DEFAULT_OPS:
         args += ["--ops", ",".join(cfg.ops)]
     backend = os.environ.get("KERAS_BACKEND")
     return " ".join(shlex.quote(a) for a in ([f"KERAS_BACKEND={backend}"] if backend else []) + args)

@@ -211,6 +211,7 @@ def summarize(path: str | Path) -> dict:
         "source": info.source,
         "augmat_version": info.version,
         "format": fmt,
+        "renamed_ops": [list(pair) for pair in info.renamed_ops],
         "description": description,
         "size_bytes": info.path.stat().st_size,
         # Built under a temporary name and renamed when whole, a file at its path is complete,
@@ -255,6 +256,8 @@ def format_summary(s: dict) -> str:
         f"({src.get('train_images', '?'):,} train, {src.get('test_images', '?'):,} test images)",
         f"  checksum    sha256 {src.get('sha256')} (decoded pixels)",
     ]
+    if s.get("renamed_ops"):
+        lines.append(f"  ops note    {earlier_definitions_note(s['format'], s['renamed_ops'])}")
     chunks = s["image_chunks"]
     state = "yes (at its final path, so the build finished)"
     if chunks["written"] != chunks["expected"]:
@@ -292,7 +295,7 @@ def format_summary(s: dict) -> str:
 @dataclass
 class Check:
     name: str
-    status: str            # PASS | FAIL | SKIP
+    status: str            # PASS | FAIL | SKIP | NOTE (worth knowing, not a fault)
     detail: str
     rows: list[int] = field(default_factory=list)  # the rows at fault, when rows are at fault
 
@@ -305,6 +308,14 @@ class Check:
 
     def __str__(self) -> str:
         return f"{self.status}  {self.name:<10} {self.detail}"
+
+
+def earlier_definitions_note(fmt: int, renamed) -> str:
+    """What a file of an older format means by some op names (see augmat.ops.EARLIER_DEFINITIONS)."""
+    pairs = ", ".join(f"{old} (today's op {new})" for old, new in renamed)
+    return (f"made with augmat file format {fmt}, whose definitions of {pairs} are not the seed's "
+            f"numerics: its pixels are read and re-rendered with those ops (not corrupt); rebuild "
+            f"with this augmat for the seed's exact transforms")
 
 
 def _fail_rows(name: str, problems: list[tuple[str, np.ndarray]]) -> Check:
@@ -550,6 +561,8 @@ def verify(path: str | Path, source: str | None = None, sample: int = 256, seed:
     with f:
         datasets = _check_datasets(f, info)
         yield datasets
+        if info.renamed_ops:
+            yield Check("ops", "NOTE", earlier_definitions_note(info.format, info.renamed_ops))
         blank_rows = _blank_rows(f["images"])  # read once: 4 bytes per image chunk
         chunks, bad_chunks = _check_chunks(f, blank_rows)
         yield chunks

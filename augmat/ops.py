@@ -10,9 +10,15 @@ Nothing here draws random numbers: which op and which magnitude each image gets
 is decided up front (see :mod:`augmat.plan`) and stored beside the image, so
 any row of a built file can be re-rendered bit for bit.
 
-The formulas are the seed experiment's (``shared/reference/seed-experiment.md``).
-The order of ``OPS`` is part of the file format: a row's ``op`` code is an
-index into the op names stored with the file. Add new ops at the end.
+The formulas and numerics are the seed experiment's (``shared/reference/seed-experiment.md``,
+"Exact numerics of the original"); :mod:`augmat.reference` computes them one image at a
+time as the seed did and the tests hold every op to it. The default draw is the seed's
+eight (``DEFAULT_OPS``); ``unsharp`` and ``rotate_bilinear`` are gentler variants a user
+may ask for with ``--ops``.
+
+A row's ``op`` code is an index into the op names stored with its file, so the order
+of ``OPS`` matters only within one file; add new ops at the end. What a name renders
+is part of the file format (:data:`EARLIER_DEFINITIONS`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from typing import Callable
 
 import cv2
 import numpy as np
+
+from . import kernels
 
 # OpenCV would otherwise start its own thread pool inside every worker process;
 # augmat parallelises across processes, so one thread per process is right.
@@ -34,11 +42,21 @@ def identity(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
     return images.copy()
 
 
-def rotate(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
-    """angle = (z - 0.5) * 120 degrees, counter-clockwise, about the centre.
+def rotation_degrees(magnitudes: np.ndarray) -> np.ndarray:
+    """angle = (z - 0.5) * 120 degrees, counter-clockwise: -60..+60."""
+    return (magnitudes.astype(np.float64) - 0.5) * 120.0
 
-    Bilinear interpolation (as scikit-image's ``rotate`` default, order=1, which
-    the seed used); corners outside the source are black. OpenCV's warpAffine
+
+def rotate(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
+    """The seed's rotation: ``scipy.ndimage.rotate(x, angle, reshape=False)``, a cubic
+    B-spline with its prefilter, black outside the source, rounded to uint8
+    (:func:`augmat.kernels.seed_rotate`, scipy's own arithmetic, batched)."""
+    return kernels.seed_rotate(images, rotation_degrees(magnitudes))
+
+
+def rotate_bilinear(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
+    """The seed's angle, bilinear (scikit-image's ``rotate``, order=1): augmat's
+    ``rotate`` before file format 2, smoother-edged than the cubic spline; corners outside the source are black. OpenCV's warpAffine
     does one 32x32 image in a few microseconds, far faster than any per-pixel
     numpy gather, so it is called once per image, writing straight into the output.
     The matrices, computed for the whole batch, map each output pixel to where it
@@ -47,7 +65,7 @@ def rotate(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
     out = np.empty_like(images)
     h, w = images.shape[1:3]
     cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
-    theta = np.deg2rad((magnitudes.astype(np.float64) - 0.5) * 120.0)
+    theta = np.deg2rad(rotation_degrees(magnitudes))
     cos, sin = np.cos(theta), np.sin(theta)
     m = np.empty((len(images), 2, 3))  # source = R(theta) (output - centre) + centre
     m[:, 0, 0], m[:, 0, 1], m[:, 0, 2] = cos, -sin, (1 - cos) * cx + sin * cy
@@ -130,7 +148,18 @@ def _gaussian_blur(images: np.ndarray) -> np.ndarray:
 
 
 def sharpen(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
-    """Unsharp mask: out = x + a (x - blur(x)) / (1 + a), a = (0.5 - z) * 0.5.
+    """The seed's sharpen, a = (0.5 - z) * 0.5, bit for bit
+    (:func:`augmat.kernels.seed_sharpen`): blur = scipy's uint8 Gaussian (sigma 1)
+    over rows, columns *and channels*; d = x - blur in uint8, so it wraps modulo 256;
+    s = x + a d / (1 + a), shifted up if below 0, scaled down if above 255, truncated.
+    The wrap makes it a colour-speckle transform at both ends of z, not a sharpen:
+    that is what the seed trained on. Identity at z = 0.5 (a = 0)."""
+    return kernels.seed_sharpen(images, magnitudes)
+
+
+def unsharp(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
+    """A real unsharp mask with the seed's formula: out = x + a (x - blur(x)) / (1 + a),
+    a = (0.5 - z) * 0.5 (augmat's ``sharpen`` before file format 2).
 
     blur: :func:`_gaussian_blur`, in float32; OpenCV's addWeighted then forms
     (1 + c) x - c blur on 0..255 per image, rounded and saturated to uint8, into the
@@ -183,27 +212,44 @@ class Op:
     summary: str
     # Magnitude at which the seed's formula leaves the image unchanged (None: nowhere).
     identity_at: float | None
+    # In the default draw (the seed's eight); the others are chosen with --ops.
+    default: bool = True
 
 
 OPS: dict[str, Op] = {
     op.name: op
     for op in [
         Op("identity", identity, "unchanged", 0.5),
-        Op("rotate", rotate, "rotate (z-0.5)*120 degrees, bilinear, black corners", 0.5),
+        Op("rotate", rotate, "rotate (z-0.5)*120 degrees, cubic B-spline (scipy), black corners", 0.5),
         Op("flip_lr", flip_lr, "mirror left-right when |z-0.5| > 0.25", 0.5),
         Op("translate_x", translate_x, "shift int(12.8*(z-0.5)) px right, black fill", 0.5),
         Op("translate_y", translate_y, "shift int(12.8*(z-0.5)) px down, black fill", 0.5),
-        Op("sharpen", sharpen, "unsharp mask sigma 1, a=(0.5-z)/2 (z<0.5 sharpens)", 0.5),
+        Op("sharpen", sharpen, "the seed's sharpen: wrapped uint8 x-blur, colour speckle at z=0 and 1", 0.5),
         Op("contrast", contrast, "sigmoid contrast, cutoff 0.5, gain 1+10z", None),
         Op("brightness", brightness, "gamma 0.25+1.5z (z<0.5 brightens)", 0.5),
+        Op("unsharp", unsharp, "real unsharp mask sigma 1, a=(0.5-z)/2 (z<0.5 sharpens)", 0.5, default=False),
+        Op("rotate_bilinear", rotate_bilinear, "rotate (z-0.5)*120 degrees, bilinear, black corners", 0.5,
+           default=False),
     ]
 }
 OP_NAMES: tuple[str, ...] = tuple(OPS)
+DEFAULT_OPS: tuple[str, ...] = tuple(name for name, op in OPS.items() if op.default)
+
+# What an op name rendered in files of an earlier format, where it differs from today:
+# format 1 files (augmat before the seed's exact numerics) hold bilinear rotations and a
+# float unsharp mask under the names rotate and sharpen. Readers translate the names, so
+# an old file re-renders and verifies with the op that made it.
+EARLIER_DEFINITIONS: dict[int, dict[str, str]] = {
+    1: {"rotate": "rotate_bilinear", "sharpen": "unsharp"},
+}
 
 
 def rendering_libraries() -> dict[str, str]:
     """The versions that decide the rendered pixels (a build records them in its file)."""
-    return {"opencv": cv2.__version__, "numpy": np.__version__}
+    import numba
+    import scipy
+    return {"opencv": cv2.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
+            "numba": numba.__version__}
 
 
 def apply_ops(images: np.ndarray, op_codes: np.ndarray, magnitudes: np.ndarray,

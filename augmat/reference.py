@@ -1,8 +1,14 @@
-"""The seed experiment's way: one image at a time, with scipy.ndimage and scikit-image.
+"""The seed experiment's way: one uint8 image at a time, scipy and scikit-image called
+exactly as the seed's notebook called them (``shared/reference/seed-experiment.md``,
+"Exact numerics of the original"), uint8 in, uint8 out.
 
 Not used to build anything. It is the oracle the tests hold :mod:`augmat.ops` to,
-and the baseline the build benchmark measures augmat's batch ops against.
+and the "seed's way" baseline every speed figure is measured against.
 Needs scikit-image (the ``test`` extra).
+
+The two gentle variants that augmat offers outside the default draw (``unsharp``,
+``rotate_bilinear``) have their references here too: they are what augmat's
+``sharpen`` and ``rotate`` rendered before file format 2.
 """
 
 from __future__ import annotations
@@ -12,9 +18,9 @@ from scipy import ndimage
 
 
 def rotate(img: np.ndarray, z: float) -> np.ndarray:
-    from skimage.transform import rotate as sk_rotate
-    out = sk_rotate(img, (z - 0.5) * 120.0, order=1, mode="constant", cval=0, preserve_range=True)
-    return np.rint(out).astype(np.uint8)
+    """scipy's rotate with every other argument at its default: a cubic B-spline
+    (order 3, spline prefilter), mode 'constant', fill 0, uint8 out."""
+    return ndimage.rotate(img, (z - 0.5) * 120.0, reshape=False)
 
 
 def flip_lr(img: np.ndarray, z: float) -> np.ndarray:
@@ -34,12 +40,19 @@ def translate_y(img: np.ndarray, z: float) -> np.ndarray:
 
 
 def sharpen(img: np.ndarray, z: float) -> np.ndarray:
-    from skimage.filters import gaussian
-    x = img / 255.0
-    blur = gaussian(x, sigma=1, mode="nearest", truncate=4.0, channel_axis=-1, preserve_range=True)
+    """The seed's sharpen, quirks included: the blur runs over all three axes (the
+    channels too) and is truncated to uint8 after each pass; ``img - blur`` is taken
+    in uint8 and wraps modulo 256; then the whole image is shifted up if anything
+    fell below 0 and scaled down if anything rose above 255. The wrap turns this
+    into a strong colour-speckle transform at both ends of z."""
     a = (0.5 - z) * 0.5
-    out = x + a * (x - blur) / (1 + a)
-    return np.rint(np.clip(out, 0, 1) * 255).astype(np.uint8)
+    blur = ndimage.gaussian_filter(img, 1)
+    s = img + a * (img - blur) / (1 + a)
+    if s.min() < 0:
+        s = s - s.min()
+    if s.max() > 255:
+        s = 255 * (s / s.max())
+    return np.clip(s, 0, 255).astype(np.uint8)
 
 
 def contrast(img: np.ndarray, z: float) -> np.ndarray:
@@ -56,8 +69,26 @@ def identity(img: np.ndarray, z: float) -> np.ndarray:
     return img.copy()
 
 
+def unsharp(img: np.ndarray, z: float) -> np.ndarray:
+    """A real unsharp mask with the seed's formula: float blur per channel (sigma 1,
+    edges repeated), no wrap, clipped and rounded."""
+    from skimage.filters import gaussian
+    x = img / 255.0
+    blur = gaussian(x, sigma=1, mode="nearest", truncate=4.0, channel_axis=-1, preserve_range=True)
+    a = (0.5 - z) * 0.5
+    out = x + a * (x - blur) / (1 + a)
+    return np.rint(np.clip(out, 0, 1) * 255).astype(np.uint8)
+
+
+def rotate_bilinear(img: np.ndarray, z: float) -> np.ndarray:
+    """The same angle, bilinear (scikit-image's rotate, order 1), rounded."""
+    from skimage.transform import rotate as sk_rotate
+    out = sk_rotate(img, (z - 0.5) * 120.0, order=1, mode="constant", cval=0, preserve_range=True)
+    return np.rint(out).astype(np.uint8)
+
+
 REFERENCE = {f.__name__: f for f in (identity, rotate, flip_lr, translate_x, translate_y,
-                                     sharpen, contrast, brightness)}
+                                     sharpen, contrast, brightness, unsharp, rotate_bilinear)}
 
 
 def apply_one_at_a_time(images: np.ndarray, op_names, magnitudes) -> np.ndarray:

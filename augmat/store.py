@@ -15,7 +15,7 @@ more CPU than the disk it saves)::
     val/images, val/labels, val/source_index     unaugmented validation split
     test/images, test/labels                     the source's test split
 
-    attrs: augmat_format, augmat_version, libraries (JSON: OpenCV and numpy versions),
+    attrs: augmat_format, augmat_version, libraries (JSON: the versions that render pixels),
            config (JSON of every build option),
            class_names (JSON), source (JSON: kind, path, sha256, sizes), description
 
@@ -36,8 +36,12 @@ import h5py
 import numpy as np
 
 from .errors import AugmatError
+from .ops import EARLIER_DEFINITIONS
 
-FORMAT_VERSION = 1
+# 2: rotate and sharpen render the seed's exact numerics (cubic B-spline, wrapped uint8
+#    sharpen); format 1 files hold what are now rotate_bilinear and unsharp under those
+#    names, and readers translate them (augmat.ops.EARLIER_DEFINITIONS).
+FORMAT_VERSION = 2
 CHUNK_ROWS = 256          # 256 images = 768 KiB per chunk: large sequential reads, small cache
 VECTOR_CHUNK = 65536      # rows per chunk of the 1-D datasets
 ROW_DATASETS = {          # name: (dtype, shape after the row axis)
@@ -190,6 +194,9 @@ class FileInfo:
     version: str
     val_rows: int
     test_rows: int
+    format: int = FORMAT_VERSION
+    # Op names this file's format used for what are other ops today (old name -> today's).
+    renamed_ops: tuple[tuple[str, str], ...] = ()
 
 
 def _fail(path, what: str) -> AugmatError:
@@ -231,8 +238,9 @@ def open_file(path: str | Path) -> tuple[h5py.File, FileInfo]:
 def _check(f: h5py.File, path: Path) -> FileInfo:
     if "augmat_format" not in f.attrs:
         raise _fail(path, "an HDF5 file not written by augmat (no augmat_format attribute)")
-    if int(f.attrs["augmat_format"]) > FORMAT_VERSION:
-        raise _fail(path, f"written in augmat file format {int(f.attrs['augmat_format'])}; upgrade augmat to read it")
+    fmt = int(f.attrs["augmat_format"])
+    if fmt > FORMAT_VERSION:
+        raise _fail(path, f"written in augmat file format {fmt}; upgrade augmat to read it")
     missing = [n for n in (*ROW_DATASETS, *SPLIT_DATASETS, *INDEX_DATASETS) if n not in f]
     if missing:
         raise _fail(path, f"missing datasets {', '.join(missing)}; not a complete augmat file")
@@ -248,12 +256,22 @@ def _check(f: h5py.File, path: Path) -> FileInfo:
     names = f["op"].attrs.get("names")
     if names is None:
         raise _fail(path, "dataset op has no 'names' attribute")
+    op_names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(names).tolist())
+    config = json.loads(f.attrs["config"])
+    # An older format's op names mean today's other ops: read them as those, so the
+    # file re-renders (and verifies, and augments online) with the ops that made it.
+    renamed = {old: new for old, new in EARLIER_DEFINITIONS.get(fmt, {}).items() if old in op_names}
+    if renamed:
+        op_names = tuple(renamed.get(n, n) for n in op_names)
+        if config.get("ops"):
+            config["ops"] = [renamed.get(n, n) for n in config["ops"]]
     return FileInfo(
-        path=path, rows=rows, config=json.loads(f.attrs["config"]),
+        path=path, rows=rows, config=config,
         class_names=tuple(json.loads(f.attrs["class_names"])),
-        op_names=tuple(n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(names).tolist()),
+        op_names=op_names,
         source=json.loads(f.attrs["source"]), version=str(f.attrs["augmat_version"]),
         val_rows=f["val/images"].shape[0], test_rows=f["test/images"].shape[0],
+        format=fmt, renamed_ops=tuple(sorted(renamed.items())),
     )
 
 

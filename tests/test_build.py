@@ -406,3 +406,28 @@ def test_a_tar_member_stored_twice_counts_once_as_its_last_copy(tmp_path):
     twice = load_source(archive)
     assert len(twice.train_labels) == len(once.train_labels) == 4
     assert (twice.train_images[1] == 7).all() and not (once.train_images[1] == 7).all()
+
+
+def test_a_partial_build_of_the_earlier_op_definitions_is_not_resumed(tmp_path, cifar_archive, tiny_h5,
+                                                                      monkeypatch):
+    """A build killed under file format 1 (the earlier rotate and sharpen) left finished
+    shards; the same command now discards them and renders every row with today's ops."""
+    import augmat.build as build_module
+    out = tmp_path / "k.h5"
+    args = ["build", "--source", cifar_archive, *TINY_FLAGS, "--shard-rows", 16, "--workers", 1, "-o", out, "-q"]
+    r = run_cli(*args, env={"AUGMAT_FAULT": "kill-main@4"})
+    assert r.returncode == -signal.SIGKILL
+    parts = tmp_path / "k.h5.parts"
+    assert sorted(parts.glob("shard-*.done"))
+    plan = json.loads((parts / "plan.json").read_text())
+    cfg = BuildConfig(**plan["config"])
+    src_sha = load_source(str(cifar_archive)).sha256
+    assert plan["key"] == cfg.content_key(src_sha)
+    monkeypatch.setattr(build_module, "FORMAT_VERSION", 1)
+    plan["key"] = cfg.content_key(src_sha)  # what the earlier augmat wrote
+    (parts / "plan.json").write_text(json.dumps(plan))
+    r = run_cli(*args[:-1])
+    assert r.returncode == 0, r.stderr
+    assert "holds an unfinished build with other options; discarding it" in r.stderr
+    assert "resuming" not in r.stderr
+    assert_same_content(out, tiny_h5)

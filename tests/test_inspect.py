@@ -556,3 +556,53 @@ def test_all_zero_chunks_without_a_source_are_not_passed(tmp_path, cifar_archive
     assert r.exit_code == 1
     assert "all zeros (never written, or black images) and no source" in verdicts(r.stdout)["re-render"]
     assert "rows 0-31" in verdicts(r.stdout)["re-render"]
+
+
+@pytest.fixture(scope="module")
+def format1_h5(tmp_path_factory, cifar_archive) -> Path:
+    """A file as augmat wrote it before the seed's exact numerics (format 1): eight op
+    names, its ``rotate`` and ``sharpen`` rows rendered by what are now the ops
+    ``rotate_bilinear`` and ``unsharp``. Made by building with those two ops and
+    writing the old names and codes over the new ones."""
+    from augmat.ops import OP_NAMES
+    path = tmp_path_factory.mktemp("old") / "old.h5"
+    build(BuildConfig(source=str(cifar_archive), subset=24, copies=2, val=10, seed=4, workers=1,
+                      ops=("identity", "rotate_bilinear", "unsharp"), output=str(path)),
+          progress=False, log=lambda m: None)
+    old_names = ["identity", "rotate", "flip_lr", "translate_x", "translate_y", "sharpen", "contrast", "brightness"]
+    to_old = {OP_NAMES.index("identity"): 0, OP_NAMES.index("rotate_bilinear"): 1, OP_NAMES.index("unsharp"): 5}
+    with h5py.File(path, "r+") as f:
+        codes = f["op"][...]
+        f["op"][...] = np.vectorize(to_old.get)(codes).astype(np.uint8)
+        f["op"].attrs["names"] = np.array(old_names, dtype=h5py.string_dtype())
+        cfg = json.loads(f.attrs["config"])
+        cfg["ops"] = ["identity", "rotate", "sharpen"]
+        f.attrs["config"] = json.dumps(cfg)
+        f.attrs["augmat_format"] = 1
+    return path
+
+
+def test_an_older_format_file_verifies_with_the_ops_that_made_it(format1_h5, cifar_archive):
+    """inspect --verify on a format-1 file says which ops it means by its old names (a NOTE,
+    not a failure) and re-renders its rows with those ops, bit for bit."""
+    res = run("inspect", format1_h5, "--verify", "--source", cifar_archive, "--sample", 1000)
+    assert res.exit_code == 0, res.output
+    note = next(line for line in res.output.splitlines() if line.startswith("NOTE"))
+    assert "format 1" in note and "rotate (today's op rotate_bilinear)" in note
+    assert "sharpen (today's op unsharp)" in note and "not corrupt" in note
+    assert re.search(r"^PASS\s+re-render\s+all", res.output, re.M), res.output
+    assert "verify: PASSED" in res.output and "1 note" in res.output
+    summary = run("inspect", format1_h5)
+    assert "ops note" in summary.output and "rotate_bilinear" in summary.output
+
+
+def test_an_older_format_file_still_trains(format1_h5):
+    from augmat.store import open_file
+    from augmat.stream import Stream
+    f, info = open_file(format1_h5)
+    f.close()
+    assert info.format == 1 and "rotate_bilinear" in info.op_names and "rotate" not in info.op_names
+    for mode in ("offline", "online"):  # online: fresh draws of the ops the file was made with
+        with Stream(format1_h5, batch_size=8, seed=0, mode=mode) as stream:
+            batch = stream.next_batch()
+        assert batch.images.shape == (8, 32, 32, 3) and batch.images.any()

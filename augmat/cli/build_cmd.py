@@ -8,12 +8,12 @@ from pathlib import Path
 import click
 
 from ..build import BuildConfig, build, default_workers
-from ..ops import OP_NAMES
+from ..ops import DEFAULT_OPS, OP_NAMES, OPS
 
 
 def _ops(ctx, param, value: str | None):
     if value is None:
-        return OP_NAMES
+        return DEFAULT_OPS
     names = tuple(v.strip() for v in value.split(",") if v.strip())
     unknown = [n for n in names if n not in OP_NAMES]
     if unknown:
@@ -33,7 +33,8 @@ def _ops(ctx, param, value: str | None):
               help="Further training images kept unaugmented for validation, disjoint from the subset.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
 @click.option("--ops", callback=_ops, default=None, metavar="A,B,..",
-              help="Ops to draw from, comma-separated. Default: all of " + ", ".join(OP_NAMES) + ".")
+              help="Ops to draw from, comma-separated. Default: the seed's " + ", ".join(DEFAULT_OPS)
+              + "; also available: " + ", ".join(n for n in OP_NAMES if not OPS[n].default) + ".")
 @click.option("--include-originals", is_flag=True, help="Also store the N unaugmented subset images.")
 @click.option("-o", "--output", type=str, default="", metavar="FILE",
               help="Output file. Default: data/aug{N/1000}k.h5.")

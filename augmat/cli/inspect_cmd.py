@@ -92,9 +92,10 @@ def inspect_command(path: str, as_json: bool, verify: bool, sample: int, seed: i
         failed = [c for c in checks if c.failed]
         if not as_json:
             skipped = sum(c.status == "SKIP" for c in checks)
+            notes = sum(c.status == "NOTE" for c in checks)
             verdict = "FAILED" if failed else "PASSED only what it could check" if skipped else "PASSED"
-            click.echo(f"verify: {verdict} ({len(checks) - len(failed) - skipped} passed, "
-                       f"{len(failed)} failed, {skipped} skipped)")
+            click.echo(f"verify: {verdict} ({len(checks) - len(failed) - skipped - notes} passed, "
+                       f"{len(failed)} failed, {skipped} skipped" + (f", {notes} note)" if notes else ")"))
     if as_json:
         click.echo(json.dumps(out, indent=1))
     if failed:
