@@ -63,26 +63,56 @@ def gaussian_weights(sigma: float = 1.0, truncate: float = 4.0) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _blur_pass(src, dst, w, ext):
-    """One 1-D pass of scipy's symmetric correlation along the middle axis of
-    (outer, n, inner) float64 arrays holding whole numbers, truncated as scipy's
-    uint8 line buffer does. ``ext`` maps extended position p (0 .. n + 2r - 1) to
-    the sample it reads. The innermost loop runs over ``inner`` contiguous values,
-    each an independent sum: the compiler vectorises across them, never within one."""
+def _correlate(src, q, w, ext, t):
+    """t[e] = scipy's symmetric correlation at position q of the lines src[:, e]:
+    the centre times its weight, then the pairs from the outermost in (ni_filters.c).
+    ``ext`` maps extended position p (0 .. n + 2r - 1) to the sample it reads. The
+    loops over e run independent sums side by side: vectorised across lines, never
+    reordered within one."""
     r = (len(w) - 1) // 2
-    outer, n, inner = src.shape
-    t = np.empty(inner)
-    for o in range(outer):
-        for q in range(n):
-            c = ext[q + r]
-            for e in range(inner):
-                t[e] = src[o, c, e] * w[r]
-            for m in range(r, 0, -1):  # outermost pair first, as ni_filters.c
-                lo, hi, wm = ext[q + r - m], ext[q + r + m], w[r - m]
-                for e in range(inner):
-                    t[e] += (src[o, lo, e] + src[o, hi, e]) * wm
-            for e in range(inner):
-                dst[o, q, e] = np.floor(t[e])  # t >= 0: C's (npy_ubyte)t truncation
+    centre = ext[q + r]
+    for e in range(len(t)):
+        t[e] = src[centre, e] * w[r]
+    for m in range(r, 0, -1):
+        lo, hi, wm = ext[q + r - m], ext[q + r + m], w[r - m]
+        for e in range(len(t)):
+            t[e] += (src[lo, e] + src[hi, e]) * wm
+
+
+@njit(cache=True, nogil=True)
+def _blur_batch(images, w, ext_h, ext_w, ext_c, out):
+    """scipy's gaussian_filter of each (h, w, c) uint8 image over axes 0, 1, 2 in turn,
+    each pass truncated to whole numbers as scipy's uint8 output does. Each pass reads
+    lines laid out along its first axis and writes its result already turned for the
+    next pass: rows (h, w*c) -> columns (w, h*c) -> channels (c, h*w) -> out."""
+    b_, h, wd, c = images.shape
+    rows = np.empty((h, wd * c))
+    cols = np.empty((wd, h * c))
+    planes = np.empty((c, h * wd))
+    t = np.empty(max(wd * c, h * c, h * wd))
+    for b in range(b_):
+        img = images[b].reshape(h, wd * c)
+        for i in range(h):
+            for e in range(wd * c):
+                rows[i, e] = img[i, e]
+        for q in range(h):
+            tq = t[:wd * c]
+            _correlate(rows, q, w, ext_h, tq)
+            for j in range(wd):
+                for ch in range(c):
+                    cols[j, q * c + ch] = np.floor(tq[j * c + ch])  # t >= 0: C's (npy_ubyte)t
+        for q in range(wd):
+            tq = t[:h * c]
+            _correlate(cols, q, w, ext_w, tq)
+            for i in range(h):
+                for ch in range(c):
+                    planes[ch, i * wd + q] = np.floor(tq[i * c + ch])
+        for q in range(c):
+            tq = t[:h * wd]
+            _correlate(planes, q, w, ext_c, tq)
+            for i in range(h):
+                for j in range(wd):
+                    out[b, i, j, q] = np.uint8(tq[i * wd + j])
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,47 +126,11 @@ def gaussian_blur_uint8(images: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     """``scipy.ndimage.gaussian_filter(img, sigma)`` of every uint8 image of a batch
     over all three of its axes (the channel axis too), mode 'reflect', truncate 4:
     bit-identical to scipy per image."""
-    b, h, w_, c = images.shape
-    w, (ext_h, ext_w, ext_c) = _blur_plan((h, w_, c), float(sigma))
-    # Each pass filters the middle axis of a (outer, n, inner) layout with a long
-    # contiguous inner axis; the layout is turned between passes so that it stays so.
-    x = images.astype(np.float64).reshape(b, h, w_ * c)
-    y = np.empty_like(x)
-    _blur_pass(x, y, w, ext_h)                                   # rows: (b, h, w*c)
-    _swap_hw(y.reshape(b, h, w_, c), x.reshape(b, w_, h, c))
-    _blur_pass(x.reshape(b, w_, h * c), y.reshape(b, w_, h * c), w, ext_w)  # columns: (b, w, h*c)
-    _channels_first(y.reshape(b, w_ * h, c), x.reshape(b, c, w_ * h))
-    _blur_pass(x.reshape(b, c, w_ * h), y.reshape(b, c, w_ * h), w, ext_c)  # channels: (b, c, w*h)
+    w, (ext_h, ext_w, ext_c) = _blur_plan(images.shape[1:], float(sigma))
     out = np.empty_like(images)
-    _back_to_hwc(y.reshape(b, c, w_, h), out)
+    if len(images):
+        _blur_batch(np.ascontiguousarray(images), w, ext_h, ext_w, ext_c, out)
     return out
-
-
-@njit(cache=True, nogil=True)
-def _swap_hw(src, dst):
-    for b in range(src.shape[0]):
-        for i in range(src.shape[1]):
-            for j in range(src.shape[2]):
-                for c in range(src.shape[3]):
-                    dst[b, j, i, c] = src[b, i, j, c]
-
-
-@njit(cache=True, nogil=True)
-def _channels_first(src, dst):
-    for b in range(src.shape[0]):
-        for p in range(src.shape[1]):
-            for c in range(src.shape[2]):
-                dst[b, c, p] = src[b, p, c]
-
-
-@njit(cache=True, nogil=True)
-def _back_to_hwc(src, out):
-    """(b, c, w, h) float64 holding whole numbers 0..255 -> (b, h, w, c) uint8."""
-    for b in range(out.shape[0]):
-        for i in range(out.shape[1]):
-            for j in range(out.shape[2]):
-                for c in range(out.shape[3]):
-                    out[b, i, j, c] = np.uint8(src[b, c, j, i])
 
 
 @njit(cache=True, nogil=True)

@@ -7,9 +7,14 @@ Everything in one run, on one machine, so the ratios are comparable:
 
 A. Per core: augmat's batch ops (``apply_ops`` on 4096-row shards) against the seed's
    way (one image at a time with scipy.ndimage / scikit-image, ``augmat.reference``), on
-   the same source images, ops and magnitudes, mixed as a build draws them; then each op.
+   the same source images, ops and magnitudes, mixed as a build draws them (the default
+   eight); then each op, the variants outside the default draw included.
 B. Workers: ``build()`` with 1 and 2 workers, alternating, best of ``--repeats``; the
-   render phase's images/s (worker start-up included) and the ratio.
+   render phase's images/s (worker start-up, rendering, checksums and writes to disk
+   included) and the ratio; the 1-worker rate against the seed's way per core from A
+   (the whole per-row cost of a build), and the 2-worker write rate against this
+   disk's sequential write bandwidth, measured beside it with
+   ``dd if=/dev/zero bs=1M count=512 conv=fdatasync``.
 C. The whole ``augmat build`` command as a user runs it, from the given source: wall time
    and peak resident memory of the process tree (sampled every 20 ms), for several
    ``--copies`` to show memory does not grow with them.
@@ -33,19 +38,21 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from augmat.build import BuildConfig, build  # noqa: E402
-from augmat.ops import OP_NAMES, OPS, apply_ops  # noqa: E402
+from augmat.ops import DEFAULT_OPS, OP_NAMES, OPS, apply_ops  # noqa: E402
 from augmat.reference import REFERENCE, apply_one_at_a_time  # noqa: E402
 from augmat.sources import load_source  # noqa: E402
 
-INTERPOLATION = {
-    "identity": "none",
-    "rotate": "bilinear (OpenCV warpAffine; the seed's scikit-image rotate default, order 1)",
-    "flip_lr": "none: a mirror moves whole pixels",
-    "translate_x": "none: the formula gives whole-pixel shifts",
-    "translate_y": "none: the formula gives whole-pixel shifts",
-    "sharpen": "none: Gaussian sigma 1, 9 taps, edges repeated (OpenCV sepFilter2D into float32)",
-    "contrast": "none: an exact per-level lookup table",
-    "brightness": "none: an exact per-level lookup table",
+NUMERICS = {
+    "identity": "a copy",
+    "rotate": "scipy's cubic B-spline with prefilter, redone in Numba (augmat/kernels.py)",
+    "flip_lr": "whole pixels: one cv2.flip over the chosen images",
+    "translate_x": "whole pixels: slice copies per shift",
+    "translate_y": "whole pixels: slice copies per shift",
+    "sharpen": "scipy's uint8 Gaussian (3 passes) and the wrapped difference, redone in Numba",
+    "contrast": "exact per-level lookup table (cv2.LUT)",
+    "brightness": "exact per-level lookup table (cv2.LUT)",
+    "unsharp": "not default: float32 Gaussian sigma 1 (OpenCV sepFilter2D), addWeighted",
+    "rotate_bilinear": "not default: bilinear, OpenCV warpAffine",
 }
 
 
@@ -82,7 +89,8 @@ def section_a(src, repeats: int) -> list[str]:
     rng = np.random.default_rng(0)
     n_fast, n_slow = 16384, 2048
     x = src.train_images[rng.choice(len(src.train_images), n_fast, replace=False)]
-    codes = rng.integers(0, len(OP_NAMES), n_fast).astype(np.uint8)
+    default_codes = np.array([OP_NAMES.index(n) for n in DEFAULT_OPS], np.uint8)
+    codes = default_codes[rng.integers(0, len(default_codes), n_fast)]
     mags = rng.random(n_fast).astype(np.float32)
     names = [OP_NAMES[c] for c in codes]
 
@@ -96,19 +104,32 @@ def section_a(src, repeats: int) -> list[str]:
            "| way | images/s | ratio |", "| --- | ---: | ---: |",
            f"| seed's way: one image at a time, scipy.ndimage / scikit-image | {slow:,.0f} | 1.0x |",
            f"| augmat: batch ops on 4096-image shards | {fast:,.0f} | **{fast / slow:.1f}x** |", "",
-           "| op | augmat images/s | seed's way images/s | ratio | interpolation |",
+           "| op | augmat images/s | seed's way images/s | ratio | how augmat computes it |",
            "| --- | ---: | ---: | ---: | --- |"]
     for name in OP_NAMES:
         z = mags[:4096]
         f, s = best_rates([lambda: OPS[name].fn(x[:4096], z),
                            lambda: [REFERENCE[name](im, float(m)) for im, m in zip(x[:1024], z[:1024])]],
                           [4096, 1024], repeats)
-        out.append(f"| {name} | {f:,.0f} | {s:,.0f} | {f / s:.0f}x | {INTERPOLATION[name]} |")
-    return out
+        out.append(f"| {name} | {f:,.0f} | {s:,.0f} | {f / s:.1f}x | {NUMERICS[name]} |")
+    return out, slow
 
 
-def section_b(folder: Path, subset: int, copies: int, repeats: int, work: Path) -> list[str]:
+def disk_write_mb_s(work: Path, mib: int = 512) -> float:
+    """This disk's sequential write bandwidth: dd of zeros, synced before dd stops its clock."""
+    target = work / "dd.bin"
+    t = time.perf_counter()
+    subprocess.run(["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={mib}", "conv=fdatasync"],
+                   check=True, capture_output=True)
+    seconds = time.perf_counter() - t
+    target.unlink()
+    return mib * 2**20 / seconds / 1e6
+
+
+def section_b(folder: Path, subset: int, copies: int, repeats: int, work: Path,
+              seed_rate: float | None) -> list[str]:
     best = {}
+    disk = []
     for _ in range(repeats):
         for workers in (1, 2):
             out = work / f"w{workers}.h5"
@@ -118,14 +139,24 @@ def section_b(folder: Path, subset: int, copies: int, repeats: int, work: Path) 
             if prev is None or r.render_seconds < prev.render_seconds:
                 best[workers] = r
             out.unlink()
+        disk.append(disk_write_mb_s(work))
     r1, r2 = best[1], best[2]
+    row_bytes = 32 * 32 * 3
+    mb_s = {w: r.images_per_second * row_bytes / 1e6 for w, r in best.items()}
+    dd = max(disk)
+    lines_seed = ([f"1 worker, whole per-row cost (render, checksum, write to disk) against the seed's way "
+                   f"per core from A: **{r1.images_per_second / seed_rate:.1f}x**"] if seed_rate else [])
     return ["### B. Workers (render phase of `build()`, worker start-up included, best of "
             f"{repeats}, --subset {subset} --copies {copies}, {r1.rows:,} rows)", "",
             "| workers | render s | images/s | whole build s |", "| ---: | ---: | ---: | ---: |",
             f"| 1 | {r1.render_seconds:.2f} | {r1.images_per_second:,.0f} | {r1.seconds:.2f} |",
             f"| 2 | {r2.render_seconds:.2f} | {r2.images_per_second:,.0f} | {r2.seconds:.2f} |", "",
             f"2 workers / 1 worker: **{r2.images_per_second / r1.images_per_second:.2f}x** (render phase), "
-            f"{r1.seconds / r2.seconds:.2f}x (whole build, source loading included)"]
+            f"{r1.seconds / r2.seconds:.2f}x (whole build, source loading included)", "",
+            *lines_seed, "",
+            f"Pixel write rate: 1 worker {mb_s[1]:,.0f} MB/s, 2 workers {mb_s[2]:,.0f} MB/s; this disk's "
+            f"sequential write (dd, 512 MiB, conv=fdatasync, best of {len(disk)}): {dd:,.0f} MB/s "
+            f"({', '.join(f'{d:,.0f}' for d in disk)}); 2 workers reach **{mb_s[2] / dd:.0%}** of it"]
 
 
 def run_measured(cmd: list[str]) -> tuple[float, float, str]:
@@ -178,10 +209,12 @@ def main() -> None:
     report = [f"Machine: {psutil.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB, "
               f"Python {platform.python_version()}, numpy {np.__version__}; "
               f"load average at start {os.getloadavg()[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""]
+    seed_rate = None
     if "A" in args.sections:
-        report += section_a(src, args.repeats) + [""]
+        lines, seed_rate = section_a(src, args.repeats)
+        report += lines + [""]
     if "B" in args.sections:
-        report += section_b(folder, args.subset, args.copies, args.repeats, work) + [""]
+        report += section_b(folder, args.subset, args.copies, args.repeats, work, seed_rate) + [""]
     if "C" in args.sections:
         report += section_c(args.source, folder, args.subset, (2, 8, 16), work)
     report += ["", f"Load average at end {os.getloadavg()[0]:.2f}."]
