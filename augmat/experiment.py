@@ -3,20 +3,27 @@ question it left open (how many pre-rendered copies match fresh augmentation?).
 
 The story of an experiment:
 
-1. **Plan.** For every size N in ``sizes``: one file per ``copies`` value K, built into
-   ``<out>/data/n<N>-c<K>.h5`` (reused when it exists and was built from the same source
+1. **Plan.** For every size N in ``sizes``: ONE file of max(``copies``) copies, built into
+   ``<out>/data/n<N>-c<max K>.h5`` (reused when it exists and was built from the same source
    with the same options), and the *cells* to train: ``unaugmented`` (the N source images),
-   ``offline-c<K>`` for every K, and with ``online`` the fresh-every-epoch baseline. Each cell
-   is trained ``repeats`` times, with training seeds ``seed, seed + 1, ...`` (model init and
+   ``offline-c<K>`` for every K, and with ``online`` the fresh-every-epoch baseline. Cell
+   ``offline-c<K>`` streams only the first K copy blocks of that file (``copies_used``): copy
+   k of an image does not depend on how many copies were built, so this is the file a build
+   of K copies would have made. Each cell is trained ``repeats`` times (``repeats_for``
+   overrides that per cell), with training seeds ``seed, seed + 1, ...`` (model init and
    stream order; the data, validation split included, is the same for every repeat).
 2. **Equal gradient steps.** Every run of size N uses epochs of N images (the seed's epoch:
    N/batch steps), whatever its mode or copies: an offline epoch shows each source image once,
-   as copy block ``epoch mod K`` (``order="copies"``).
+   as copy block ``epoch mod K`` (``order="copies"``). With K >= the number of epochs no copy
+   is ever shown twice, which is online augmentation's distribution, drawn ahead of time.
 3. **Train.** :func:`train.run` per run, into ``<out>/runs/<run name>/``. A run whose
    ``metrics.json`` says ``finished`` and whose config matches is kept and skipped; a run that
    was stopped half-way is started again from scratch.
-4. **Report.** After every run: ``results.json``, ``results.md``, ``curves.png`` and
-   ``bars.png`` in ``<out>``, so a stopped experiment still has the report of what finished.
+4. **Report.** After every run: ``results.json``, ``results.md``, ``curves.png``, ``bars.png``
+   and ``copies.png`` (accuracy against K, online and unaugmented as bands) in ``<out>``, so a
+   stopped experiment still has the report of what finished. The report answers the question
+   in one sentence per size: the smallest K whose mean test accuracy is within 1 point of
+   online's.
 
 A smaller subset is the first N of the same shuffled split (:mod:`augmat.plan`), so every size
 shares one validation split and the sizes are nested, as in the seed.
@@ -54,8 +61,10 @@ SEED_PUBLISHED = {
 SEED_EPOCHS = 200
 
 # What must match for a finished run to be kept (the rest, like verbosity, may differ).
+# The copies an offline run streamed are compared apart (see finished_run).
 _RUN_KEYS = ("epochs", "batch_size", "learning_rate", "epoch_size", "order", "mode", "seed",
              "raw_inputs", "eval_every")
+MATCH_POINTS = 1.0  # "as good as online": mean test accuracy at most this many points below
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ class ExperimentConfig:
     online: bool = False
     epochs: int = SEED_EPOCHS
     repeats: int = 1
+    repeats_for: tuple[tuple[str, int], ...] = ()   # (cell, runs): overrides ``repeats`` per cell
     out: str = "reports/experiment"
     source: str | None = None
     seed: int = 0
@@ -80,6 +90,8 @@ class ExperimentConfig:
         object.__setattr__(self, "sizes", tuple(int(s) for s in self.sizes))
         object.__setattr__(self, "copies", tuple(int(k) for k in self.copies))
         object.__setattr__(self, "ops", tuple(self.ops))
+        pairs = self.repeats_for.items() if isinstance(self.repeats_for, dict) else self.repeats_for
+        object.__setattr__(self, "repeats_for", tuple((str(m), int(r)) for m, r in pairs))
         if not self.sizes:
             raise AugmatError("--sizes is empty; give at least one subset size, e.g. --sizes 10000")
         if not self.copies:
@@ -102,6 +114,16 @@ class ExperimentConfig:
             raise AugmatError(f"unknown op {', '.join(unknown)}; choose from {', '.join(OP_NAMES)}")
         if not self.ops:
             raise AugmatError("--ops is empty; name at least one of " + ", ".join(OP_NAMES))
+        named = [m for m, _ in self.repeats_for]
+        unknown = [m for m in named if m not in self.modes]
+        if unknown:
+            raise AugmatError(f"--repeats-for names {', '.join(unknown)}, not a cell of this experiment; "
+                              f"its cells: {', '.join(self.modes)}")
+        if len(set(named)) != len(named):
+            raise AugmatError(f"--repeats-for names a cell twice ({', '.join(named)})")
+        bad = [f"{m}={r}" for m, r in self.repeats_for if r < 1]
+        if bad:
+            raise AugmatError(f"--repeats-for: runs per cell must be at least 1 (got {', '.join(bad)})")
         too_big = [n for n in self.sizes if self.batch_size > n]
         if too_big:
             raise AugmatError(f"--batch-size {self.batch_size} is larger than --sizes {too_big[0]}; "
@@ -111,6 +133,15 @@ class ExperimentConfig:
     def modes(self) -> list[str]:
         """The cells of one size, in the order they are trained."""
         return ["unaugmented"] + [f"offline-c{k}" for k in self.copies] + (["online"] if self.online else [])
+
+    def repeats_of(self, mode: str) -> int:
+        """Runs of cell ``mode`` per size: its ``repeats_for`` entry, else ``repeats``."""
+        return dict(self.repeats_for).get(mode, self.repeats)
+
+    @property
+    def file_copies(self) -> int:
+        """Copies of the one file per size: every offline cell streams its first K."""
+        return max(self.copies)
 
 
 @dataclass(frozen=True)
@@ -139,6 +170,8 @@ def command_line(cfg: ExperimentConfig) -> str:
     for key in ("epochs", "repeats", "out", "source", "seed", "workers", "val", "batch_size", "order"):
         if c[key] is not None:
             args += [f"--{key.replace('_', '-')}", str(c[key])]
+        if key == "repeats" and cfg.repeats_for:
+            args += ["--repeats-for", ",".join(f"{m}={r}" for m, r in cfg.repeats_for)]
     if tuple(cfg.ops) != DEFAULT_OPS:
         args += ["--ops", ",".join(cfg.ops)]
     backend = os.environ.get("KERAS_BACKEND")
@@ -146,25 +179,29 @@ def command_line(cfg: ExperimentConfig) -> str:
 
 
 def plan_runs(cfg: ExperimentConfig) -> list[Run]:
-    """Every run, repeat by repeat: a stopped experiment has whole repeats of every cell first."""
-    return [Run(n, mode, r, cfg.seed + r) for r in range(cfg.repeats) for n in cfg.sizes for mode in cfg.modes]
+    """Every run, repeat by repeat: a stopped experiment has whole repeats of every cell first
+    (a cell with fewer repeats than others simply drops out of the later rounds)."""
+    rounds = max(cfg.repeats_of(m) for m in cfg.modes)
+    return [Run(n, mode, r, cfg.seed + r) for r in range(rounds) for n in cfg.sizes for mode in cfg.modes
+            if r < cfg.repeats_of(mode)]
 
 
-def file_path(cfg: ExperimentConfig, size: int, copies: int) -> Path:
-    return Path(cfg.out) / "data" / f"n{size}-c{copies}.h5"
+def file_path(cfg: ExperimentConfig, size: int) -> Path:
+    return Path(cfg.out) / "data" / f"n{size}-c{cfg.file_copies}.h5"
 
 
-def build_config(cfg: ExperimentConfig, size: int, copies: int) -> BuildConfig:
-    return BuildConfig(subset=size, copies=copies, source=cfg.source, val=cfg.val, seed=cfg.seed,
-                       ops=cfg.ops, output=str(file_path(cfg, size, copies)), workers=cfg.workers)
+def build_config(cfg: ExperimentConfig, size: int) -> BuildConfig:
+    return BuildConfig(subset=size, copies=cfg.file_copies, source=cfg.source, val=cfg.val, seed=cfg.seed,
+                       ops=cfg.ops, output=str(file_path(cfg, size)), workers=cfg.workers)
 
 
 def train_config(cfg: ExperimentConfig, run: Run):
+    """Offline cells stream the first K copies of the size's one file; unaugmented and online
+    read the same file's subset, validation and test splits, and the sources from ``source``."""
     from train import TrainConfig
-    k = run.copies if run.copies is not None else min(cfg.copies)
     mode = "offline" if run.copies is not None else run.mode
-    return TrainConfig(file=str(file_path(cfg, run.size, k)), epochs=cfg.epochs, batch_size=cfg.batch_size,
-                       epoch_size=run.size, order=cfg.order, mode=mode,
+    return TrainConfig(file=str(file_path(cfg, run.size)), epochs=cfg.epochs, batch_size=cfg.batch_size,
+                       epoch_size=run.size, order=cfg.order, mode=mode, copies_used=run.copies,
                        source=None if mode == "offline" else cfg.source, seed=run.seed,
                        raw_inputs=cfg.raw_inputs, run_dir=str(Path(cfg.out) / "runs" / run.name), verbose=2)
 
@@ -195,31 +232,32 @@ def _file_matches(path: Path, bc: BuildConfig, source_sha256: str) -> str | None
 
 
 def ensure_files(cfg: ExperimentConfig, source_sha256: str, log) -> list[dict]:
-    """Build every file the experiment trains on, or reuse it; returns one record per file."""
+    """Build the one file per size the experiment trains on (max(copies) copies), or reuse it;
+    returns one record per file."""
     records = []
+    k = cfg.file_copies
     for n in cfg.sizes:
-        for k in cfg.copies:
-            bc = build_config(cfg, n, k)
-            path = Path(bc.output)
-            note = path.with_name(path.name + ".build.json")
-            why = _file_matches(path, bc, source_sha256) if path.exists() else "missing"
-            if why is None:
-                rec = _read_json(note) or {"path": str(path), "size": n, "copies": k, "rows": n * k}
-                rec["reused"] = True
-                log(f"reusing {path} ({n:,} images x {k} copies; same options and source)")
+        bc = build_config(cfg, n)
+        path = Path(bc.output)
+        note = path.with_name(path.name + ".build.json")
+        why = _file_matches(path, bc, source_sha256) if path.exists() else "missing"
+        if why is None:
+            rec = _read_json(note) or {"path": str(path), "size": n, "copies": k, "rows": n * k}
+            rec["reused"] = True
+            log(f"reusing {path} ({n:,} images x {k} copies; same options and source)")
+        else:
+            if path.exists():
+                log(f"rebuilding {path}: {why}")
             else:
-                if path.exists():
-                    log(f"rebuilding {path}: {why}")
-                else:
-                    log(f"building {path} ({n:,} images x {k} copies)")
-                res = build(BuildConfig(**{**asdict(bc), "force": path.exists()}), progress=False, log=log)
-                log(res.summary())
-                rec = {"path": str(path), "size": n, "copies": k, "rows": res.rows, "seconds": res.seconds,
-                       "images_per_second": res.images_per_second, "bytes": res.bytes,
-                       "shards_reused": res.shards_reused}
-                write_json(note, rec)
-                rec = dict(rec, reused=False)
-            records.append(rec)
+                log(f"building {path} ({n:,} images x {k} copies; every offline cell streams its first K)")
+            res = build(BuildConfig(**{**asdict(bc), "force": path.exists()}), progress=False, log=log)
+            log(res.summary())
+            rec = {"path": str(path), "size": n, "copies": k, "rows": res.rows, "seconds": res.seconds,
+                   "images_per_second": res.images_per_second, "bytes": res.bytes,
+                   "shards_reused": res.shards_reused}
+            write_json(note, rec)
+            rec = dict(rec, reused=False)
+        records.append(rec)
     return records
 
 
@@ -234,7 +272,12 @@ def _read_json(path: Path):
 
 def finished_run(run_dir: Path, tc, build: BuildConfig) -> tuple[bool, str]:
     """(True, '') if ``run_dir`` holds a finished run of ``tc`` on a file of ``build``;
-    (False, why) otherwise. Raises if it holds a finished run with *other* options."""
+    (False, why) otherwise. Raises if it holds a finished run with *other* options.
+
+    The number of copies is compared as what the run *streamed*, not what its file held:
+    an offline run of K copies is the same run on a file of K copies or on the first K of
+    a bigger file (runs of an experiment from before one file served every K are kept),
+    and unaugmented and online runs never read the copies."""
     metrics = _read_json(run_dir / "metrics.json")
     config = _read_json(run_dir / "config.json")
     if not metrics or not config or metrics.get("status") != "finished" or metrics.get("test_accuracy") is None:
@@ -243,23 +286,25 @@ def finished_run(run_dir: Path, tc, build: BuildConfig) -> tuple[bool, str]:
     had = config.get("config", {})
     diff = [k for k in _RUN_KEYS if had.get(k) != want[k]]
     built = config.get("file", {}).get("build") or {}
-    diff += [f"file {k}" for k in BuildConfig.CONTENT_FIELDS
-             if (list(built[k]) if isinstance(built.get(k), list) else built.get(k)) != _content(build)[k]]
+    if tc.mode == "offline" and (had.get("copies_used") or built.get("copies")) != (tc.copies_used or build.copies):
+        diff.append("copies")
+    diff += [f"file {k}" for k in BuildConfig.CONTENT_FIELDS if k != "copies"
+             and (list(built[k]) if isinstance(built.get(k), list) else built.get(k)) != _content(build)[k]]
     if diff:
         raise AugmatError(f"{run_dir} holds a finished run with other options ({', '.join(diff)}); "
                           "choose another --out, or delete that run dir to train it again")
     return True, ""
 
 
-def run_experiment(cfg: ExperimentConfig, command: str = "", log=print) -> dict:
-    """Build, train every run not finished yet, write the report; returns ``results.json``'s dict.
+def prepare(cfg: ExperimentConfig, command: str = "", log=print) -> tuple[list[Run], list[tuple], dict]:
+    """Check the input, plan every run, build or reuse the files, write the first report.
 
-    Raises AugmatError for bad input, KeyboardInterrupt on Ctrl-C (finished runs and the
-    report of them stay in ``cfg.out``; the same command resumes)."""
+    Returns (runs, plans, meta): ``plans`` is one ``(run, TrainConfig, finished, why)`` per
+    run, ``meta`` the report's header (for :func:`write_report`). A finished run with other
+    options is refused here, before any file is built or any report rewritten."""
     from .sources import load_source
     from .build import _check_writable
 
-    t0 = time.perf_counter()
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
@@ -281,15 +326,33 @@ def run_experiment(cfg: ExperimentConfig, command: str = "", log=print) -> dict:
     # any file is built or any report rewritten.
     plans = []
     for run in runs:
-        tc, bc = train_config(cfg, run), build_config(cfg, run.size, run.copies or min(cfg.copies))
+        tc, bc = train_config(cfg, run), build_config(cfg, run.size)
         plans.append((run, tc, *finished_run(Path(tc.run_dir), tc, bc)))
     log(f"experiment: sizes {', '.join(map(str, cfg.sizes))}; cells {', '.join(cfg.modes)}; "
-        f"{cfg.repeats} repeat(s); {cfg.epochs} epochs of N images; {len(runs)} runs -> {out}")
+        f"{_repeats_text(cfg)}; {cfg.epochs} epochs of N images; {len(runs)} runs -> {out}")
     builds = ensure_files(cfg, sha, log)
     meta = {"command": command, "config": asdict(cfg), "augmat_version": __version__,
             "started": started, "builds": builds, "source_sha256": sha}
     meta.update(environment())
     write_report(cfg, runs, meta)
+    return runs, plans, meta
+
+
+def _repeats_text(cfg: ExperimentConfig) -> str:
+    counts = [cfg.repeats_of(m) for m in cfg.modes]
+    if len(set(counts)) == 1:
+        return f"{counts[0]} run(s) per cell"
+    return "runs per cell: " + ", ".join(f"{m} {c}" for m, c in zip(cfg.modes, counts))
+
+
+def run_experiment(cfg: ExperimentConfig, command: str = "", log=print) -> dict:
+    """Build, train every run not finished yet, write the report; returns ``results.json``'s dict.
+
+    Raises AugmatError for bad input, KeyboardInterrupt on Ctrl-C (finished runs and the
+    report of them stay in ``cfg.out``; the same command resumes)."""
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    runs, plans, meta = prepare(cfg, command, log)
 
     trained = skipped = 0
     for i, (run, tc, done, why) in enumerate(plans, 1):
@@ -383,6 +446,9 @@ def collect(cfg: ExperimentConfig, runs: list[Run]) -> tuple[list[dict], list[di
             row.update(epochs=m["epochs"], final_val_accuracy=m.get("final_val_accuracy"),
                        best_val_accuracy=m.get("best_val_accuracy"), best_epoch=m.get("best_epoch"),
                        final_train_accuracy=m.get("final_train_accuracy"), test_accuracy=m.get("test_accuracy"),
+                       gap=(m["final_train_accuracy"] - m["final_val_accuracy"]
+                            if m.get("final_train_accuracy") is not None and m.get("final_val_accuracy") is not None
+                            else None),
                        wall_seconds=m["wall_seconds"], train_seconds=m["train_seconds"],
                        images_per_second=m["images_per_second"],
                        wall_images_per_second=images / max(m["wall_seconds"], 1e-9),
@@ -394,18 +460,74 @@ def collect(cfg: ExperimentConfig, runs: list[Run]) -> tuple[list[dict], list[di
         for mode in cfg.modes:
             done = [r for r in rows if r["size"] == n and r["mode"] == mode and r["status"] == "finished"]
             val = [r["final_val_accuracy"] for r in done if r["final_val_accuracy"] is not None]
-            cells.append({"size": n, "mode": mode, "runs": len(done), "planned": cfg.repeats,
+            cells.append({"size": n, "mode": mode, "copies": Run(n, mode, 0, 0).copies, "runs": len(done),
+                          "planned": cfg.repeats_of(mode),
                           "val": _stats(val), "test": _stats([r["test_accuracy"] for r in done]),
+                          "test_per_run": [r["test_accuracy"] for r in done],
+                          "val_per_run": [r["final_val_accuracy"] for r in done],
+                          "gap": _stats([r["gap"] for r in done if r["gap"] is not None]),
                           "wall_seconds": _stats([r["wall_seconds"] for r in done]),
                           "images_per_second": _stats([r["images_per_second"] for r in done]),
                           "seed_published": _seed_numbers(n, mode)})
     return rows, cells
 
 
+def _epochs_vs_seed(epochs: int) -> str:
+    if epochs == SEED_EPOCHS:
+        return f"The seed's numbers are after {SEED_EPOCHS} epochs, as ours."
+    more = "fewer" if epochs < SEED_EPOCHS else "more"
+    return (f"The seed's numbers are after {SEED_EPOCHS} epochs, ours after {epochs}: "
+            f"{abs(SEED_EPOCHS - epochs)} epochs {more} ({100 * epochs / SEED_EPOCHS:.0f}% of the seed's gradient steps).")
+
+
+def copies_answer(cfg: ExperimentConfig, cells: list[dict]) -> list[dict]:
+    """Per size, the question in one sentence: the smallest K whose mean test accuracy is at
+    most ``MATCH_POINTS`` below online's mean (K above online counts as matching too)."""
+    answers = []
+    for n in cfg.sizes:
+        by = {c["mode"]: c for c in cells if c["size"] == n}
+        offline = sorted((c for c in by.values() if c["copies"] is not None and c["test"]), key=lambda c: c["copies"])
+        online = by.get("online")
+        on = online["test"] if online else None
+        ans = {"size": n, "epochs": cfg.epochs, "online_test_mean": on and on["mean"], "k": None,
+               "k_test_mean": None, "tested": [c["copies"] for c in offline]}
+        at = f"At N = {n:,} and {cfg.epochs} epochs"
+        if not cfg.online:
+            ans["sentence"] = f"{at}: no online cell in this experiment (add --online), so no K is compared with it."
+        elif on is None:
+            ans["sentence"] = f"{at}: online has no finished run yet."
+        elif not offline:
+            ans["sentence"] = f"{at}: no offline cell has a finished run yet."
+        else:
+            def diff(c):
+                return 100 * (c["test"]["mean"] - on["mean"])
+            spread = f"{100 * on['mean']:.1f}%" + (f" ± {100 * on['sd']:.1f} over {on['n']} runs" if on["n"] > 1
+                                                   else ", 1 run")
+            match = [c for c in offline if diff(c) >= -MATCH_POINTS - 1e-9]
+            tested = ", ".join(map(str, ans["tested"]))
+            if match:
+                c = match[0]
+                ans.update(k=c["copies"], k_test_mean=c["test"]["mean"])
+                ans["sentence"] = (f"{at}, the smallest K whose mean test accuracy is within {MATCH_POINTS:g} point "
+                                   f"of online's ({spread}) is **K = {c['copies']}**: {100 * c['test']['mean']:.1f}% "
+                                   f"over {c['test']['n']} run(s), {diff(c):+.1f} points (K tested: {tested}).")
+            else:
+                best = max(offline, key=lambda c: c["test"]["mean"])
+                ans["sentence"] = (f"{at}, none of the K tested ({tested}) comes within {MATCH_POINTS:g} point of "
+                                   f"online's mean test accuracy ({spread}); the closest, K = {best['copies']}, "
+                                   f"is {diff(best):+.1f} points.")
+            pending = sum(by[m]["planned"] - by[m]["runs"] for m in by if m != "unaugmented")
+            if pending:
+                ans["sentence"] += f" Preliminary: {pending} run(s) of these cells not finished yet."
+        answers.append(ans)
+    return answers
+
+
 def write_report(cfg: ExperimentConfig, runs: list[Run], meta: dict, finished: float | None = None) -> dict:
     out = Path(cfg.out)
     rows, cells = collect(cfg, runs)
-    results = dict(meta, runs=rows, cells=cells, seed_published={str(k): v for k, v in SEED_PUBLISHED.items()},
+    results = dict(meta, runs=rows, cells=cells, answer=copies_answer(cfg, cells),
+                   seed_published={str(k): v for k, v in SEED_PUBLISHED.items()},
                    seed_published_epochs=SEED_EPOCHS, updated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                    complete=all(r["status"] == "finished" for r in rows))
     if finished is not None:
@@ -414,6 +536,7 @@ def write_report(cfg: ExperimentConfig, runs: list[Run], meta: dict, finished: f
     write_text_atomic(out / "results.md", markdown(cfg, results))
     plot_curves(cfg, rows, out / "curves.png")
     plot_bars(cfg, cells, out / "bars.png")
+    plot_copies(cfg, cells, out / "copies.png")
     return results
 
 
@@ -446,35 +569,48 @@ def markdown(cfg: ExperimentConfig, res: dict) -> str:
               f"- started {res['started']}, report updated {res['updated']}"
               + (f", {res['experiment_seconds'] / 60:.1f} min in all" if "experiment_seconds" in res else ""),
               f"- {c['epochs']} epochs of N images (N/{c['batch_size']} gradient steps each) for every mode, "
-              f"{c['repeats']} repeat(s) per cell (training seeds {c['seed']}..{c['seed'] + c['repeats'] - 1}); "
+              f"{_repeats_text(cfg)} (run r trains with seed {c['seed']} + r); "
               f"validation: {c['val']:,} unaugmented training images, the same for every size; "
               f"order `{c['order']}`; inputs {'raw 0..255, as the seed' if c.get('raw_inputs') else 'rescaled to 0..1'}; "
               f"ops {', '.join(c['ops'])}",
               f"- source `{c['source']}` (pixel checksum {res['source_sha256'][:12]})",
-              "", "## Accuracy per size and mode", "",
+              f"- offline cells: the first K copy blocks of one {cfg.file_copies}-copy file per size",
+              "", "## How many copies match online?", ""]
+    lines += [a["sentence"] for a in res["answer"]]
+    if c["order"] == "copies":
+        lines += ["", f"With copy-aware order an offline epoch shows copy block `epoch mod K`: with K >= "
+                  f"{c['epochs']} (the number of epochs) no copy is shown twice, the same distribution as "
+                  "online augmentation, drawn ahead of time; the question is how fast accuracy falls as K "
+                  "drops below the number of epochs."]
+    lines += ["", "## Accuracy per size and mode", "",
               "Final-epoch validation accuracy and test accuracy of the final model: mean ± sample sd "
-              f"(min-max) over repeats. The seed's numbers are after {SEED_EPOCHS} epochs, with the original "
-              "CIFAR-10 pixels; its augmented model augmented online, so its number stands beside both "
-              "`offline-c<K>` and `online`.", "",
-              "| N | mode | runs | val | test | seed val | seed test | wall s / run | train images/s |",
-              "| ---: | --- | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
+              "(min-max) over runs, then every run's test accuracy in run order; train − val: final-epoch "
+              "training accuracy (on the augmented stream) minus validation accuracy, in points. "
+              + _epochs_vs_seed(c["epochs"]) + " The seed used the original CIFAR-10 pixels; its augmented "
+              "model augmented online, so its number stands beside both `offline-c<K>` and `online`.", "",
+              "| N | mode | runs | val | test | seed val | seed test | test, every run | train − val | "
+              "wall min / run | train images/s |",
+              "| ---: | --- | ---: | --- | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
     for cell in res["cells"]:
         seed = cell["seed_published"] or {}
         wall = cell["wall_seconds"]
         ips = cell["images_per_second"]
+        every = ", ".join(f"{100 * t:.1f}" for t in cell["test_per_run"]) or "-"
+        gap = "-" if not cell["gap"] else f"{100 * cell['gap']['mean']:.1f}"
         lines.append(f"| {cell['size']:,} | {cell['mode']} | {cell['runs']}/{cell['planned']} | {_pct(cell['val'])} | "
-                     f"{_pct(cell['test'])} | {_p(seed.get('val'))} | {_p(seed.get('test'))} | "
-                     f"{_num(wall, '.0f')} | {_num(ips, ',.0f')} |")
+                     f"{_pct(cell['test'])} | {_p(seed.get('val'))} | {_p(seed.get('test'))} | {every} | {gap} | "
+                     f"{'-' if not wall else format(wall['mean'] / 60, '.1f')} | {_num(ips, ',.0f')} |")
     lines += ["", "## Runs", "",
-              "| run | status | epochs | best val (epoch) | final val | test | final train | wall s | "
+              "| run | status | epochs | best val (epoch) | final val | test | final train | train − val | wall s | "
               "train images/s | wall images/s |",
-              "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in res["runs"]:
         if r["status"] != "finished":
-            lines.append(f"| {r['name']} | {r['status']} | | | | | | | | |")
+            lines.append(f"| {r['name']} | {r['status']} | | | | | | | | | |")
             continue
         lines.append(f"| {r['name']} | finished | {r['epochs']} | {_p(r['best_val_accuracy'])} ({r['best_epoch']}) | "
                      f"{_p(r['final_val_accuracy'])} | {_p(r['test_accuracy'])} | {_p(r['final_train_accuracy'])} | "
+                     f"{'-' if r['gap'] is None else format(100 * r['gap'], '.1f')} | "
                      f"{r['wall_seconds']:.0f} | {r['images_per_second']:,.0f} | {r['wall_images_per_second']:,.0f} |")
     lines += ["", "Train images/s: the training steps only; wall images/s: images trained / the run's whole "
               "wall time (validation every epoch, test, saving, loading included).", "",
@@ -482,7 +618,8 @@ def markdown(cfg: ExperimentConfig, res: dict) -> str:
     for b in res["builds"]:
         took = f"{b['seconds']:.0f} s" if b.get("seconds") is not None else "-"
         lines.append(f"| `{b['path']}` | {b['rows']:,} | {took} | {'reused' if b.get('reused') else 'built'} |")
-    lines += ["", "## Figures", "", "![validation accuracy per epoch](curves.png)", "",
+    lines += ["", "## Figures", "", "![test accuracy against K, online and unaugmented as bands](copies.png)", "",
+              "![validation accuracy per epoch](curves.png)", "",
               "![final accuracy per size and mode](bars.png)", "",
               "## Config", "", "```json", json.dumps(res["config"], indent=1, sort_keys=True), "```", ""]
     return "\n".join(lines)
@@ -568,5 +705,48 @@ def plot_bars(cfg: ExperimentConfig, cells: list[dict], path: Path) -> None:
     axes[0].set_ylabel("accuracy")
     if axes[1].get_legend_handles_labels()[0]:
         axes[1].legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_copies(cfg: ExperimentConfig, cells: list[dict], path: Path) -> None:
+    """Test accuracy against K (log axis), one panel per size: mean ± sd per K with every run
+    as a dot, online and unaugmented as horizontal bands (mean ± sd), and K = epochs marked
+    (from there on copy-aware offline never repeats a copy, as online)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = sorted(cfg.copies)
+    fig, axes = plt.subplots(1, len(cfg.sizes), figsize=(4.6 * len(cfg.sizes), 3.8), sharey=True, squeeze=False)
+    for ax, n in zip(axes[0], cfg.sizes):
+        by = {c["mode"]: c for c in cells if c["size"] == n}
+        for mode, color in (("online", "tab:red"), ("unaugmented", "tab:gray")):
+            st = by.get(mode, {}).get("test")
+            if st:
+                ax.axhspan(st["mean"] - st["sd"], st["mean"] + st["sd"], color=color, alpha=0.18, lw=0)
+                ax.axhline(st["mean"], color=color, lw=1.2, label=f"{mode} ({st['n']} run{'s' * (st['n'] > 1)})")
+        pts = [(by[f"offline-c{k}"], k) for k in ks if by[f"offline-c{k}"]["test"]]
+        if pts:
+            ax.errorbar([k for _, k in pts], [c["test"]["mean"] for c, _ in pts],
+                        yerr=[c["test"]["sd"] for c, _ in pts], color="tab:blue", marker="o", capsize=3,
+                        label="offline, copy-aware: mean ± sd")
+            for c, k in pts:
+                ax.plot([k] * len(c["test_per_run"]), c["test_per_run"], ls="none", marker=".", color="tab:blue",
+                        alpha=0.45)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_xlim(min(ks) / 1.5, max(ks) * 1.5)
+        if min(ks) <= cfg.epochs <= max(ks) * 1.5:
+            ax.axvline(cfg.epochs, color="black", ls=":", lw=1)
+            ax.annotate(f"K = epochs ({cfg.epochs})", (cfg.epochs, 0.98), xycoords=("data", "axes fraction"),
+                        fontsize=7, ha="right", va="top", rotation=90)
+        ax.set_title(f"N = {n:,}, {cfg.epochs} epochs")
+        ax.set_xlabel("pre-rendered copies K (log scale)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy")
+    with_lines = [ax for ax in axes[0] if ax.get_legend_handles_labels()[0]]
+    if with_lines:
+        with_lines[-1].legend(fontsize=7, loc="best")
     fig.tight_layout()
     _save(fig, path)

@@ -13,6 +13,11 @@ How a batch is made (offline mode, the default):
    ``p`` shows block ``p mod K``, so every N images show each source image once and K
    consecutive passes show its K copies, none twice. An epoch is the next
    ``epoch_size`` rows of that sequence (default: all the rows of the file).
+   ``copies_used=K`` streams only the first K copy blocks of a file built with more
+   (copy k of an image is the same whatever the number of copies built, see
+   :mod:`augmat.plan`): a shuffle pass is rows ``[0, K*N)``, copy-aware pass ``p``
+   reads copy block ``p mod K``, and the file's other blocks (originals included) are
+   never read. One file of 32 copies serves K = 1, 2, 4, ..., 32.
 2. **Read.** A pass is cut into *blocks* of ``block_rows`` contiguous rows that start on
    HDF5 chunk boundaries; the blocks are shuffled (seeded by pass) and grouped into
    *windows* of at most ``buffer_rows`` rows. A reader thread reads one window with one
@@ -121,7 +126,7 @@ class Stream:
 
     def __init__(self, path: str | Path, batch_size: int = 128, order: str = "shuffle", seed: int = 0, *,
                  mode: str = "offline", epoch_size: int | None = None, source: str | None = None,
-                 buffer_rows: int = BUFFER_ROWS, block_rows: int = BLOCK_ROWS,
+                 copies_used: int | None = None, buffer_rows: int = BUFFER_ROWS, block_rows: int = BLOCK_ROWS,
                  prefetch_batches: int = PREFETCH_BATCHES):
         if order not in ORDERS:
             raise AugmatError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
@@ -146,14 +151,14 @@ class Stream:
 
         self._file, self.info = open_file(path)
         try:
-            self._prepare(source, int(buffer_rows), int(block_rows), epoch_size)
+            self._prepare(source, int(buffer_rows), int(block_rows), epoch_size, copies_used)
         except BaseException:
             self._file.close()
             raise
 
     # --- what the file holds, checked before any thread starts -----------------------
 
-    def _prepare(self, source, buffer_rows: int, block_rows: int, epoch_size) -> None:
+    def _prepare(self, source, buffer_rows: int, block_rows: int, epoch_size, copies_used) -> None:
         f, path = self._file, self.info.path
         self.rows = self.info.rows
         self.sources = int(f["subset_index"].shape[0])          # N
@@ -167,6 +172,22 @@ class Stream:
             if (copy[k * n:(k + 1) * n] != c).any():
                 raise AugmatError(f"{path}: rows {k * n}-{(k + 1) * n - 1} mix several copies; "
                                   "not stored copy block after copy block")
+        self.copies = sum(c != ORIGINAL_COPY for c in self.block_copy)  # K of the build
+        # The blocks an offline pass cycles through: all of them, or the first copies_used.
+        self.copies_used = None if copies_used is None else int(copies_used)
+        self.pass_blocks = self.blocks
+        if self.copies_used is not None:
+            k = self.copies_used
+            if self.mode != "offline":
+                raise AugmatError(f"--use-copies applies to offline training, not to --{self.mode}")
+            if k < 1:
+                raise AugmatError(f"--use-copies must be at least 1 (got {k})")
+            if k > self.copies:
+                raise AugmatError(f"--use-copies {k} is larger than the {self.copies} copies {path} was built "
+                                  f"with; lower it, or build with --copies {k}")
+            if self.block_copy[:k] != list(range(k)):
+                raise AugmatError(f"{path}: its first {k} blocks are not copies 0-{k - 1} in order")
+            self.pass_blocks = k
         self._labels = read_rows(f["labels"]).astype(np.int32)
         self._images = f["images"]
         chunk = self._images.chunks[0] if self._images.chunks else self.rows
@@ -174,7 +195,7 @@ class Stream:
         self.buffer_rows = max(buffer_rows, self.block_rows)
 
         if self.mode == "offline":
-            self.streamed_rows = self.rows
+            self.streamed_rows = self.pass_blocks * n
         else:
             self._src_images, self._src_labels = self._source_images(source)
             self.streamed_rows = n
@@ -222,7 +243,8 @@ class Stream:
     def _pass_windows(self, p: int) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
         """Offline pass ``p``: windows of (contiguous row ranges to read, order of their rows)."""
         n = self.sources
-        lo, hi = ((p % self.blocks) * n, (p % self.blocks + 1) * n) if self.order == "copies" else (0, self.rows)
+        k = self.pass_blocks
+        lo, hi = ((p % k) * n, (p % k + 1) * n) if self.order == "copies" else (0, k * n)
         step = self.block_rows  # cut on multiples of block_rows: every read starts on a chunk boundary
         cuts = [lo] + list(range(lo - lo % step + step, hi, step)) + [hi]
         ranges = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
@@ -420,7 +442,10 @@ class Stream:
         self.close()
 
     def describe(self) -> str:
-        what = {"offline": f"{self.rows:,} rows ({self.blocks} blocks of {self.sources:,})",
+        used = (f"the first {self.copies_used} of {self.blocks} blocks of {self.sources:,}: "
+                f"{self.streamed_rows:,} of {self.rows:,} rows" if self.copies_used is not None else
+                f"{self.rows:,} rows ({self.blocks} blocks of {self.sources:,})")
+        what = {"offline": used,
                 "online": f"{self.sources:,} source images augmented on the fly",
                 "unaugmented": f"{self.sources:,} source images, unaugmented"}[self.mode]
         order = f", order {self.order}" if self.mode == "offline" else ""
@@ -543,7 +568,8 @@ def open_dataset(path: str | Path, batch_size: int = 128, order: str = "shuffle"
     ``order``: ``"shuffle"`` (all rows; the default) or ``"copies"`` (each N images show
     every source image once, cycling through its copies). Options: ``mode`` (``"offline"``, ``"online"``,
     ``"unaugmented"``), ``epoch_size`` (images per epoch; default: all the rows streamed),
-    ``source``, ``buffer_rows``, ``block_rows``, ``prefetch_batches`` (see :class:`Stream`).
+    ``copies_used`` (offline: stream only the first K copy blocks), ``source``, ``buffer_rows``,
+    ``block_rows``, ``prefetch_batches`` (see :class:`Stream`).
     The dataset's ``stream`` attribute is the underlying :class:`Stream`, with its ``stats``;
     ``close()`` stops its threads.
     """

@@ -1,5 +1,6 @@
-"""augmat experiment: the smoke configuration end to end through the CLI, its report, the
-resume (finished runs kept, a stopped one trained again), and bad input as one line."""
+"""augmat experiment: the smoke configuration end to end through the CLI (one file per size
+serving every K), its report, the resume (finished runs kept, a stopped one trained again),
+per-cell repeats, the report's answer and figures from made-up runs, and bad input as one line."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from augmat.sources import CIFAR10_CLASSES
 from conftest import write_image_tree
 
 PNG = b"\x89PNG\r\n\x1a\n"
-RUNS = ("n1000-unaugmented-r0", "n1000-offline-c2-r0", "n1000-online-r0")
+RUNS = ("n1000-unaugmented-r0", "n1000-offline-c1-r0", "n1000-offline-c2-r0", "n1000-online-r0")
 
 
 def experiment(*args):
@@ -32,7 +33,7 @@ def source(tmp_path_factory) -> Path:
 
 
 def smoke_args(source: Path, out: Path, *extra) -> list:
-    return ["--sizes", 1000, "--copies", 2, "--epochs", 2, "--online", "--val", 100, "--workers", 1,
+    return ["--sizes", 1000, "--copies", "2,1", "--epochs", 2, "--online", "--val", 100, "--workers", 1,
             "--source", source, "--out", out, *extra]
 
 
@@ -55,20 +56,21 @@ def _one_error_line(r, pattern: str) -> str:
 def test_smoke_trains_every_cell_and_writes_the_report(smoke, source):
     out, r = smoke
     assert r.exit_code == 0, r.output
-    for name in ("results.md", "results.json", "curves.png", "bars.png"):
+    for name in ("results.md", "results.json", "curves.png", "bars.png", "copies.png"):
         assert (out / name).stat().st_size > 0, name
-    for name in ("curves.png", "bars.png"):
+    for name in ("curves.png", "bars.png", "copies.png"):
         assert (out / name).read_bytes()[:8] == PNG
-    assert (out / "data" / "n1000-c2.h5").exists()
+    # One file of max(K) copies serves every cell of the size.
+    assert sorted(p.name for p in (out / "data").glob("*.h5")) == ["n1000-c2.h5"]
 
     res = json.loads((out / "results.json").read_text())
     assert res["complete"] is True
     import keras
     assert res["keras_backend"] == keras.backend.backend() and res["device"]
     assert res["augmat_version"] and res["keras_version"] == keras.__version__
-    assert res["config"]["sizes"] == [1000] and res["config"]["copies"] == [2] and res["config"]["epochs"] == 2
-    assert res["command"].split("augmat ", 1)[1].startswith("experiment --sizes 1000 --copies 2 --online --epochs 2")
-    assert [run["name"] for run in res["runs"]] == list(RUNS)
+    assert res["config"]["sizes"] == [1000] and res["config"]["copies"] == [2, 1] and res["config"]["epochs"] == 2
+    assert res["command"].split("augmat ", 1)[1].startswith("experiment --sizes 1000 --copies 2,1 --online --epochs 2")
+    assert sorted(run["name"] for run in res["runs"]) == sorted(RUNS)
 
     for run in res["runs"]:
         assert run["status"] == "finished" and run["epochs"] == 2
@@ -78,6 +80,9 @@ def test_smoke_trains_every_cell_and_writes_the_report(smoke, source):
         # Equal gradient steps: every mode trains epochs of the N = 1000 source images.
         cfg = json.loads((out / "runs" / run["name"] / "config.json").read_text())
         assert cfg["config"]["epoch_size"] == 1000
+        assert cfg["config"]["file"].endswith("n1000-c2.h5")
+        k = run["mode"].split("-c")[1] if "-c" in run["mode"] else None
+        assert cfg["config"]["copies_used"] == (int(k) if k else None) == cfg["file"]["copies_used"]
         metrics = json.loads((out / "runs" / run["name"] / "metrics.json").read_text())
         assert metrics["test_accuracy"] == run["test_accuracy"]
         assert 2 * 8 <= metrics["stream"]["batches"] <= 2 * 8 + 2  # ceil(1000/128) = 8 per epoch
@@ -85,11 +90,14 @@ def test_smoke_trains_every_cell_and_writes_the_report(smoke, source):
     assert modes == {"unaugmented", "offline", "online"}
 
     cells = {c["mode"]: c for c in res["cells"]}
-    assert set(cells) == {"unaugmented", "offline-c2", "online"}
+    assert set(cells) == {"unaugmented", "offline-c2", "offline-c1", "online"}
     by_mode = {run["mode"]: run for run in res["runs"]}
     for mode, cell in cells.items():
         assert cell["runs"] == 1 and cell["val"]["n"] == 1 and cell["val"]["sd"] == 0
         assert cell["test"]["mean"] == pytest.approx(by_mode[mode]["test_accuracy"])
+        assert cell["test_per_run"] == [by_mode[mode]["test_accuracy"]]
+        run = by_mode[mode]
+        assert cell["gap"]["mean"] == pytest.approx(run["final_train_accuracy"] - run["final_val_accuracy"])
         assert cell["seed_published"] is None  # the seed had no 1,000-image run
     assert res["seed_published"]["10000"]["augmented"]["val"] == pytest.approx(0.684)
 
@@ -100,6 +108,9 @@ def test_smoke_trains_every_cell_and_writes_the_report(smoke, source):
         row = next(line for line in md.splitlines() if line.startswith(f"| 1,000 | {mode} |"))
         assert f"{100 * cell['test']['mean']:.1f}%" in row
     assert "![validation accuracy per epoch](curves.png)" in md and "Incomplete" not in md
+    assert "](copies.png)" in md and res["answer"][0]["sentence"] in md
+    assert res["answer"][0]["sentence"].startswith("At N = 1,000 and 2 epochs")
+    assert "198 epochs fewer (1% of the seed's gradient steps)" in md
 
 
 def test_second_run_trains_nothing(smoke, source):
@@ -115,7 +126,7 @@ def test_second_run_trains_nothing(smoke, source):
         assert (out / "runs" / n / "metrics.json").read_bytes() == before[n]
         assert (out / "runs" / n / "metrics.json").stat().st_mtime_ns == stamps[n]
     assert "reusing" in r.output and (out / "data" / "n1000-c2.h5").stat().st_mtime_ns == h5_stamp
-    assert "0 run(s) trained, 3 skipped" in r.output and "Epoch 1/2" not in r.output
+    assert "0 run(s) trained, 4 skipped" in r.output and "Epoch 1/2" not in r.output
 
 
 def test_a_stopped_run_is_trained_again_the_rest_kept(smoke, source, tmp_path):
@@ -130,7 +141,7 @@ def test_a_stopped_run_is_trained_again_the_rest_kept(smoke, source, tmp_path):
     r = experiment(*smoke_args(source, copy))
     assert r.exit_code == 0, r.output
     assert "restarting n1000-online-r0: the earlier attempt was not finished" in r.output
-    assert "1 run(s) trained, 2 skipped" in r.output
+    assert "1 run(s) trained, 3 skipped" in r.output
     assert json.loads((stopped / "metrics.json").read_text())["status"] == "finished"
     assert (copy / "runs" / RUNS[0] / "metrics.json").read_bytes() == kept
     assert json.loads((copy / "results.json").read_text())["complete"] is True
@@ -154,6 +165,13 @@ def test_other_options_on_a_finished_out_are_refused(smoke, source):
     (["--sizes", "100", "--copies", "0"], r"--copies must all be at least 1"),
     (["--sizes", "100", "--epochs", "0"], r"--epochs must be at least 1"),
     (["--sizes", "100", "--repeats", "0"], r"--repeats must be at least 1"),
+    (["--sizes", "100", "--repeats-for", "offline-c4=3"], r"--repeats-for names offline-c4, not a cell of "
+                                                          r"this experiment; its cells: unaugmented, offline-c8"),
+    (["--sizes", "100", "--repeats-for", "online=3"], r"--repeats-for names online, not a cell"),
+    (["--sizes", "100", "--repeats-for", "unaugmented=three"], r"--repeats-for .*'unaugmented=three' is not CELL=RUNS"),
+    (["--sizes", "100", "--repeats-for", "unaugmented"], r"--repeats-for .*'unaugmented' is not CELL=RUNS"),
+    (["--sizes", "100", "--repeats-for", "unaugmented=0"], r"--repeats-for: runs per cell must be at least 1"),
+    (["--sizes", "100", "--repeats-for", "unaugmented=2,unaugmented=3"], r"--repeats-for names a cell twice"),
     (["--sizes", "200,100", "--batch-size", "150"], r"--batch-size 150 is larger than --sizes 100"),
     (["--sizes", "100", "--ops", "rotate,melt"], r"unknown op melt"),
     (["--sizes", "1150"], r"--sizes 1150 is larger than the 1100 training images left after --val 100"),
@@ -180,8 +198,123 @@ def test_every_run_trains_at_the_seed_epoch_with_the_options_given(tmp_path):
         tc = train_config(cfg, run)
         assert tc.epoch_size == run.size and tc.epochs == 3 and tc.raw_inputs and tc.seed == run.seed
         assert tc.mode == ("offline" if run.copies else run.mode) and tc.order == "shuffle"
-        # unaugmented and online read the sources through the smallest file of their size
-        assert tc.file.endswith(f"n{run.size}-c{run.copies or 1}.h5")
+        # one file per size, of max(K) copies; an offline cell streams its first K
+        assert tc.file.endswith(f"n{run.size}-c4.h5") and tc.copies_used == run.copies
     line = command_line(cfg)
     assert "--sizes 300,200 --copies 4,1 --online --raw-inputs --epochs 3 --repeats 2" in line
     assert "--seed 5" in line and "--order shuffle" in line
+
+
+def test_repeats_for_sets_the_runs_of_the_cells_named(tmp_path):
+    from augmat.experiment import ExperimentConfig, command_line, plan_runs
+    cfg = ExperimentConfig(sizes=(300,), copies=(1, 8, 32), online=True, epochs=4, out=str(tmp_path),
+                           repeats_for=(("unaugmented", 3), ("offline-c8", 3), ("online", 3)))
+    runs = plan_runs(cfg)
+    count = {m: sum(r.mode == m for r in runs) for m in cfg.modes}
+    assert count == {"unaugmented": 3, "offline-c1": 1, "offline-c8": 3, "offline-c32": 1, "online": 3}
+    # Round by round: every cell's first run comes before any cell's second.
+    assert [r.repeat for r in runs] == [0] * 5 + [1] * 3 + [2] * 3
+    assert {(r.mode, r.repeat): r.seed for r in runs}[("online", 2)] == 2
+    line = command_line(cfg)
+    assert "--repeats 1 --repeats-for unaugmented=3,offline-c8=3,online=3" in line
+    # The CLI spelling gives the same config.
+    r = experiment("--sizes", 300, "--copies", "1,8,32", "--repeats-for", "offline-c8=2,online=4", "--online",
+                   "--source", tmp_path / "nowhere", "--out", tmp_path / "o")
+    assert "no such file or folder" in r.stderr  # parsed and checked; stopped only by the source
+    assert ExperimentConfig(sizes=(300,), copies=(8,), repeats=2, repeats_for={"offline-c8": 5}).repeats_of(
+        "unaugmented") == 2
+
+
+def _fake_run(run_dir: Path, test: float, val: float, train: float, epochs: int = 3) -> None:
+    run_dir.mkdir(parents=True)
+    history = [{"epoch": e + 1, "accuracy": train - 0.02 * (epochs - 1 - e), "val_accuracy": val - 0.03 * (epochs - 1 - e)}
+               for e in range(epochs)]
+    (run_dir / "history.json").write_text(json.dumps(history))
+    (run_dir / "metrics.json").write_text(json.dumps({
+        "status": "finished", "epochs": epochs, "final_val_accuracy": val, "best_val_accuracy": val,
+        "best_epoch": epochs, "final_train_accuracy": train, "test_accuracy": test, "wall_seconds": 120.0,
+        "train_seconds": 100.0, "images_per_second": 900.0, "data_wait_seconds": 0.1}))
+
+
+def _report(tmp_path, online: bool, tests: dict):
+    from augmat.experiment import ExperimentConfig, plan_runs, write_report
+    cfg = ExperimentConfig(sizes=(1000,), copies=(1, 2, 4, 8), online=online, epochs=3, out=str(tmp_path),
+                           repeats_for={"unaugmented": 2, "online": 3} if online else {"unaugmented": 2})
+    runs = plan_runs(cfg)
+    for run in runs:
+        if (run.mode, run.repeat) in tests:
+            t = tests[(run.mode, run.repeat)]
+            _fake_run(tmp_path / "runs" / run.name, test=t, val=t + 0.01, train=t + 0.1)
+    meta = {"command": "augmat experiment ...", "config": __import__("dataclasses").asdict(cfg),
+            "augmat_version": "x", "started": "now", "builds": [], "source_sha256": "0" * 64,
+            "keras_version": "3", "keras_backend": "tensorflow", "device": "CPU only", "python": "3", "host": "h"}
+    return cfg, write_report(cfg, runs, meta)
+
+
+def test_report_answers_the_question_with_every_run_and_the_bands(tmp_path):
+    tests = {("unaugmented", 0): 0.54, ("unaugmented", 1): 0.56, ("offline-c1", 0): 0.55, ("offline-c2", 0): 0.58,
+             ("offline-c4", 0): 0.612, ("offline-c8", 0): 0.63,
+             ("online", 0): 0.61, ("online", 1): 0.62, ("online", 2): 0.63}
+    cfg, res = _report(tmp_path, True, tests)
+    assert res["complete"] is True
+    cells = {c["mode"]: c for c in res["cells"]}
+    assert cells["online"]["test"]["mean"] == pytest.approx(0.62) and cells["online"]["test"]["sd"] == pytest.approx(0.01)
+    assert cells["online"]["test_per_run"] == [0.61, 0.62, 0.63] and cells["online"]["planned"] == 3
+    assert cells["unaugmented"]["gap"]["mean"] == pytest.approx(0.09)   # train - val = (t+0.1) - (t+0.01)
+    assert cells["offline-c4"]["copies"] == 4 and cells["unaugmented"]["copies"] is None
+    # K = 4 is 0.8 points below online's 62.0%: the smallest within 1 point (K = 2 is 4 below).
+    a = res["answer"][0]
+    assert a["k"] == 4 and a["k_test_mean"] == pytest.approx(0.612) and a["tested"] == [1, 2, 4, 8]
+    assert a["sentence"] == ("At N = 1,000 and 3 epochs, the smallest K whose mean test accuracy is within 1 point "
+                             "of online's (62.0% ± 1.0 over 3 runs) is **K = 4**: 61.2% over 1 run(s), -0.8 points "
+                             "(K tested: 1, 2, 4, 8).")
+    md = (tmp_path / "results.md").read_text()
+    assert "## How many copies match online?" in md and a["sentence"] in md
+    assert "197 epochs fewer" in md
+    row = next(line for line in md.splitlines() if line.startswith("| 1,000 | online |"))
+    assert "| 3/3 |" in row and "62.0% ± 1.0 (61.0-63.0)" in row and "| 61.0, 62.0, 63.0 |" in row
+    assert "| 9.0 |" in row and "| 2.0 |" in row  # gap, wall minutes
+    for name in ("copies.png", "curves.png", "bars.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG
+
+
+def test_report_says_when_no_k_matches_and_when_it_cannot_tell(tmp_path):
+    tests = {("unaugmented", 0): 0.5, ("offline-c1", 0): 0.55, ("offline-c8", 0): 0.60, ("online", 0): 0.62}
+    cfg, res = _report(tmp_path / "a", True, tests)
+    a = res["answer"][0]
+    assert a["k"] is None and a["tested"] == [1, 8]
+    assert "none of the K tested (1, 8) comes within 1 point of online's mean test accuracy (62.0%, 1 run); " \
+           "the closest, K = 8, is -2.0 points." in a["sentence"]
+    assert "Preliminary: 4 run(s) of these cells not finished yet." in a["sentence"]
+    assert "Incomplete" in (tmp_path / "a" / "results.md").read_text()
+    _, res = _report(tmp_path / "b", False, tests)
+    assert "no online cell in this experiment" in res["answer"][0]["sentence"]
+    _, res = _report(tmp_path / "c", True, {("offline-c1", 0): 0.5})
+    assert res["answer"][0]["sentence"] == "At N = 1,000 and 3 epochs: online has no finished run yet."
+    assert (tmp_path / "c" / "copies.png").read_bytes()[:8] == PNG
+
+
+def test_a_run_of_k_copies_from_a_file_of_k_is_kept_for_the_first_k_of_a_bigger_one(tmp_path):
+    """Resuming an experiment from before one file served every K: a finished offline run on
+    n<N>-c<K>.h5 is the run the K-limited stream makes; another K is refused."""
+    from dataclasses import asdict
+    from augmat.experiment import ExperimentConfig, Run, build_config, finished_run, train_config
+    cfg = ExperimentConfig(sizes=(1000,), copies=(2, 4), online=True, epochs=2, out=str(tmp_path))
+    run = Run(1000, "offline-c2", 0, 0)
+    tc = train_config(cfg, run)
+    run_dir = Path(tc.run_dir)
+    _fake_run(run_dir, 0.5, 0.5, 0.6, epochs=2)
+    old_build = dict(asdict(build_config(cfg, 1000)), copies=2, ops=list(cfg.ops))
+    old_cfg = dict(asdict(tc), file="old/n1000-c2.h5", copies_used=None)
+    (run_dir / "config.json").write_text(json.dumps({"config": old_cfg, "file": {"build": old_build}}))
+    assert finished_run(run_dir, tc, build_config(cfg, 1000)) == (True, "")
+    tc3 = train_config(ExperimentConfig(sizes=(1000,), copies=(3, 4), epochs=2, out=str(tmp_path)),
+                       Run(1000, "offline-c3", 0, 0))
+    with pytest.raises(Exception, match=r"other options \(copies\)"):
+        finished_run(run_dir, tc3, build_config(cfg, 1000))
+    # Unaugmented and online runs never read the copies: any file of the size will do.
+    on = train_config(cfg, Run(1000, "online", 0, 0))
+    on_dir = Path(on.run_dir)
+    _fake_run(on_dir, 0.5, 0.5, 0.6, epochs=2)
+    (on_dir / "config.json").write_text(json.dumps({"config": asdict(on), "file": {"build": old_build}}))
+    assert finished_run(on_dir, on, build_config(cfg, 1000)) == (True, "")

@@ -192,3 +192,65 @@ def test_keras_dataset_yields_epochs_and_answers_shape_probes(medium_h5, medium)
         ds.close()
     x, y = load_split(medium_h5, "val")
     assert x.shape == (50, 32, 32, 3) and x.dtype == np.uint8 and y.dtype == np.int32
+
+
+# --- copies_used: the first K copy blocks of a file built with more ----------------------
+
+def test_copies_used_reads_only_the_first_k_blocks_and_pass_p_reads_block_p_mod_k(medium_h5, medium):
+    n, k = 200, 3  # the file: copies 0-5 and the originals, block after block
+    kw = dict(batch_size=32, order="copies", seed=1, epoch_size=n, buffer_rows=128, block_rows=64)
+    limited, s = epochs_of(medium_h5, 2 * k + 1, copies_used=k, **kw)
+    assert s.copies == 6 and s.pass_blocks == k and s.streamed_rows == k * n
+    assert "the first 3 of 7 blocks" in s.describe()
+    for p, batches in enumerate(limited):
+        rows = np.concatenate([b.rows for b in batches])
+        assert rows.min() >= (p % k) * n and rows.max() < (p % k + 1) * n     # block p mod K, whole
+        assert set(medium["copy"][rows].tolist()) == {p % k}
+        assert sorted(medium["source_index"][rows].tolist()) == sorted(medium["subset_index"].tolist())
+    # Passes 0..K-1 are the unlimited stream's, row for row: limiting K changes no copy's order.
+    full, _ = epochs_of(medium_h5, k, **kw)
+    for a, b in zip(limited, full):
+        np.testing.assert_array_equal(np.concatenate([x.rows for x in a]), np.concatenate([x.rows for x in b]))
+
+
+def test_copies_used_with_shuffle_order_streams_the_first_k_blocks_once_per_epoch(medium_h5, medium):
+    with Stream(medium_h5, batch_size=50, order="shuffle", seed=2, copies_used=2, block_rows=64,
+                buffer_rows=128) as s:
+        assert s.epoch_size == 400  # default epoch: every row streamed, here K*N
+        for _ in range(2):
+            rows = np.concatenate([b.rows for b in s.batches()])
+            assert sorted(rows.tolist()) == list(range(400))
+            assert set(medium["copy"][rows].tolist()) == {0, 1}
+        assert s.stats["rows_read"] <= 2 * 400 + 2 * 128  # what it read ahead, never a later block
+
+
+def test_the_first_k_blocks_are_the_file_of_k_copies(medium_h5, medium, cifar_archive, tmp_path):
+    """What copies_used relies on: a build of 2 copies stores the rows of the first 2 blocks
+    of the 6-copy build (same seed and options), pixel for pixel."""
+    from augmat.build import BuildConfig, build
+    out = tmp_path / "c2.h5"
+    build(BuildConfig(source=str(cifar_archive), subset=200, copies=2, val=50, seed=3, workers=1,
+                      shard_rows=64, output=str(out)), progress=False, log=lambda m: None)
+    with h5py.File(out, "r") as f:
+        for key in ("images", "labels", "source_index", "copy"):
+            np.testing.assert_array_equal(f[key][:], medium[key][:400], err_msg=key)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(copies_used=7), r"--use-copies 7 is larger than the 6 copies .*medium.h5 was built with"),
+    (dict(copies_used=0), r"--use-copies must be at least 1 \(got 0\)"),
+    (dict(copies_used=2, mode="online"), r"--use-copies applies to offline training, not to --online"),
+])
+def test_copies_used_bad_values(medium_h5, kw, match):
+    with pytest.raises(AugmatError, match=match):
+        Stream(medium_h5, batch_size=8, **kw)
+
+
+def test_train_use_copies_larger_than_the_file_is_one_line(tiny_h5, tmp_path):
+    from click.testing import CliRunner
+    from augmat.cli import main
+    r = CliRunner().invoke(main, ["train", str(tiny_h5), "--use-copies", "4", "--run-dir", str(tmp_path / "r")])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("augmat: error: --use-copies 4 is larger than the 3 copies")
+    assert not (tmp_path / "r").exists()

@@ -52,6 +52,7 @@ class TrainConfig:
     order: str = ORDER              # copies | shuffle (offline mode)
     mode: str = "offline"           # offline | online | unaugmented
     source: str | None = None       # online/unaugmented without originals in the file
+    copies_used: int | None = None  # offline: stream only the first K copy blocks (None: all)
     seed: int = 0                   # model init and stream order
     eval_every: int = 0             # test accuracy every this many epochs (0: at the end only)
     run_dir: str = ""               # default runs/<file stem>-<time>
@@ -69,6 +70,8 @@ class TrainConfig:
                 raise AugmatError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         if self.epoch_size is not None and self.epoch_size < 1:
             raise AugmatError(f"--epoch-size must be at least 1 (got {self.epoch_size})")
+        if self.copies_used is not None and self.copies_used < 1:
+            raise AugmatError(f"--use-copies must be at least 1 (got {self.copies_used})")
         if self.eval_every < 0:
             raise AugmatError(f"--eval-every must be 0 or more (got {self.eval_every})")
         if not self.learning_rate > 0:
@@ -88,7 +91,8 @@ def run(cfg: TrainConfig, log=print) -> dict:
     # --- 2. Data -------------------------------------------------------------------------
     # Open and check everything before Keras is imported, so bad input fails in a moment.
     stream = Stream(cfg.file, cfg.batch_size, cfg.order, cfg.seed, mode=cfg.mode,
-                    epoch_size=cfg.epoch_size, source=cfg.source, buffer_rows=cfg.buffer_rows)
+                    epoch_size=cfg.epoch_size, source=cfg.source, copies_used=cfg.copies_used,
+                    buffer_rows=cfg.buffer_rows)
     try:
         x_val, y_val = load_split(cfg.file, "val")
         x_test, y_test = load_split(cfg.file, "test")
@@ -96,6 +100,7 @@ def run(cfg: TrainConfig, log=print) -> dict:
         write_json(run_dir / "config.json",
                           {"config": asdict(cfg), "stream": stream.describe(), "file": {
                               "rows": stream.rows, "sources": stream.sources, "copy_blocks": stream.block_copy,
+                              "copies_used": stream.copies_used,
                               "augmat_version": stream.info.version, "build": stream.info.config}})
         log(stream.describe())
         return _train(cfg, stream, (x_val, y_val), (x_test, y_test), run_dir, t_start, log)

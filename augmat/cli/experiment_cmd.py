@@ -29,16 +29,38 @@ def _names(ctx, param, value: str | None):
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
+def _cell_counts(ctx, param, value: str | None):
+    """``unaugmented=3,offline-c8=3`` -> (("unaugmented", 3), ("offline-c8", 3)); the config
+    checks the cell names against the experiment's cells."""
+    pairs = []
+    for item in (v.strip() for v in (value or "").split(",")):
+        if not item:
+            continue
+        name, eq, count = item.partition("=")
+        try:
+            pairs.append((name.strip(), int(count)))
+        except ValueError:
+            raise AugmatError(f"--repeats-for {value!r}: {item!r} is not CELL=RUNS "
+                              "(e.g. unaugmented=3,offline-c8=3,online=3)") from None
+        if not eq:
+            raise AugmatError(f"--repeats-for {value!r}: {item!r} is not CELL=RUNS")
+    return tuple(pairs)
+
+
 @click.command("experiment")
 @click.option("--sizes", callback=_int_list, required=True, metavar="N,N,..",
               help="Training-subset sizes, comma-separated (the seed: 10000,20000,40000).")
 @click.option("--copies", callback=_int_list, default="8", show_default=True, metavar="K,K,..",
-              help="Pre-rendered copies per image; one offline-augmented cell per value.")
+              help="Pre-rendered copies per image; one offline-augmented cell per value, all served "
+                   "by one file per size built with the largest K (cell K streams its first K copies).")
 @click.option("--online", is_flag=True, help="Also train the baseline that augments fresh every epoch, on the CPU.")
 @click.option("--epochs", type=int, default=200, show_default=True,
               help="Epochs of N images each (N/batch gradient steps), the same for every mode.")
 @click.option("--repeats", type=int, default=1, show_default=True,
               help="Runs per cell, with training seeds --seed, --seed+1, ...")
+@click.option("--repeats-for", callback=_cell_counts, default=None, metavar="CELL=R,..",
+              help="Runs for the cells named, overriding --repeats for them (every size), e.g. "
+                   "unaugmented=3,offline-c8=3,online=3. Cells: unaugmented, offline-c<K>, online.")
 @click.option("--out", type=str, default="reports/experiment", show_default=True, metavar="DIR",
               help="Where the files, the runs and the report go. Rerun with the same --out to resume.")
 @click.option("--source", type=str, default=None, metavar="PATH",
@@ -61,10 +83,13 @@ def experiment_command(**options) -> None:
 
     \b
       augmat experiment --sizes 10000,20000,40000 --epochs 200 --out reports/seed-table
-      augmat experiment --sizes 10000 --copies 1,2,4,8,16 --online --out reports/copies
+      augmat experiment --sizes 10000 --copies 1,2,4,8,16,32 --online --epochs 60 --raw-inputs \\
+          --repeats-for unaugmented=3,offline-c8=3,online=3 --out reports/copies
       augmat experiment --sizes 1000 --copies 2 --epochs 2 --out /tmp/smoke
 
-    Writes results.md, results.json, curves.png and bars.png into --out after every run.
+    Writes results.md, results.json, curves.png, bars.png and copies.png (test accuracy
+    against K, online and unaugmented as bands) into --out after every run; results.md
+    names the smallest K within 1 point of online's mean test accuracy.
     A stopped experiment resumes: finished runs are kept and skipped. Keras backend: KERAS_BACKEND.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

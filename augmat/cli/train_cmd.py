@@ -22,6 +22,10 @@ from ..stream import BUFFER_ROWS, ORDERS
 @click.option("--order", type=click.Choice(ORDERS), default="shuffle", show_default=True,
               help="shuffle: all rows shuffled together; copies: each N images show every source "
                    "image once, cycling through its copies (see docs/benchmarks.md for the comparison).")
+@click.option("--use-copies", "copies_used", type=int, default=None, metavar="K",
+              help="Stream only the first K copies of a file built with more (copy k of an image "
+                   "does not depend on how many were built): with --order copies, pass p reads copy "
+                   "block p mod K. Default: every block of the file.")
 @click.option("--online", "mode", flag_value="online",
               help="Baseline: augment the N source images on the fly, on the CPU, with the same ops.")
 @click.option("--unaugmented", "mode", flag_value="unaugmented",
