@@ -20,23 +20,25 @@ How a batch is made (offline mode, the default):
    never read. One file of 32 copies serves K = 1, 2, 4, ..., 32.
 2. **Read.** A pass is cut into *blocks* of ``block_rows`` contiguous rows that start on
    HDF5 chunk boundaries; the blocks are shuffled (seeded by pass) and grouped into
-   *windows* of at most ``buffer_rows`` rows. A reader thread reads one window with one
-   h5py call per block: h5py serialises every call behind one lock, so few large reads
-   beat many small ones. Two windows at most exist at a time (one being cut, one read
-   ahead).
-3. **Shuffle and cut.** A batcher thread permutes the rows inside the window (seeded),
-   gathers batches from it and puts them in a queue of ``prefetch_batches``, so the next
-   batches are ready before the training step asks for them.
+   *windows* of at most ``buffer_rows`` rows, and each window's rows are permuted (seeded
+   by pass and window). A window is read with one h5py call per block: h5py serialises
+   every call behind one lock, so few large reads beat many small ones.
+3. **Cut.** Batch ``i`` of epoch ``e`` is positions ``[e*E + i*B, e*E + (i+1)*B)`` of
+   that sequence, gathered from the window(s) holding them: :meth:`Stream.batch` is a
+   pure function of ``(epoch, index)``, whoever asks and in whatever order. A prefetch
+   thread computes the batches that follow the last one asked for, so a consumer that
+   goes in order finds them ready; one that jumps costs a window read, never a wrong batch.
 
 Memory is bounded by ``2 * buffer_rows + (prefetch_batches + 1) * batch_size`` rows,
-whatever the size of the file (``stats["max_buffered_rows"]`` records the peak).
+whatever the size of the file (two windows cached; ``stats["max_buffered_rows"]``
+records the peak).
 
 ``mode="online"`` and ``mode="unaugmented"`` stream the N *source* images instead: the
 file's block of originals (a file built with ``--include-originals``) or, failing that,
 the source the file was built from (``source=``, or the path recorded in the file,
 checked against the recorded checksum). Online mode draws one (op, magnitude) per image
 per pass, uniformly over the ops the file was built with, exactly as the build does,
-and renders them with :func:`augmat.ops.apply_ops` in the batcher thread: the two modes
+and renders them with :func:`augmat.ops.apply_ops` when the batch is cut: the two modes
 differ only in *when* the augmentation happens. These modes hold the N source images in
 memory (N x 3 KiB), as the seed experiment did.
 
@@ -54,8 +56,6 @@ from __future__ import annotations
 
 import functools
 import math
-import queue
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -92,11 +92,14 @@ class Batch:
 
 @dataclass
 class _Window:
-    images: np.ndarray     # uint8 (w, 32, 32, 3), in the order the batches take them
-    labels: np.ndarray     # int32 (w,)
-    rows: np.ndarray       # int64 (w,), in batch order, as labels
-    order: np.ndarray | None = None  # offline: batch position i takes images[order[i]]
-    ops: np.ndarray | None = None    # online: op code and magnitude per image
+    """A window of one pass, as its batches take it: position ``j`` of the window is
+    ``images[order[j]]`` (offline: read in file order, permuted lazily) or source image
+    ``rows[j]`` (online/unaugmented), with ``labels[j]`` and ``rows[j]``."""
+    labels: np.ndarray     # int32 (w,), in batch order
+    rows: np.ndarray       # int64 (w,), in batch order: file rows offline, subset positions else
+    images: np.ndarray | None = None  # offline: uint8 (w, 32, 32, 3) in read order
+    order: np.ndarray | None = None   # offline: batch position j takes images[order[j]]
+    ops: np.ndarray | None = None     # online: op code and magnitude per position
     mags: np.ndarray | None = None
 
 
@@ -140,14 +143,20 @@ class Stream:
         self.batch_size = int(batch_size)
         self.prefetch_batches = int(prefetch_batches)
         self.stats = {"rows_read": 0, "reads": 0, "read_seconds": 0.0, "augment_seconds": 0.0,
-                      "wait_seconds": 0.0, "batches": 0, "skipped_batches": 0, "shape_probes": 0,
+                      "wait_seconds": 0.0, "batches": 0, "jumps": 0, "windows_read": 0,
                       "buffered_rows": 0, "max_buffered_rows": 0}
         self.error: BaseException | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()   # guards the caches, the prefetch state and stats
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._queue: queue.Queue | None = None
-        self._next: Batch | None = None
+        self._thread: threading.Thread | None = None
+        self._windows: dict[tuple[int, int], _Window] = {}  # (pass, window), least recent first
+        self._loading: dict[tuple[int, int], threading.Event] = {}
+        self._passes: dict[int, tuple] = {}                  # pass -> its layout (see _layout)
+        self._ready: dict[tuple[int, int], Batch | _Failure] = {}  # prefetched, by (epoch, index)
+        self._ahead: tuple[int, int] | None = None           # next (epoch, index) to prefetch
+        self._pos = (0, 0)                                   # next_batch()'s next (epoch, index)
+        self._want = (0, 0)                                  # the consumer's last request
+        self._inflight: tuple[int, int] | None = None        # what the prefetcher computes now
 
         self._file, self.info = open_file(path)
         try:
@@ -240,185 +249,244 @@ class Stream:
 
     # --- the plan: which rows, in which order --------------------------------------------
 
-    def _pass_windows(self, p: int) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
-        """Offline pass ``p``: windows of (contiguous row ranges to read, order of their rows)."""
-        n = self.sources
-        k = self.pass_blocks
-        lo, hi = ((p % k) * n, (p % k + 1) * n) if self.order == "copies" else (0, k * n)
-        step = self.block_rows  # cut on multiples of block_rows: every read starts on a chunk boundary
-        cuts = [lo] + list(range(lo - lo % step + step, hi, step)) + [hi]
-        ranges = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-        ranges = [ranges[i] for i in seeded_rng(self.seed, _BLOCK_STREAM, p).permutation(len(ranges))]
-        window: list[tuple[int, int]] = []
-        w = 0
-        for r in ranges + [None]:
-            if r is None or (window and sum(b - a for a, b in window) + r[1] - r[0] > self.buffer_rows):
-                size = sum(b - a for a, b in window)
-                yield window, seeded_rng(self.seed, _ROW_STREAM, p, w).permutation(size)
-                window, w = [], w + 1
-            if r is not None:
-                window.append(r)
+    def _layout(self, p: int) -> tuple:
+        """Pass ``p``'s windows: (window starts within the pass (W + 1,), per window its
+        file row ranges offline, or the pass's source order, ops and magnitudes)."""
+        with self._lock:
+            if p in self._passes:
+                return self._passes[p]
+        if self.mode == "offline":
+            n, k = self.sources, self.pass_blocks
+            lo, hi = ((p % k) * n, (p % k + 1) * n) if self.order == "copies" else (0, k * n)
+            step = self.block_rows  # cut on multiples of block_rows: every read starts on a chunk boundary
+            cuts = [lo] + list(range(lo - lo % step + step, hi, step)) + [hi]
+            ranges = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+            ranges = [ranges[i] for i in seeded_rng(self.seed, _BLOCK_STREAM, p).permutation(len(ranges))]
+            windows, window, size = [], [], 0
+            for a, b in ranges:  # whole blocks, at most buffer_rows rows per window
+                if window and size + b - a > self.buffer_rows:
+                    windows.append(window)
+                    window, size = [], 0
+                window.append((a, b))
+                size += b - a
+            windows.append(window)
+            sizes = [sum(b - a for a, b in w) for w in windows]
+            layout = (np.concatenate([[0], np.cumsum(sizes)]), windows)
+        else:
+            perm = seeded_rng(self.seed, _SOURCE_STREAM, p).permutation(self.sources)
+            ops = mags = None
+            if self.mode == "online":
+                ops, mags = draw_ops(seeded_rng(self.seed, _DRAW_STREAM, p), self.sources, self._allowed_ops)
+            starts = np.array(list(range(0, self.sources, self.buffer_rows)) + [self.sources])
+            layout = (starts, (perm, ops, mags))
+        with self._lock:
+            self._passes[p] = layout
+            while len(self._passes) > 4:
+                self._passes.pop(next(iter(self._passes)))
+        return layout
 
-    def _windows(self) -> Iterator[_Window]:
-        """The endless sequence of windows, pass after pass (runs in the reader thread)."""
-        for p in range(2**62):
-            if self.mode == "offline":
-                for ranges, order in self._pass_windows(p):
-                    yield self._read_window(ranges, order)
-            else:
-                perm = seeded_rng(self.seed, _SOURCE_STREAM, p).permutation(self.sources)
-                ops = mags = None
-                if self.mode == "online":
-                    ops, mags = draw_ops(seeded_rng(self.seed, _DRAW_STREAM, p), self.sources, self._allowed_ops)
-                for a in range(0, self.sources, self.buffer_rows):
-                    sel = perm[a:a + self.buffer_rows]
-                    self._buffered(len(sel))
-                    yield _Window(self._src_images[sel], self._src_labels[sel], sel, None,
-                                  None if ops is None else ops[a:a + len(sel)],
-                                  None if mags is None else mags[a:a + len(sel)])
+    def _window(self, p: int, w: int) -> _Window:
+        """Window ``w`` of pass ``p``, from the cache (two windows at most) or read now."""
+        key = (p, w)
+        while True:
+            with self._lock:
+                if key in self._windows:
+                    self._windows[key] = self._windows.pop(key)  # most recently used last
+                    return self._windows[key]
+                loading = self._loading.get(key)
+                if loading is None:
+                    self._loading[key] = threading.Event()
+                    break
+            loading.wait()  # another thread is reading it: take theirs
+        try:
+            win = self._load_window(p, w)
+            with self._lock:
+                while len(self._windows) >= 2:
+                    old = self._windows.pop(next(iter(self._windows)))
+                    self._held(-len(old.rows))
+                self._windows[key] = win
+                self._held(len(win.rows))
+            return win
+        finally:
+            with self._lock:
+                self._loading.pop(key).set()
 
-    def _read_window(self, ranges: list[tuple[int, int]], order: np.ndarray) -> _Window:
+    def _load_window(self, p: int, w: int) -> _Window:
+        starts, what = self._layout(p)
+        if self.mode != "offline":
+            perm, ops, mags = what
+            a, b = int(starts[w]), int(starts[w + 1])
+            sel = perm[a:b]
+            return _Window(self._src_labels[sel], sel, ops=None if ops is None else ops[a:b],
+                           mags=None if mags is None else mags[a:b])
+        ranges = what[w]
         size = sum(b - a for a, b in ranges)
-        self._buffered(size)
         images = np.empty((size, 32, 32, 3), np.uint8)
         t0 = time.perf_counter()
         o = 0
         for a, b in ranges:
             read_rows(self._images, a, b, out=images[o:o + b - a])
             o += b - a
-        rows = np.concatenate([np.arange(a, b) for a, b in ranges])
+        order = seeded_rng(self.seed, _ROW_STREAM, p, w).permutation(size)
+        rows = np.concatenate([np.arange(a, b) for a, b in ranges])[order]
         with self._lock:
             self.stats["read_seconds"] += time.perf_counter() - t0
             self.stats["reads"] += len(ranges)
             self.stats["rows_read"] += size
-        # Permute lazily: batches gather images[order[i:j]], so the window is never copied whole.
-        return _Window(images, self._labels[rows[order]], rows[order], order=order)
+            self.stats["windows_read"] += 1
+        # Permuted lazily: batches gather images[order[j:k]], so the window is never copied whole.
+        return _Window(self._labels[rows], rows, images=images, order=order)
 
-    def _buffered(self, delta: int) -> None:
-        with self._lock:
-            self.stats["buffered_rows"] += delta
-            self.stats["max_buffered_rows"] = max(self.stats["max_buffered_rows"], self.stats["buffered_rows"])
+    def _held(self, delta: int) -> None:
+        """Rows held in windows and prefetched batches (call with the lock held)."""
+        self.stats["buffered_rows"] += delta
+        self.stats["max_buffered_rows"] = max(self.stats["max_buffered_rows"], self.stats["buffered_rows"])
 
-    # --- the threads ---------------------------------------------------------------------
+    # --- a batch: a pure function of (epoch, index) ------------------------------------------
 
-    def _put(self, q: queue.Queue, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                q.put(item, timeout=_POLL_S)
-                return True
-            except queue.Full:
-                pass
-        return False
+    def batch(self, epoch: int, index: int) -> Batch:
+        """Batch ``index`` of epoch ``epoch``, computed now (the same arrays whoever asks,
+        in whatever order): positions ``[epoch*E + index*B, ...)`` of the stream's
+        sequence of passes, gathered from the windows that hold them."""
+        if not 0 <= index < self.num_batches or epoch < 0:
+            raise IndexError(f"batch ({epoch}, {index}) of a stream of {self.num_batches} batches per epoch")
+        pass_rows = self.streamed_rows if self.mode == "offline" and self.order == "shuffle" else self.sources
+        want = self.batch_size if index < self.num_batches - 1 else self.last_batch_size
+        pos = epoch * self.epoch_size + index * self.batch_size
+        parts = []
+        while want:
+            p, o = divmod(pos, pass_rows)
+            starts, _ = self._layout(p)
+            w = int(np.searchsorted(starts, o, side="right")) - 1
+            a = o - int(starts[w])
+            take = min(want, int(starts[w + 1]) - int(starts[w]) - a)
+            parts.append(self._cut(self._window(p, w), a, a + take))
+            pos, want = pos + take, want - take
+        if len(parts) == 1:
+            images, labels, rows = parts[0]
+        else:
+            images, labels, rows = (np.concatenate(x) for x in zip(*parts))
+        return Batch(images, labels, rows, epoch, index)
 
-    def _reader(self, windows: queue.Queue, slots: threading.Semaphore) -> None:
-        try:
-            it = self._windows()
-            while not self._stop.is_set():
-                while not slots.acquire(timeout=_POLL_S):  # two windows at most: one cut, one read
-                    if self._stop.is_set():
-                        return
-                if not self._put(windows, next(it)):
-                    return
-        except BaseException as e:  # handed to the consumer, raised there
-            self._put(windows, _Failure(e))
-
-    def _batcher(self, windows: queue.Queue, slots: threading.Semaphore, batches: queue.Queue) -> None:
-        try:
-            window, at = None, 0
-            for epoch in range(2**62):
-                for index in range(self.num_batches):
-                    want = self.batch_size if index < self.num_batches - 1 else self.last_batch_size
-                    parts = []
-                    while want:
-                        if window is None or at == len(window.rows):
-                            if window is not None:
-                                self._buffered(-len(window.rows))
-                                slots.release()
-                            window, at = None, 0
-                            while window is None:
-                                if self._stop.is_set():
-                                    return
-                                try:
-                                    window = windows.get(timeout=_POLL_S)
-                                except queue.Empty:
-                                    pass
-                            if isinstance(window, _Failure):
-                                raise window.error
-                        take = min(want, len(window.rows) - at)
-                        parts.append(self._gather(window, at, at + take))
-                        at, want = at + take, want - take
-                    batch = parts[0] if len(parts) == 1 else Batch(
-                        *(np.concatenate([getattr(q, k) for q in parts]) for k in ("images", "labels", "rows")),
-                        epoch, index)
-                    batch.epoch, batch.index = epoch, index
-                    self._buffered(len(batch.rows))
-                    if not self._put(batches, batch):
-                        return
-        except BaseException as e:
-            self._put(batches, _Failure(e))
-
-    def _gather(self, window: _Window, a: int, b: int) -> Batch:
-        order = window.order
-        images = window.images[order[a:b]] if order is not None else window.images[a:b]
-        if window.ops is not None:
+    def _cut(self, win: _Window, a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if win.images is not None:
+            return win.images[win.order[a:b]], win.labels[a:b], win.rows[a:b]
+        images = self._src_images[win.rows[a:b]]
+        if win.ops is not None:
             t0 = time.perf_counter()
-            images = _apply(images, window.ops[a:b], window.mags[a:b], self.info.op_names)
+            images = _apply(images, win.ops[a:b], win.mags[a:b], self.info.op_names)
             with self._lock:
                 self.stats["augment_seconds"] += time.perf_counter() - t0
-        return Batch(images, window.labels[a:b], window.rows[a:b], -1, -1)
+        return images, win.labels[a:b], win.rows[a:b]
 
-    def _start(self) -> None:
-        if self._queue is not None:
-            return
-        if self._stop.is_set():
-            raise AugmatError(f"{self.info.path}: the stream is closed")
-        windows: queue.Queue = queue.Queue()
-        slots = threading.Semaphore(2)
-        self._queue = queue.Queue(maxsize=self.prefetch_batches)
-        self._threads = [
-            threading.Thread(target=self._reader, args=(windows, slots), name="augmat-reader", daemon=True),
-            threading.Thread(target=self._batcher, args=(windows, slots, self._queue),
-                             name="augmat-batcher", daemon=True)]
-        for t in self._threads:
-            t.start()
+    def following(self, epoch: int, index: int) -> tuple[int, int]:
+        """The (epoch, index) after the given one."""
+        return (epoch, index + 1) if index + 1 < self.num_batches else (epoch + 1, 0)
 
-    # --- the consumer side ---------------------------------------------------------------
+    # --- prefetch: the batches after the last one asked for, computed ahead ------------------
 
-    def next_batch(self) -> Batch:
-        """The next batch of the stream (blocks until it is ready; the time spent blocked
-        is added to ``stats["wait_seconds"]``)."""
+    def _prefetcher(self) -> None:
+        while True:
+            with self._lock:
+                while True:
+                    if self._stop.is_set():
+                        return
+                    k = self._ahead
+                    if k is not None and self._in_reach(k) and len(self._ready) < self.prefetch_batches:
+                        if k not in self._ready:
+                            break
+                        self._ahead = self.following(*k)
+                        continue
+                    self._lock.wait(_POLL_S)
+                self._inflight, self._ahead = k, self.following(*k)
+            try:
+                item: Batch | _Failure = self.batch(*k)
+            except BaseException as e:  # handed to the consumer, raised there
+                item = _Failure(e)
+            with self._lock:
+                self._inflight = None
+                if self._in_reach(k):
+                    self._ready[k] = item
+                    if isinstance(item, Batch):
+                        self._held(len(item.rows))
+                if isinstance(item, _Failure):
+                    self._ahead = None  # nothing more until the consumer has taken the error
+                self._lock.notify_all()
+
+    def _in_reach(self, key: tuple[int, int]) -> bool:
+        """Whether ``key`` is the consumer's last request or one of the ``prefetch_batches``
+        after it (call with the lock held)."""
+        k = self._want
+        for _ in range(self.prefetch_batches + 1):
+            if k == key:
+                return True
+            k = self.following(*k)
+        return False
+
+    def get(self, epoch: int, index: int) -> Batch:
+        """Batch (epoch, index): taken from the prefetched ones if it is there (else computed
+        here), and the ones after it prefetched. Time spent here counts in
+        ``stats["wait_seconds"]``; a request that is not the batch after the previous one
+        in ``stats["jumps"]``."""
         if self.error is not None:
             raise self.error
-        self._start()
-        if self._next is not None:  # taken from the queue (and counted) by sync_to_epoch_start
-            batch, self._next = self._next, None
-            return batch
+        if self._stop.is_set():
+            raise AugmatError(f"{self.info.path}: the stream is closed")
+        key = (int(epoch), int(index))
         t0 = time.perf_counter()
-        while True:
+        with self._lock:
+            if self._thread is None:
+                self._want, self._ahead, self._inflight = key, self.following(*key), None
+                self._thread = threading.Thread(target=self._prefetcher, name="augmat-prefetch", daemon=True)
+                self._thread.start()
+            elif key != self.following(*self._want):
+                self.stats["jumps"] += 1
+            self._want = key
+            for k in [k for k in self._ready if not self._in_reach(k)]:  # behind us, or far off
+                item = self._ready.pop(k)
+                if isinstance(item, Batch):
+                    self._held(-len(item.rows))
+            if self._ahead is not None and not self._in_reach(self._ahead):
+                self._ahead = self.following(*key)  # a jump: prefetch from here on
+            while key not in self._ready and key == self._inflight and not self._stop.is_set():
+                self._lock.wait(_POLL_S)
+            item = self._ready.pop(key, None)
+            if isinstance(item, Batch):
+                self._held(-len(item.rows))
+            self._lock.notify_all()
+        if item is None:
             if self._stop.is_set():
                 raise AugmatError(f"{self.info.path}: the stream is closed")
             try:
-                item = self._queue.get(timeout=_POLL_S)
-                break
-            except queue.Empty:
-                pass
+                item = self.batch(*key)
+            except BaseException as e:
+                item = _Failure(e)
         with self._lock:
             self.stats["wait_seconds"] += time.perf_counter() - t0
-            self.stats["batches"] += 1
+            if isinstance(item, Batch):
+                self.stats["batches"] += 1
         if isinstance(item, _Failure):
             self.error = item.error
             raise item.error
-        self._buffered(-len(item.rows))
         return item
 
+    # --- the consumer side: in sequence ------------------------------------------------------
+
+    def next_batch(self) -> Batch:
+        """The next batch of the stream, in sequence (see :meth:`seek`)."""
+        batch = self.get(*self._pos)
+        self._pos = self.following(*self._pos)
+        return batch
+
+    def seek(self, epoch: int, index: int = 0) -> None:
+        """Make (epoch, index) the next batch of :meth:`next_batch`."""
+        self._pos = (int(epoch), int(index))
+
     def sync_to_epoch_start(self) -> None:
-        """Drop what is left of an epoch abandoned half-way, so the next batch is the
+        """Skip what is left of an epoch abandoned half-way, so the next batch is the
         first of an epoch."""
-        batch = self.next_batch()
-        while batch.index != 0:
-            self.stats["skipped_batches"] += 1
-            batch = self.next_batch()
-        self._next = batch
+        if self._pos[1]:
+            self._pos = (self._pos[0] + 1, 0)
 
     def batches(self) -> Iterator[Batch]:
         """One epoch: ``num_batches`` batches, every one of its rows once."""
@@ -428,8 +496,10 @@ class Stream:
 
     def close(self) -> None:
         self._stop.set()
-        for t in self._threads:
-            t.join(timeout=5)
+        with self._lock:
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
         try:
             self._file.close()
         except Exception:  # already closed
@@ -458,30 +528,6 @@ def _apply(images, ops, mags, op_names):
     return apply_ops(images, ops, mags, op_names)
 
 
-# Keras functions that take batches from a dataset without training on them (Keras 3.15,
-# backend/*/trainer.py and trainers/data_adapters/py_dataset_adapter.py): the TensorFlow
-# adapter's shape probe, and the fits' model build (JAX and torch call _symbolic_build on
-# the first epoch's iterator, then reset it). TensorFlow under a distribution strategy
-# builds from a batch read in a tf.data thread, out of sight: there the first epoch
-# realigns by dropping the rest of the stream's first epoch (on_epoch_begin).
-_KERAS_PROBES = {"get_tf_dataset": "shapes", "_symbolic_build": "build", "_maybe_symbolic_build": "build"}
-_PROBE_DEPTH = 64          # frames searched for them
-
-
-def _keras_probe() -> str | None:
-    """Which Keras probe (``"shapes"`` or ``"build"``) asks for this batch, if one does:
-    a Keras function of that name is among our callers."""
-    frame = sys._getframe(2)
-    for _ in range(_PROBE_DEPTH):
-        if frame is None:
-            return None
-        code = frame.f_code
-        if code.co_name in _KERAS_PROBES and "keras" in code.co_filename:
-            return _KERAS_PROBES[code.co_name]
-        frame = frame.f_back
-    return None
-
-
 @functools.cache
 def _keras_dataset_class():
     import keras
@@ -489,57 +535,42 @@ def _keras_dataset_class():
     class AugmatDataset(keras.utils.PyDataset):
         """A :class:`Stream` as a ``keras.utils.PyDataset`` for ``model.fit``.
 
-        ``__getitem__`` ignores its index and returns the stream's next batch: the order
-        is the stream's (so ``fit``'s ``shuffle`` has no effect), and batches arrive in
-        sequence from the stream's own threads (Keras's workers stay off: one worker, no
-        multiprocessing). Each Keras epoch is one epoch of the stream, its ``len(self)``
-        batches: the batches Keras asks for only to learn shapes or build the model get
-        zeros, and an epoch left half-way (a fit stopped early) is dropped when the next
-        begins. A ``steps_per_epoch`` below ``len(self)`` in ``fit`` takes the first steps
-        of each stream epoch; to train on shorter epochs, give the stream an ``epoch_size``.
+        ``ds[i]`` is batch ``i`` of the stream's epoch ``ds.epoch``: a pure function of
+        the two (:meth:`Stream.batch`), whatever Keras asked for before (a probe of the
+        shapes, a model build from the first batch, a batch read ahead). The epoch moves
+        on when every batch of the current one has been handed out, at the next request:
+        a probe of one or two batches, or a fit stopped half-way, does not move it;
+        :meth:`set_epoch` sets it (``fit(initial_epoch=...)`` after a resume). Nothing here
+        looks at Keras's internals, and every batch is real data.
+
+        The stream's own threads read ahead (Keras's workers stay off: one worker, no
+        multiprocessing). The rows are shuffled by the stream: pass ``shuffle=False`` to
+        ``fit``; Keras's shuffle of whole batches changes no batch but makes most of them
+        a jump (a window read), which ``stats["jumps"]`` counts.
         """
 
         def __init__(self, stream: Stream):
             super().__init__(workers=1, use_multiprocessing=False)
             self.stream = stream
-            self._in_epoch = False
+            self.epoch = 0
+            self._served: set[int] = set()
 
         def __len__(self) -> int:
             return self.stream.num_batches
 
         def __getitem__(self, index):
-            s = self.stream
-            probe = _keras_probe()
-            if probe or not self._in_epoch:
-                # Keras asks for batches it never trains on, only to learn their shapes: the
-                # TensorFlow adapter takes two when a fit starts (answered with the full and
-                # the last batch size, so the batch dimension is left free); the JAX and
-                # torch fits build the model from the first batch of their first epoch's
-                # iterator (two on a GPU, which reads one ahead) and drop it. Zeros of the
-                # right shape and type, without consuming the stream, so every Keras epoch
-                # is exactly the stream's epoch. (Outside an epoch, every request is one.)
-                n = s.batch_size if probe == "build" or index == 0 else s.last_batch_size
-                s.stats["shape_probes"] += 1
-                return np.zeros((n, 32, 32, 3), np.uint8), np.zeros((n,), np.int32)
-            batch = s.next_batch()
+            index = int(index)
+            if not 0 <= index < len(self):
+                raise IndexError(f"batch {index} of {len(self)}")
+            if len(self._served) == len(self):  # the last epoch was handed out whole
+                self.epoch, self._served = self.epoch + 1, set()
+            batch = self.stream.get(self.epoch, index)
+            self._served.add(index)
             return batch.images, batch.labels
 
-        def __iter__(self):
-            self.on_epoch_begin()
-            try:
-                for _ in range(len(self)):
-                    yield self[0]
-            finally:
-                self.on_epoch_end()
-
-        def on_epoch_begin(self):
-            # Start on an epoch of the stream. Only needed after a fit stopped half-way
-            # (an error, Ctrl-C, stop_training): its epoch's other batches are dropped.
-            self.stream.sync_to_epoch_start()
-            self._in_epoch = True
-
-        def on_epoch_end(self):
-            self._in_epoch = False
+        def set_epoch(self, epoch: int) -> None:
+            """Hand out epoch ``epoch`` from now on (from its first batch of any)."""
+            self.epoch, self._served = int(epoch), set()
 
         def close(self):
             self.stream.close()

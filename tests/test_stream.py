@@ -178,20 +178,49 @@ def test_bad_options(medium_h5, kw, match):
         Stream(medium_h5, **kw)
 
 
-def test_keras_dataset_yields_epochs_and_answers_shape_probes(medium_h5, medium):
+def test_keras_dataset_is_a_pure_function_of_epoch_and_index(medium_h5, medium):
     ds = open_dataset(medium_h5, batch_size=64, order="shuffle", seed=0)
     try:
         assert len(ds) == 22 and ds.stream.last_batch_size == 1400 - 21 * 64
-        probe = [ds[0], ds[1]]    # outside an epoch: zeros, the stream is not consumed
-        assert probe[0][0].shape == (64, 32, 32, 3) and probe[1][0].shape == (1400 - 21 * 64, 32, 32, 3)
-        assert ds.stats["batches"] == 0
-        labels = np.concatenate([y for _, y in ds])
+        probe = [ds[0], ds[1]]    # what Keras's probes ask: real batches of epoch 0
+        assert probe[1][0].shape == (64, 32, 32, 3)
+        epoch0 = [ds[i] for i in range(len(ds))]  # then the whole epoch, from its first batch
+        assert ds.epoch == 0 and epoch0[-1][0].shape == (1400 - 21 * 64, 32, 32, 3)
+        for (x, y), (px, py) in zip(epoch0, probe):
+            np.testing.assert_array_equal(x, px)
+            np.testing.assert_array_equal(y, py)
+        labels = np.concatenate([y for _, y in epoch0])
         assert labels.dtype == np.int32 and len(labels) == 1400
         assert sorted(labels.tolist()) == sorted(medium["labels"].tolist())
+        epoch1 = [y for _, y in ds]  # iterating again: the next epoch, another order
+        assert ds.epoch == 1 and not np.array_equal(np.concatenate(epoch1), labels)
+        ds.set_epoch(1)
+        backwards = [ds[i] for i in reversed(range(len(ds)))]  # any order: the same batches
+        assert ds.stats["jumps"] >= 1
+        for (x, y), y1 in zip(reversed(backwards), epoch1):
+            np.testing.assert_array_equal(y, y1)
+        ds.set_epoch(0)
+        np.testing.assert_array_equal(ds[5][0], epoch0[5][0])
+        with pytest.raises(IndexError):
+            ds[len(ds)]
     finally:
         ds.close()
     x, y = load_split(medium_h5, "val")
     assert x.shape == (50, 32, 32, 3) and x.dtype == np.uint8 and y.dtype == np.int32
+
+
+def test_batch_is_the_same_whoever_asks_and_in_any_order(medium_h5):
+    """Stream.batch(e, i) equals what the sequential stream hands out, for offline
+    (shuffle and copies order) and online; a second stream agrees."""
+    for kw in (dict(order="shuffle"), dict(order="copies"), dict(mode="online")):
+        opts = dict(batch_size=48, seed=3, buffer_rows=256, block_rows=64, epoch_size=300, **kw)
+        with Stream(medium_h5, **opts) as s, Stream(medium_h5, **opts) as t:
+            seq = [s.next_batch() for _ in range(3 * s.num_batches)]
+            for b in reversed(seq):
+                again = t.batch(b.epoch, b.index)
+                np.testing.assert_array_equal(again.rows, b.rows)
+                np.testing.assert_array_equal(again.images, b.images)
+                np.testing.assert_array_equal(again.labels, b.labels)
 
 
 # --- copies_used: the first K copy blocks of a file built with more ----------------------
@@ -221,7 +250,9 @@ def test_copies_used_with_shuffle_order_streams_the_first_k_blocks_once_per_epoc
             rows = np.concatenate([b.rows for b in s.batches()])
             assert sorted(rows.tolist()) == list(range(400))
             assert set(medium["copy"][rows].tolist()) == {0, 1}
-        assert s.stats["rows_read"] <= 2 * 400 + 2 * 128  # what it read ahead, never a later block
+        # Two epochs, plus what the prefetch reads ahead (8 batches and the windows they
+        # start): all of it in blocks 0 and 1, never a later block.
+        assert s.stats["rows_read"] <= 2 * 400 + 8 * 50 + 2 * 128
 
 
 def test_the_first_k_blocks_are_the_file_of_k_copies(medium_h5, medium, cifar_archive, tmp_path):

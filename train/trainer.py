@@ -131,7 +131,8 @@ def _train(cfg, stream, val, test, run_dir: Path, t_start: float, log) -> dict:
     # --- 5. Training --------------------------------------------------------------------
     status = "finished"
     try:
-        model.fit(dataset, epochs=cfg.epochs, validation_data=val if has_val else None,
+        # shuffle=False: the stream shuffles rows itself; Keras would only reorder whole batches.
+        model.fit(dataset, epochs=cfg.epochs, validation_data=val if has_val else None, shuffle=False,
                   validation_batch_size=EVAL_BATCH, callbacks=[recorder], verbose=cfg.verbose)
     except KeyboardInterrupt:
         status = "interrupted"
