@@ -1,51 +1,56 @@
-"""``augmat build``: render an augmented subset into one HDF5 file, with worker processes.
+"""``augmat build``: render an augmented subset into HDF5 shard files and one small master
+file over them, on this machine's cores or on a Ray cluster.
 
 The story of a build:
 
-1. Load the source (an image tree's files are decoded by the worker processes, in
-   parallel), draw the plan (:mod:`augmat.plan`): nothing random happens later.
-2. Create the output under a temporary name, ``<output>.parts/<name>.partial``, whole
-   but for its pixels: every other dataset written, every chunk of ``images`` given its
-   place in the file (HDF5's early allocation, which writes them once as zeros: a full
-   disk fails here, before any rendering).
-3. Cut the rows into shards of ``shard_rows`` (a multiple of the HDF5 chunk). Worker
-   processes (``spawn``ed: no HDF5 handle or TensorFlow state crosses a fork) render
-   a shard and write its chunks straight into their places, as HDF5 stores them (the
-   bytes, then the fletcher32 checksum: :func:`augmat.store.write_chunks_at`), then a
-   receipt ``<output>.parts/shard-NNNNN.done`` with the chunks' checksums. The main
-   process does no per-shard work, so two workers keep two cores busy.
-4. When every shard is done: write the attributes (this run's options), fsync, rename to
-   ``<output>`` (the final path appears only when the build is complete), remove the
-   parts folder.
+1. Lock ``<output>.lock`` (``fcntl.flock``: a second build of the same output refuses;
+   the kernel releases the lock of a killed build). Load the source (an image tree's
+   files are decoded by the local workers, in parallel), draw the plan
+   (:mod:`augmat.plan`): nothing random happens later.
+2. Cut every copy block (and the originals block) into shards of ``shard_rows`` rows; a
+   shard never crosses a block, so shard s of copy block k is the same file whatever
+   the number of copies. Its name says where it belongs and which plan made it:
+   ``<output>.shards/c003-s0007-<plan key>.h5`` (copy block 3, shard 7; the originals
+   block: ``orig-s0007-...``). The plan key hashes what decides the pixels (source
+   checksum, subset, val, seed, ops, shard rows, augmat and library versions), not the
+   number of copies.
+3. The subset's pixels go to ``<output>.shards/subset-<key>.npy``, which tasks memory-map.
+   Tasks (:mod:`augmat.engines`) render a shard each and write it as an ordinary HDF5
+   file through h5py (:func:`augmat.store.write_shard`: temporary name, fsync, rename),
+   returning only a small receipt (size, SHA-256 of the pixels): the driver never holds
+   pixels. Shards already in the folder are first checked by tasks (name, plan key,
+   rows, the pixels' SHA-256 against the one the shard records, the provenance against
+   the plan); those that pass are kept. So the same command resumes a killed build, and
+   ``--copies 16`` over an 8-copy output of the same plan adds blocks 8-15.
+4. Write the master (attributes, splits, manifest, Virtual Datasets over the shards)
+   under a temporary name, fsync, rename: the final path appears, or changes, only when
+   the build is complete. Then remove what no manifest names: another plan's shards, the
+   subset file, temporary files.
 
-Killed half-way (Ctrl-C, SIGKILL, a full disk), the parts folder stays; the same
-command again reuses the partial file and every shard whose receipt matches the
-chunks in it, and renders only the rest.
-The result is identical for any number of workers and any shard size.
+The result is identical for either engine, any number of workers and any shard size
+(shard files of one shard size are equal dataset for dataset).
 
-For tests, ``AUGMAT_FAULT`` injects failures (comma-separated):
-``kill-worker@S`` a worker SIGKILLs itself on shard S; ``enospc@S`` writing shard S
-fails with a full disk; ``enospc-layout@1`` creating the output fails with a full disk
-(raised as h5py reports it, a ValueError naming errno 28);
-``enospc-finish@1`` the main process's last write (the fsync before the rename) fails
-with a full disk; ``kill-main@K`` the main process SIGKILLs itself after K shards are
-done; ``slow@SECONDS`` each shard takes that much longer.
+For tests, ``AUGMAT_FAULT`` injects failures (comma-separated; a shard is numbered in
+plan order, copy block after copy block): ``kill-worker@S`` the process rendering shard S
+SIGKILLs itself with the shard's temporary file written, every time (a local build fails,
+Ray retries and then fails); ``kill-worker-once@S`` the same, once (a marker in the shards
+folder stops the retry from dying again); ``enospc@S`` writing shard S fails with a full
+disk; ``enospc-finish@1`` writing the master fails with a full disk; ``kill-main@K`` the
+main process SIGKILLs itself after K shards are done; ``slow@SECONDS`` each shard takes
+that much longer.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
-import multiprocessing
 import os
 import re
-import shutil
 import signal
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -53,11 +58,13 @@ import numpy as np
 
 from . import __version__
 from .errors import AugmatError
-from .ops import DEFAULT_OPS, IMAGE_SHAPE, OP_NAMES, apply_ops, rendering_libraries
-from .plan import RowPlan, plan_rows, split_indices
-from .sources import SourceData, holds_image_files, load_source
-from .store import (CHUNK_ROWS, FORMAT_VERSION, chunk_locations, create_rows, stored_checksum_ok, write_array,
-                    write_chunks_at)
+from .ops import DEFAULT_OPS, OP_NAMES, apply_ops, rendering_libraries
+from .plan import ORIGINAL_COPY, RowPlan, plan_rows, split_indices
+from .sources import SourceData, holds_image_files
+from .store import (FORMAT_VERSION, ROW_DATASETS, SHARD_NAME, ShardEntry, fsync_path, open_file, pixel_sha256,
+                    read_manifest, shard_name, shards_folder, write_master, write_shard)
+
+SHARD_FORMAT = 1  # what a shard file holds; part of the plan key
 
 
 def default_workers() -> int:
@@ -71,24 +78,12 @@ def default_output(subset: int) -> str:
     return f"data/aug{subset / 1000:g}k.h5"
 
 
-# --- the parts folder: everything an unfinished build keeps ---------------------------
-# <output>.parts/ holds plan.json (the plan key), subset.npy (the subset's pixels, which
-# workers render from), layout.json (marks <name>.partial, the output being filled, as
-# laid out) and one receipt per finished shard.
-
-RECEIPT_GLOB = "shard-*.done"
-PARTS_FORMAT = 2  # what a parts folder holds (1: shard .npy files); part of the plan key
-
-
-def receipt_path(parts: Path, index: int) -> Path:
-    """A shard's receipt: the checksums of its chunks, written once they are in the file."""
-    return parts / f"shard-{index:05d}.done"
-
-
 @dataclass(frozen=True)
 class BuildConfig:
     """Every option of a build. Only the fields in ``CONTENT_FIELDS`` (and the
-    source's checksum) decide what is rendered; the rest decide how."""
+    source's checksum) decide what is rendered; the rest decide how. Of those, the
+    ``PLAN_FIELDS`` decide every shard: ``copies`` and ``include_originals`` only say
+    which blocks of shards the output holds."""
     subset: int
     copies: int
     source: str | None = None
@@ -100,8 +95,11 @@ class BuildConfig:
     workers: int = field(default_factory=default_workers)
     shard_rows: int = 4096
     force: bool = False
+    engine: str = "local"
+    ray_address: str | None = None
 
     CONTENT_FIELDS = ("subset", "copies", "val", "seed", "ops", "include_originals")
+    PLAN_FIELDS = ("subset", "val", "seed", "ops")
 
     def __post_init__(self):
         if not self.output:
@@ -120,16 +118,22 @@ class BuildConfig:
             raise AugmatError(f"--workers must be at least 1 (got {self.workers})")
         if self.shard_rows < 1:
             raise AugmatError(f"--shard-rows must be at least 1 (got {self.shard_rows})")
+        if self.engine not in ("local", "ray"):
+            raise AugmatError(f"unknown engine {self.engine!r}; choose local or ray")
+        if self.ray_address and self.engine != "ray":
+            raise AugmatError("--ray-address needs --engine ray")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
-    def content_key(self, source_sha256: str) -> str:
-        content = {k: getattr(self, k) for k in self.CONTENT_FIELDS}
+    def plan_key(self, source_sha256: str) -> str:
+        """What decides every shard's bytes, hashed: not ``copies`` (copy k of image i
+        depends only on the seed, i and k) nor ``include_originals``."""
+        content = {k: getattr(self, k) for k in self.PLAN_FIELDS}
         # The versions too: a newer augmat's ops, or another OpenCV, may render
         # differently, so an older build's shards are not reused.
         content.update(source=source_sha256, shard_rows=self.shard_rows, format=FORMAT_VERSION,
-                       version=__version__, parts=PARTS_FORMAT, libraries=rendering_libraries())
+                       version=__version__, shard_format=SHARD_FORMAT, libraries=rendering_libraries())
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
@@ -141,9 +145,10 @@ class BuildResult:
     shards: int
     shards_reused: int
     seconds: float           # the whole build
-    load_seconds: float      # reading the source, drawing the plan, laying out the file
+    load_seconds: float      # reading the source, drawing the plan, checking kept shards
     render_seconds: float    # first shard handed to the workers to the last one written
-    bytes: int
+    bytes: int               # the master and its shards
+    folder: Path | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -152,9 +157,10 @@ class BuildResult:
 
     def summary(self) -> str:
         reused = f" ({self.shards_reused} reused from an earlier run)" if self.shards_reused else ""
+        where = f" (shards in {self.folder})" if self.folder else ""
         return (f"wrote {self.rows:,} rows in {self.shards} shards{reused} in {self.seconds:.1f} s "
                 f"(source and layout {self.load_seconds:.1f} s, rendering {self.render_seconds:.1f} s at "
-                f"{self.images_per_second:,.0f} images/s), {self.bytes / 2**20:,.1f} MiB -> {self.path}")
+                f"{self.images_per_second:,.0f} images/s), {self.bytes / 2**20:,.1f} MiB -> {self.path}{where}")
 
 
 # --- faults for tests ----------------------------------------------------------------
@@ -164,105 +170,142 @@ def _faults() -> dict[str, str]:
     return dict(item.split("@", 1) for item in spec.split(",") if "@" in item)
 
 
-# --- the worker side -----------------------------------------------------------------
+# --- the task side: one shard, in a worker process or a Ray task ------------------------
 
-_FAULTS: dict[str, str] = {}
-_SUBSETS: dict[str, np.ndarray] = {}  # per worker: the memory-mapped subset images, by path
-
-
-def _init_worker(parent_pid: int, shard_rows: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides what Ctrl-C does
-    if sys.platform.startswith("linux"):  # die with the main process, even if it is SIGKILLed
-        import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:  # it died before we could ask to follow it
-        os._exit(1)
-    _FAULTS.update(_faults())
-    # Warm up while the main process starts reading the source: render one blank shard
-    # through every op, so OpenCV's first calls and the first shard-sized allocations
-    # (which move malloc's mmap threshold) are not paid by the first real shard (measured:
-    # 30-60 ms instead of 17 ms for 4,096 rows).
-    rows = min(shard_rows, 4096)
-    apply_ops(np.zeros((rows,) + IMAGE_SHAPE, np.uint8), np.arange(rows) % len(OP_NAMES),
-              np.full(rows, 0.3, np.float32))
+_SUBSETS: dict[str, np.ndarray] = {}  # per process: the memory-mapped subset images, by path
 
 
-def _ready() -> int:
-    """A no-op task: submitting one per worker makes the pool start them all now."""
-    return os.getpid()
+def _expected(spec: dict) -> dict[str, np.ndarray]:
+    """A shard's provenance datasets, as the plan says."""
+    n = len(spec["op"])
+    return {"labels": spec["labels"], "source_index": spec["source_index"],
+            "copy": np.full(n, spec["copy"], np.int16), "op": spec["op"], "magnitude": spec["magnitude"]}
 
 
-def _render_shard(tmp_out: str, parts: str, subset_path: str, index: int, pos: np.ndarray, op: np.ndarray,
-                  mag: np.ndarray, chunk_rows: int, locations: list[tuple[int, int]]) -> int:
-    """Render one shard (rows given by their position in the subset, op and magnitude),
-    write its chunks into their places in the temporary output, then its receipt."""
-    if "slow" in _FAULTS:
-        time.sleep(float(_FAULTS["slow"]))
-    if _FAULTS.get("kill-worker") == str(index):
+def _io_error(e: Exception) -> OSError | None:
+    """An I/O error as an OSError: h5py reports some as ValueError or RuntimeError with the
+    errno in the message (or as an OSError without errno); None when it is not one."""
+    found = re.search(r"errno = (\d+)", str(e))
+    if found:
+        code = int(found.group(1))
+        return OSError(code, os.strerror(code), getattr(e, "filename", None))
+    return e if isinstance(e, OSError) else None
+
+
+def _kill_self(spec: dict) -> None:
+    """The faults that kill the task's process, with the shard's temporary file written."""
+    faults, index = spec["faults"], str(spec["index"])
+    if faults.get("kill-worker") == index:
         os.kill(os.getpid(), signal.SIGKILL)
+    if faults.get("kill-worker-once") == index:
+        marker = Path(spec["path"]).with_name(f".fault-killed-{index}")
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def render_shard(spec: dict) -> dict:
+    """Render one shard of the plan and write it (see :func:`augmat.store.write_shard`).
+    Returns its receipt: ``index``, ``bytes``, ``sha256``, or ``error`` (an errno, with
+    ``strerror`` and ``where``) when the write failed."""
+    faults = spec["faults"]
+    if "slow" in faults:
+        time.sleep(float(faults["slow"]))
+    here = rendering_libraries()
+    if here != spec["libraries"]:  # another node's OpenCV or NumPy may render other pixels
+        import socket
+        return {"index": spec["index"], "libraries": here, "host": socket.gethostname()}
+    subset_path = spec["subset"]
     if subset_path not in _SUBSETS:
         _SUBSETS[subset_path] = np.load(subset_path, mmap_mode="r")
-    out = apply_ops(_SUBSETS[subset_path], op, mag, rows=pos)
-    if _FAULTS.get("enospc") == str(index):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp_out)
-    fd = os.open(tmp_out, os.O_WRONLY)
+    images = apply_ops(_SUBSETS[subset_path], spec["op"], spec["magnitude"], rows=spec["pos"])
+    path = Path(spec["path"])
     try:
-        sums = write_chunks_at(fd, out, chunk_rows, locations)
-    finally:
-        os.close(fd)
-    # No fsync: a receipt only claims what the file holds, and a resume checks the
-    # chunks against it, so even an OS crash cannot pass lost data off as finished.
-    receipt = receipt_path(Path(parts), index)
-    tmp = receipt.with_name(f"{receipt.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(sums))
-    os.replace(tmp, receipt)
-    return index
+        if faults.get("enospc") == str(spec["index"]):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        size, sha = write_shard(path, {"images": images, **_expected(spec)}, spec["op_names"],
+                                {"key": spec["key"], "name": path.name, "copy": spec["copy"],
+                                 "first": spec["first"], "shard_format": SHARD_FORMAT},
+                                fault=lambda: _kill_self(spec))
+    except (OSError, ValueError, RuntimeError) as e:
+        err = _io_error(e)
+        if err is None:
+            raise
+        return {"index": spec["index"], "error": err.errno, "strerror": err.strerror or str(e), "where": str(path)}
+    return {"index": spec["index"], "bytes": size, "sha256": sha}
+
+
+def check_shard(spec: dict) -> dict:
+    """Whether the shard file of ``spec`` is one this plan would write: its name, plan key
+    and rows as planned, every chunk passing fletcher32, its pixels' SHA-256 the one it
+    records and its provenance the plan's. Returns the receipt (``ok``, ``bytes``, ``sha256``)."""
+    import h5py
+    path = Path(spec["path"])
+    bad = {"index": spec["index"], "ok": False}
+    try:
+        with h5py.File(path, "r") as f:
+            a = f.attrs
+            if (a.get("key") != spec["key"] or a.get("name") != path.name or int(a.get("rows", -1)) != len(spec["op"])
+                    or int(a.get("copy", -2)) != spec["copy"] or int(a.get("first", -1)) != spec["first"]):
+                return bad
+            sha = pixel_sha256(f["images"][...])
+            if sha != a.get("sha256") or f["images"].shape[0] != len(spec["op"]):
+                return bad
+            for name, want in _expected(spec).items():
+                if not np.array_equal(f[name][...], want):
+                    return bad
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["op"].attrs["names"].tolist()]
+            if names != list(spec["op_names"]):
+                return bad
+    except Exception:  # noqa: BLE001 - whatever HDF5 says of a damaged file, the answer is: render it again
+        return bad
+    return {"index": spec["index"], "ok": True, "bytes": path.stat().st_size, "sha256": sha}
+
+
+# --- the lock ------------------------------------------------------------------------------
+
+class BuildLock:
+    """``<output>.lock``, held with ``flock`` for a whole build; it names the holder's pid.
+    The kernel releases it when the holder dies, even by SIGKILL, so a stale file never
+    blocks; the holder removes it when done."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.path = out.with_name(out.name + ".lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise AugmatError(f"cannot write to {self.out.parent} ({e.strerror}); choose another -o") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise AugmatError(f"another augmat build (pid {pid}) is writing {self.out}; wait for it to "
+                                  f"finish or stop it, then rerun (its lock: {self.path})") from None
+            try:  # a build that just finished may have removed the file we locked: lock the one there now
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
 
 
 # --- the main side -------------------------------------------------------------------
-
-def _receipt_matches(fd: int, parts: Path, index: int, locations: list[tuple[int, int]]) -> bool:
-    """Whether shard ``index`` has a receipt and every chunk in the file matches it."""
-    try:
-        sums = json.loads(receipt_path(parts, index).read_text())
-    except (OSError, ValueError):
-        return False
-    return (isinstance(sums, list) and len(sums) == len(locations)
-            and all(stored_checksum_ok(fd, loc, s) for loc, s in zip(locations, sums)))
-
-
-def _same_npy(path: Path, expected: np.ndarray) -> bool:
-    try:
-        return np.array_equal(np.load(path, mmap_mode="r"), expected)
-    except (OSError, ValueError, EOFError):
-        return False
-
-
-def _prepare_parts(cfg: BuildConfig, key: str, out: Path, log) -> Path:
-    parts = out.with_name(out.name + ".parts")
-    marker = parts / "plan.json"
-    if parts.exists():
-        try:
-            same = json.loads(marker.read_text()).get("key") == key
-        except (OSError, ValueError):
-            same = False
-        if not same:
-            log(f"note: {parts} holds an unfinished build with other options; discarding it")
-            shutil.rmtree(parts)
-    try:
-        parts.mkdir(parents=True, exist_ok=True)
-        # Left by a killed process: never finished work. (Named patterns: an output called
-        # x.tmp.h5 has a partial file x.tmp.h5.partial that must stay.)
-        for stale in [*parts.glob("shard-*.done.tmp*"), *parts.glob("subset.tmp.npy"), *parts.glob("plan.json.tmp")]:
-            stale.unlink()
-        if not marker.exists():
-            tmp = parts / "plan.json.tmp"
-            tmp.write_text(json.dumps({"key": key, "config": json.loads(cfg.to_json())}, indent=1))
-            os.replace(tmp, marker)
-    except OSError as e:
-        raise AugmatError(f"cannot write to {out.parent} ({e.strerror}); choose another -o")
-    return parts
-
 
 def _check_writable(folder: Path) -> None:
     """Fail before any work if ``folder`` cannot be made or written (nothing is created here)."""
@@ -275,245 +318,277 @@ def _check_writable(folder: Path) -> None:
         raise AugmatError(f"cannot write to {folder}: {existing} is not writable; choose another -o")
 
 
-def _disk_error(e: OSError, where, parts: Path) -> AugmatError:
-    if e.errno == errno.ENOSPC:
+def _disk_error(e: OSError, where, folder: Path) -> AugmatError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return AugmatError(f"disk full while writing {where}: free some space, then rerun the same "
-                           f"command to resume (finished shards are kept in {parts})")
-    return AugmatError(f"cannot write {where} ({e.strerror}); finished shards are kept in {parts}; "
+                           f"command to resume (finished shards are kept in {folder})")
+    return AugmatError(f"cannot write {where} ({e.strerror}); finished shards are kept in {folder}; "
                        "fix the problem and rerun the same command to resume")
 
 
-def _shard_rows(cfg: BuildConfig) -> tuple[int, int]:
-    """(chunk rows, shard rows): shards are whole HDF5 chunks, so each chunk is written
-    once, in one piece."""
-    chunk_rows = min(CHUNK_ROWS, cfg.shard_rows)
-    return chunk_rows, -(-cfg.shard_rows // chunk_rows) * chunk_rows
+@dataclass
+class _Existing:
+    """What sits at the output path before the build."""
+    names: set[str]                # the shards its manifest names: never deleted before the new master is in place
+    extend_from: dict | None = None  # the config of the sharded output this build adds copy blocks to
+    source_sha256: str | None = None
+
+
+def _differences(cfg: BuildConfig, old: dict) -> list[str]:
+    diffs = []
+    for k in BuildConfig.PLAN_FIELDS:
+        have = old.get(k)
+        have = tuple(have) if isinstance(have, list) else have
+        if have != getattr(cfg, k):
+            diffs.append(f"--{k} {have if k != 'ops' else ','.join(have or ())}")
+    return diffs
+
+
+def _existing(out: Path, cfg: BuildConfig) -> _Existing:
+    """Decide what to do with what is at ``out``: nothing there, replace it (--force), or
+    add copy blocks to it (a sharded output of the same plan with fewer copies); anything
+    else is refused with one line."""
+    if out.is_dir():
+        raise AugmatError(f"{out} is a folder; choose a file name for -o")
+    if not out.exists():
+        return _Existing(set())
+    refuse = f"{out} already exists; pass --force to replace it, or choose another -o"
+    try:
+        f, info = open_file(out)
+        f.close()
+    except AugmatError:
+        if not cfg.force:
+            raise AugmatError(refuse) from None
+        import h5py
+        try:  # a damaged master: keep what its manifest names until the new one replaces it
+            with h5py.File(out, "r") as f:
+                return _Existing({e.name for e in read_manifest(f)})
+        except Exception:  # noqa: BLE001
+            return _Existing(set())
+    names = {e.name for e in info.shards}
+    if cfg.force:
+        return _Existing(names)
+    old = info.config
+    diffs = _differences(cfg, old)
+    old_copies, old_orig = int(old.get("copies", 0)), bool(old.get("include_originals"))
+    if diffs:
+        raise AugmatError(f"{out} already exists, built with {', '.join(diffs)}; pass --force to replace it, "
+                          "or choose another -o")
+    if not info.sharded:
+        raise AugmatError(f"{out} already exists as a single file (it cannot take more copies); pass --force "
+                          "to replace it, or choose another -o")
+    if (cfg.copies, cfg.include_originals) == (old_copies, old_orig):
+        raise AugmatError(refuse)
+    if cfg.copies < old_copies or (old_orig and not cfg.include_originals):
+        raise AugmatError(f"{out} already exists with {old_copies} copies{' and the originals' if old_orig else ''}; "
+                          "a build can only add copy blocks to it: pass --force to replace it, or choose another -o")
+    return _Existing(names, extend_from=old, source_sha256=info.source.get("sha256"))
+
+
+def _shard_specs(plan: RowPlan, n: int, shard_rows: int, pos: np.ndarray, labels: np.ndarray, key: str,
+                 folder: Path, subset_path: Path, faults: dict) -> list[dict]:
+    """One task spec per shard, in row order: copy block after copy block, each cut into
+    shards of ``shard_rows`` that never cross a block."""
+    specs = []
+    for b in range(len(plan) // n):
+        copy = int(plan.copy[b * n])
+        for s, first in enumerate(range(0, n, shard_rows)):
+            a, z = b * n + first, b * n + min(first + shard_rows, n)
+            name = shard_name(copy, s, key)
+            specs.append({"index": len(specs), "name": name, "path": str(folder / name), "key": key,
+                          "copy": copy, "first": first, "start": a, "stop": z, "subset": str(subset_path),
+                          "pos": pos[a:z], "labels": labels[a:z],
+                          "source_index": plan.source_index[a:z].astype(np.int32), "op": plan.op[a:z],
+                          "magnitude": plan.magnitude[a:z], "op_names": list(plan.op_names), "faults": faults,
+                          "libraries": rendering_libraries()})
+    return specs
+
+
+def _prepare_folder(folder: Path, key: str, keep: set[str], out: Path, log) -> None:
+    """Make the shards folder and clear what no run can use: temporary files of killed
+    tasks, and shards of another plan that no master names (an unfinished build with
+    other options)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for p in folder.iterdir():
+            if ".tmp" in p.name:
+                p.unlink(missing_ok=True)
+        stale = [p for p in folder.iterdir() if SHARD_NAME.match(p.name) and not p.name.endswith(f"-{key[:8]}.h5")
+                 and p.name not in keep]
+        stale += [p for p in folder.glob("subset-*.npy") if p.name != f"subset-{key[:8]}.npy"]
+        if stale:
+            log(f"note: {folder} holds {len(stale)} files of an unfinished build with other options; discarding them")
+            for p in stale:
+                p.unlink(missing_ok=True)
+    except OSError as e:
+        raise AugmatError(f"cannot write to {out.parent} ({e.strerror}); choose another -o") from None
+
+
+def _write_subset(path: Path, images: np.ndarray, folder: Path) -> None:
+    """The subset's pixels, which tasks memory-map (a resume checks them, not just their shape)."""
+    try:
+        if np.array_equal(np.load(path, mmap_mode="r"), images):
+            return
+    except (OSError, ValueError, EOFError):
+        pass
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}.npy")
+    try:
+        np.save(tmp, images)
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _disk_error(e, path, folder) from None
 
 
 def build(cfg: BuildConfig, progress: bool = True, log=lambda msg: print(msg, file=sys.stderr)) -> BuildResult:
-    """Render ``cfg`` into ``cfg.output``. Raises AugmatError for any user-facing problem
-    and KeyboardInterrupt on Ctrl-C, after stopping the workers (shards stay for a resume)."""
+    """Render ``cfg`` into ``cfg.output`` (a master) and ``<output>.shards/``. Raises
+    AugmatError for any user-facing problem and KeyboardInterrupt on Ctrl-C, after stopping
+    the tasks (finished shards stay for a resume)."""
     t0 = time.perf_counter()
     out = Path(cfg.output)
-    if out.exists() and not cfg.force:
-        raise AugmatError(f"{out} already exists; pass --force to replace it, or choose another -o")
-    if out.exists() and out.is_dir():
-        raise AugmatError(f"{out} is a folder; choose a file name for -o")
-    _check_writable(out.parent)
-
-    # Workers start now and warm up while this process reads the source (an image tree's
-    # files they then decode themselves).
-    chunk_rows, shard_rows = _shard_rows(cfg)
-    expected_rows = cfg.subset * (cfg.copies + cfg.include_originals)
-    # As many workers as there are shards, or all of them when they first decode an image source.
-    shards = -(-expected_rows // shard_rows)
-    pool = _start_pool(cfg.workers if holds_image_files(cfg.source) else min(cfg.workers, shards), shard_rows)
+    if cfg.engine == "ray":
+        from .engines import import_ray
+        import_ray()  # a missing ray is one line before any work
+    lock = BuildLock(out)
+    if out.parent.is_dir():  # else it is made (and locked) once the source has loaded
+        lock.acquire()
     try:
-        return _build(cfg, pool, chunk_rows, shard_rows, out, t0, progress, log)
+        existing = _existing(out, cfg)
+        _check_writable(out.parent)
+        from .engines import make_engine
+        # Workers start now and warm up while this process reads the source (an image tree's
+        # files the local ones then decode themselves). As many as there are shards.
+        shards = -(-cfg.subset // cfg.shard_rows) * (cfg.copies + cfg.include_originals)
+        workers = cfg.workers if holds_image_files(cfg.source) else min(cfg.workers, shards)
+        engine = make_engine(cfg.engine, workers, cfg.shard_rows, cfg.ray_address)
+        try:
+            return _build(cfg, engine, lock, existing, out, t0, progress, log)
+        finally:
+            engine.close()
+            folder = shards_folder(out)
+            for stale in folder.glob("*.tmp*") if folder.is_dir() else []:  # a stopped task's unfinished file
+                stale.unlink(missing_ok=True)
     finally:
-        _stop_pool(pool)
-        for stale in out.parent.glob(f"{out.name}.parts/shard-*.done.tmp*"):  # a stopped worker's
-            stale.unlink(missing_ok=True)                                       # unfinished receipt
+        lock.release()
 
 
-def _build(cfg: BuildConfig, pool: ProcessPoolExecutor, chunk_rows: int, shard_rows: int, out: Path, t0: float,
-           progress: bool, log) -> BuildResult:
-    try:  # an image tree's files are decoded on the worker pool, in parallel
-        src: SourceData = load_source(cfg.source, progress, executor=pool)
-    except BrokenProcessPool:
-        raise AugmatError("a worker process died while decoding the source (killed, out of memory, or it could "
-                          "not start: a script calling build() needs `if __name__ == \"__main__\":`); "
-                          "rerun the command") from None
+def _build(cfg: BuildConfig, engine, lock: BuildLock, existing: _Existing, out: Path, t0: float, progress: bool,
+           log) -> BuildResult:
+    src: SourceData = engine.load_source(cfg.source, progress)
     subset_idx, val_idx = split_indices(src.train_labels, cfg.subset, cfg.val, cfg.seed)
     plan: RowPlan = plan_rows(subset_idx, cfg.copies, list(cfg.ops), cfg.seed, cfg.include_originals)
-    rows = len(plan)
-    chunk_rows = min(chunk_rows, rows)  # the file's chunks: fewer rows when the file is smaller
-    bounds = [(i, a, min(a + shard_rows, rows)) for i, a in enumerate(range(0, rows, shard_rows))]
-
-    parts = _prepare_parts(cfg, cfg.content_key(src.sha256), out, log)
-    subset_path = parts / "subset.npy"
-    if not _same_npy(subset_path, src.train_images[subset_idx]):  # a resume checks it: workers render from it
+    if lock.fd is None:
         try:
-            np.save(parts / "subset.tmp.npy", src.train_images[subset_idx])
-            os.replace(parts / "subset.tmp.npy", subset_path)
+            out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise _disk_error(e, subset_path, parts)
-    pos = np.searchsorted(subset_idx, plan.source_index)  # each row's image in subset.npy
-
-    tmp_out = parts / (out.name + ".partial")  # everything unfinished lives in the parts folder
+            raise AugmatError(f"cannot write to {out.parent} ({e.strerror}); choose another -o") from None
+        lock.acquire()
+        existing = _existing(out, cfg)
+    if existing.extend_from is not None:
+        old = existing.extend_from
+        if existing.source_sha256 != src.sha256:
+            raise AugmatError(f"{out} already exists, built from another source (its pixels' sha256 "
+                              f"{str(existing.source_sha256)[:16]}..., this one's {src.sha256[:16]}...); pass --force "
+                              "to replace it, or choose another -o")
+        if int(old.get("shard_rows", cfg.shard_rows)) != cfg.shard_rows:
+            log(f"note: {out} was built with --shard-rows {old['shard_rows']}; adding to it with that")
+            cfg = BuildConfig(**{**asdict(cfg), "shard_rows": int(old["shard_rows"])})
+        log(f"adding to {out}: {cfg.copies} copies{' and the originals' if cfg.include_originals else ''}, "
+            f"where it held {old.get('copies')}{' and the originals' if old.get('include_originals') else ''}")
+    n, rows = len(subset_idx), len(plan)
+    key = cfg.plan_key(src.sha256)
+    folder = shards_folder(out)
+    _prepare_folder(folder, key, existing.names, out, log)
+    subset_path = folder.absolute() / f"subset-{key[:8]}.npy"  # as tasks see it, from any node and folder
+    _write_subset(subset_path, src.train_images[subset_idx], folder)
+    pos = np.searchsorted(subset_idx, plan.source_index)  # each row's image in the subset file
     faults = _faults()
-    locations = _layout(tmp_out, parts, cfg, src, plan, subset_idx, val_idx, chunk_rows, log)
-    per_shard = [locations[a // chunk_rows:-(-b // chunk_rows)] for _, a, b in bounds]
-    fd = os.open(tmp_out, os.O_RDONLY)
-    try:
-        todo = [(i, a, b) for i, a, b in bounds if not _receipt_matches(fd, parts, i, per_shard[i])]
-    finally:
-        os.close(fd)
-    reused = len(bounds) - len(todo)
-    t_render = time.perf_counter()
+    specs = _shard_specs(plan, n, cfg.shard_rows, pos, src.train_labels[plan.source_index], key, folder.absolute(),
+                         subset_path, faults)
+    receipts: dict[int, dict] = {}
+
+    def kept(receipt: dict) -> None:
+        if receipt.get("ok"):
+            receipts[receipt["index"]] = receipt
+
+    present = [s for s in specs if os.path.exists(s["path"])]
+    if present:  # checked by the tasks, in parallel: a shard is kept only if it is whole and the plan's
+        engine.run(check_shard, present, kept, folder)
+    reused = len(receipts)
     if reused:
-        log(f"resuming: {reused} of {len(bounds)} shards were already rendered in {parts}")
+        log(f"resuming: {reused} of {len(specs)} shards were already rendered in {folder}")
+    todo = [s for s in specs if s["index"] not in receipts]
+    t_render = time.perf_counter()
 
     from tqdm import tqdm
-    bar = tqdm(total=rows, initial=rows - sum(b - a for _, a, b in todo), desc="rendering", unit="img",
+    bar = tqdm(total=rows, initial=rows - sum(s["stop"] - s["start"] for s in todo), desc="rendering", unit="img",
                unit_scale=True, disable=not progress)
-    done = 0
 
-    def on_shard_done(index: int) -> None:
-        nonlocal done
-        done += 1
-        bar.update(bounds[index][2] - bounds[index][1])
-        if faults.get("kill-main") == str(done):
+    def rendered(receipt: dict) -> None:
+        if "error" in receipt:
+            raise _disk_error(OSError(receipt["error"], receipt["strerror"]), receipt["where"], folder)
+        if "libraries" in receipt:
+            raise AugmatError(f"node {receipt['host']} renders with {receipt['libraries']}, this machine with "
+                              f"{rendering_libraries()}: install the same versions on every node (pixels depend "
+                              "on them)")
+        receipts[receipt["index"]] = receipt
+        spec = specs[receipt["index"]]
+        bar.update(spec["stop"] - spec["start"])
+        if faults.get("kill-main") == str(len(receipts) - reused):
             os.kill(os.getpid(), signal.SIGKILL)
 
-    tasks = [(str(tmp_out), str(parts), str(subset_path), i, pos[a:b], plan.op[a:b], plan.magnitude[a:b],
-              chunk_rows, per_shard[i]) for i, a, b in todo]
-    _run_shards(pool, tasks, parts, on_shard_done)
-    bar.close()
+    try:
+        engine.run(render_shard, todo, rendered, folder)
+    finally:
+        bar.close()
     t_rendered = time.perf_counter()
-    try:
-        import h5py
-        with h5py.File(tmp_out, "r+") as f:
-            _write_attrs(f, cfg, src, len(val_idx))
+    entries = [ShardEntry(s["name"], s["start"], s["stop"] - 1, receipts[s["index"]]["bytes"],
+                          receipts[s["index"]]["sha256"]) for s in specs]
+
+    def finish_fault():
         if faults.get("enospc-finish"):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_out))
-        with open(tmp_out, "rb+") as fh:  # on disk before it takes the final name
-            os.fsync(fh.fileno())
-        os.replace(tmp_out, out)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise _disk_error(_io_error(e), tmp_out, parts) from None
-    shutil.rmtree(parts, ignore_errors=True)
-    return BuildResult(out, rows, sum(b - a for _, a, b in todo), len(bounds), reused,
-                       seconds=time.perf_counter() - t0, load_seconds=t_render - t0,
-                       render_seconds=t_rendered - t_render, bytes=out.stat().st_size)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out))
 
-
-def _layout(tmp_out: Path, parts: Path, cfg: BuildConfig, src: SourceData, plan: RowPlan, subset_idx, val_idx,
-            chunk_rows: int, log) -> list[tuple[int, int]]:
-    """The temporary output, whole but for the pixels of ``images``: every other dataset
-    written, every image chunk given its place (returned). HDF5 writes every image chunk
-    once, as zeros, when the file is created: a full disk fails here, before any rendering.
-    Made once per plan; a resume reuses it after checking it (chunk index sane, every
-    other dataset equal to what the plan says: damage of any kind, an OS crash's included,
-    means a fresh file and, with it, no receipt kept)."""
-    import h5py
-    marker = parts / "layout.json"
-    rest = _rest(src, plan, subset_idx, val_idx)
-    if marker.exists() and tmp_out.exists():
-        try:
-            with h5py.File(tmp_out, "r") as f:
-                return _reusable(f, rest, len(plan), chunk_rows, tmp_out.stat().st_size)
-        except Exception:  # noqa: BLE001 - whatever HDF5 says of a damaged file, the answer is a new one
-            log(f"note: the unfinished file in {parts} is damaged; rendering every shard again")
-    marker.unlink(missing_ok=True)
-    for receipt in parts.glob(RECEIPT_GLOB):  # they describe chunks of the file made before
-        receipt.unlink()
     try:
-        with h5py.File(tmp_out, "w") as f:
-            if _faults().get("enospc-layout"):
-                raise ValueError("Unable to synchronously create dataset (... errno = 28, error message = "
-                                 "'No space left on device' ...)")  # how h5py reports it
-            images = create_rows(f, "images", len(plan), np.uint8, (32, 32, 3), chunk_rows=chunk_rows,
-                                 allocate=True)
-            locations = chunk_locations(images)
-            for name, data in rest.items():
-                write_array(f, name, data)
-            f["op"].attrs["names"] = np.array(plan.op_names, dtype=h5py.string_dtype())
-        marker.write_text(json.dumps({"chunks": len(locations)}))
+        write_master(out, _attrs(cfg, src, len(val_idx)), _side(src, subset_idx, val_idx), entries, plan.op_names,
+                     fault=finish_fault)
     except (OSError, ValueError, RuntimeError) as e:
-        tmp_out.unlink(missing_ok=True)
-        raise _disk_error(_io_error(e), tmp_out, parts) from None
-    return locations
+        err = _io_error(e)
+        if err is None:
+            raise
+        raise _disk_error(err, out, folder) from None
+    names = {e.name for e in entries}
+    for p in folder.iterdir():  # what no manifest names any more: the old plan's shards, the subset file
+        if (SHARD_NAME.match(p.name) and p.name not in names) or p.name.startswith("subset-"):
+            p.unlink(missing_ok=True)
+    size = out.stat().st_size + sum(e.bytes for e in entries)
+    return BuildResult(out, rows, sum(s["stop"] - s["start"] for s in todo), len(specs), reused,
+                       seconds=time.perf_counter() - t0, load_seconds=t_render - t0,
+                       render_seconds=t_rendered - t_render, bytes=size, folder=folder)
 
 
-def _rest(src: SourceData, plan: RowPlan, subset_idx, val_idx) -> dict[str, np.ndarray]:
-    """Every dataset of the file but ``images``."""
-    return {"labels": src.train_labels[plan.source_index], "source_index": plan.source_index.astype(np.int32),
-            "copy": plan.copy, "op": plan.op, "magnitude": plan.magnitude,
-            "subset_index": subset_idx.astype(np.int32), "val/images": src.train_images[val_idx],
+def _side(src: SourceData, subset_idx, val_idx) -> dict[str, np.ndarray]:
+    """The master's real datasets: the subset's indices and the splits."""
+    return {"subset_index": subset_idx.astype(np.int32), "val/images": src.train_images[val_idx],
             "val/labels": src.train_labels[val_idx], "val/source_index": val_idx.astype(np.int32),
             "test/images": src.test_images, "test/labels": src.test_labels}
 
 
-def _reusable(f, rest: dict[str, np.ndarray], rows: int, chunk_rows: int, file_size: int) -> list[tuple[int, int]]:
-    """The image chunk locations of an earlier run's file, if it is intact; raises otherwise."""
-    images = f["images"]
-    if images.shape[0] != rows or images.chunks[0] != chunk_rows:
-        raise ValueError("another layout")
-    locations = chunk_locations(images)
-    size = chunk_rows * 32 * 32 * 3 + 4
-    if any(s != size or not 0 < o <= file_size - s for o, s in locations):
-        raise ValueError("chunk index damaged")
-    for name, data in rest.items():  # read through fletcher32, compared with what the plan says
-        if f[name].shape != data.shape or not np.array_equal(f[name][...], data):
-            raise ValueError(f"{name} differs")
-    return locations
-
-
-def _io_error(e: Exception) -> OSError:
-    """An I/O error as an OSError: h5py reports some (a full disk while allocating) as
-    ValueError or RuntimeError with the errno in the message; others are re-raised."""
-    if isinstance(e, OSError):
-        return e
-    found = re.search(r"errno = (\d+)", str(e))
-    if not found:
-        raise e
-    code = int(found.group(1))
-    return OSError(code, os.strerror(code))
-
-
-def _write_attrs(f, cfg: BuildConfig, src: SourceData, val_rows: int) -> None:
+def _attrs(cfg: BuildConfig, src: SourceData, val_rows: int) -> dict:
     """The file's attributes, written by the run that finishes the build (its options and
     source path, not those of a run it resumed)."""
-    f.attrs["augmat_format"] = FORMAT_VERSION
-    f.attrs["augmat_version"] = __version__
-    f.attrs["libraries"] = json.dumps(rendering_libraries())
-    f.attrs["config"] = cfg.to_json()
-    f.attrs["class_names"] = json.dumps(list(src.class_names))
-    f.attrs["source"] = json.dumps(src.describe())
-    f.attrs["description"] = (
-        f"{cfg.copies} augmented copies of {cfg.subset} {src.kind} training images "
-        f"(seed {cfg.seed}, ops {', '.join(cfg.ops)}), plus {val_rows} validation "
-        f"and {len(src.test_labels)} test images, unaugmented; made by augmat {__version__}")
-
-
-def _start_pool(workers: int, shard_rows: int) -> ProcessPoolExecutor:
-    """Worker processes, ``spawn``ed: a fresh interpreter holds no HDF5 handle or
-    TensorFlow state of this one. One no-op task per worker starts them all now."""
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(os.getpid(), shard_rows))
-    for _ in range(workers):
-        pool.submit(_ready)
-    return pool
-
-
-def _run_shards(pool: ProcessPoolExecutor, tasks: list[tuple], parts: Path, on_shard_done) -> None:
-    """Render the shards on the pool, calling ``on_shard_done(index)`` as each is done; a dead
-    worker or a failed write ends the build with one line that says how to resume."""
-    died = AugmatError("a worker process died (killed, out of memory, or it could not start: a script "
-                       "calling build() needs `if __name__ == \"__main__\":`); finished shards are kept "
-                       f"in {parts}: rerun the same command to resume")
-    try:
-        pending = {pool.submit(_render_shard, *task) for task in tasks}
-    except BrokenProcessPool:
-        raise died from None
-    while pending:
-        ready, pending = wait(pending, return_when=FIRST_COMPLETED)
-        for fut in ready:
-            try:
-                index = fut.result()
-            except BrokenProcessPool:
-                raise died from None
-            except OSError as e:
-                raise _disk_error(e, f"shard chunks into {parts}", parts)
-            on_shard_done(index)
-
-
-def _stop_pool(pool: ProcessPoolExecutor) -> None:
-    """On any exit (Ctrl-C included) stop the workers now: drop queued shards and end
-    running ones. A receipt is written only after its shard's chunks, and a resume checks
-    the chunks against it, so a shard stopped half-way is simply rendered again."""
-    for p in list((getattr(pool, "_processes", None) or {}).values()):
-        if p.is_alive():
-            p.terminate()
-    pool.shutdown(wait=True, cancel_futures=True)
+    return {
+        "augmat_format": FORMAT_VERSION,
+        "augmat_version": __version__,
+        "libraries": json.dumps(rendering_libraries()),
+        "config": cfg.to_json(),
+        "class_names": json.dumps(list(src.class_names)),
+        "source": json.dumps(src.describe()),
+        "description": (
+            f"{cfg.copies} augmented copies of {cfg.subset} {src.kind} training images "
+            f"(seed {cfg.seed}, ops {', '.join(cfg.ops)})"
+            + (", plus the originals" if cfg.include_originals else "")
+            + f", plus {val_rows} validation and {len(src.test_labels)} test images, unaugmented; "
+              f"made by augmat {__version__}"),
+    }

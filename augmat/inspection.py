@@ -7,8 +7,11 @@ Everything here reads; nothing writes. Files are opened only through
 ``verify`` yields one :class:`Check` per property, in order:
 
 * ``datasets``  every dataset is there with its shape and dtype;
-* ``chunks``    every chunk of every dataset is in the chunk index and passes its fletcher32
-  checksum (image chunks of all zeros, never written unless their images are black, are noted);
+* ``chunks``    every chunk of every dataset (a sharded file's: in its shard files) is in the
+  chunk index and passes its fletcher32 checksum (image chunks of all zeros, never written
+  unless their images are black, are noted);
+* ``shards``    (sharded files) every shard file names itself and holds the rows the manifest
+  says, and its pixels have the SHA-256 the manifest records;
 * ``ranges``    labels, op codes, magnitudes, copies and source indices are in range;
 * ``counts``    row and split counts match the build config, copy block after copy block;
 * ``source``    the source loads and its sha256 is the one the file records;
@@ -21,6 +24,7 @@ Everything here reads; nothing writes. Files are opened only through
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from dataclasses import dataclass, field
@@ -31,11 +35,11 @@ import h5py
 import numpy as np
 
 from .errors import AugmatError
-from .build import RECEIPT_GLOB
 from .ops import OPS, apply_ops, rendering_libraries
 from .plan import ORIGINAL_COPY
 from .sources import SourceData, load_source
-from .store import FileInfo, blank_chunks, open_file, read_rows
+from .store import (SHARD_NAME, FileInfo, blank_chunks, chunk_counts, chunk_starts, open_file, read_rows, row_chunk,
+                    row_parts, shards_folder)
 
 HIST_BINS = 10
 VECTORS = ("labels", "op", "magnitude", "copy", "source_index")
@@ -63,9 +67,9 @@ def read_picked(ds: h5py.Dataset, rows) -> np.ndarray:
     (a damaged chunk is one AugmatError line): one read per chunk the rows touch."""
     rows = np.asarray(rows, dtype=np.int64)
     out = np.empty((len(rows),) + ds.shape[1:], ds.dtype)
-    step = ds.chunks[0] if ds.chunks else max(ds.shape[0], 1)
+    chunk = np.searchsorted(chunk_starts(ds), rows, side="right") - 1 if len(rows) else rows
     order = np.argsort(rows, kind="stable")
-    for idx in np.split(order, np.flatnonzero(np.diff(rows[order] // step)) + 1):
+    for idx in np.split(order, np.flatnonzero(np.diff(chunk[order])) + 1):
         if len(idx):
             lo, hi = int(rows[idx].min()), int(rows[idx].max()) + 1
             out[idx] = read_rows(ds, lo, hi)[rows[idx] - lo]
@@ -114,7 +118,9 @@ class ChunkProblem:
 
 def scan_chunks(f: h5py.File) -> tuple[int, int, list[ChunkProblem]]:
     """Read every chunk of every dataset through HDF5's filters (so fletcher32 is checked)
-    and note chunks missing from the chunk index. Returns (chunks read, bytes read, problems)."""
+    and note chunks missing from the chunk index; a sharded master's row datasets are read
+    in their shard files, their rows named as the master's. Returns (chunks read, bytes
+    read, problems)."""
     datasets: list[tuple[str, h5py.Dataset]] = []
     f.visititems(lambda name, obj: datasets.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
     n_chunks = n_bytes = 0
@@ -122,51 +128,79 @@ def scan_chunks(f: h5py.File) -> tuple[int, int, list[ChunkProblem]]:
     for name, ds in datasets:
         if ds.size == 0:
             continue
-        try:
-            written = _written_chunks(ds) if ds.chunks is not None else None
-        except (RuntimeError, OSError, ValueError) as e:
-            problems.append(ChunkProblem(name, 0, ds.shape[0], f"chunk index unreadable ({e})"))
-            continue
-        for sel in _chunk_slices(ds):
-            start, stop = sel[0].start, sel[0].stop
-            if written is not None and tuple(s.start for s in sel) not in written:
-                # Only a file not laid out by today's build (which allocates every image chunk
-                # first) can lack one: a shard never written by an older augmat or another writer.
-                problems.append(ChunkProblem(name, start, stop, "never written (missing from the chunk index)"))
+        for lo, hi, path, inner in row_parts(ds):
+            g = None
+            try:
+                if ds.is_virtual:
+                    g = h5py.File(path, "r")
+                    sub = g[inner]
+                else:
+                    sub = ds
+            except (OSError, KeyError) as e:
+                problems.append(ChunkProblem(name, lo, hi, f"shard {path.name} unreadable ({e})"))
                 continue
             try:
-                block = read_rows(ds, start, stop)
-            except AugmatError as e:
-                what = "fletcher32 checksum mismatch" if "filter" in str(e).lower() \
-                    else "unreadable (the file is truncated or damaged)"
-                problems.append(ChunkProblem(name, start, stop, what))
-                continue
-            n_chunks += 1
-            n_bytes += block.nbytes
+                n, nbytes, found = _scan_dataset(name, sub, lo)
+            finally:
+                if g is not None:
+                    g.close()
+            n_chunks += n
+            n_bytes += nbytes
+            problems += found
+    return n_chunks, n_bytes, problems
+
+
+def _scan_dataset(name: str, ds: h5py.Dataset, offset: int) -> tuple[int, int, list[ChunkProblem]]:
+    """scan_chunks for one stored dataset whose row 0 is row ``offset`` of ``name``."""
+    n_chunks = n_bytes = 0
+    problems: list[ChunkProblem] = []
+    try:
+        written = _written_chunks(ds) if ds.chunks is not None else None
+    except (RuntimeError, OSError, ValueError) as e:
+        return 0, 0, [ChunkProblem(name, offset, offset + ds.shape[0], f"chunk index unreadable ({e})")]
+    for sel in _chunk_slices(ds):
+        start, stop = sel[0].start, sel[0].stop
+        if written is not None and tuple(s.start for s in sel) not in written:
+            # A file not written whole by h5py (an older augmat's, another writer's) can lack one.
+            problems.append(ChunkProblem(name, offset + start, offset + stop,
+                                         "never written (missing from the chunk index)"))
+            continue
+        try:
+            block = read_rows(ds, start, stop)
+        except AugmatError as e:
+            what = "fletcher32 checksum mismatch" if "filter" in str(e).lower() \
+                else "unreadable (the file is truncated or damaged)"
+            problems.append(ChunkProblem(name, offset + start, offset + stop, what))
+            continue
+        n_chunks += 1
+        n_bytes += block.nbytes
     return n_chunks, n_bytes, problems
 
 
 def image_chunks(f: h5py.File) -> tuple[int, int, int]:
-    """(written, expected, all-zero) chunks of ``images``: cheap, from the chunk index and
-    4 bytes per chunk. An all-zero chunk (checksum 0) was allocated but never written,
-    unless its images are black: only a re-render tells."""
+    """(written, expected, all-zero) chunks of ``images`` (in its shard files, for a sharded
+    master): cheap, from the chunk index and 4 bytes per chunk. An all-zero chunk (checksum
+    0) was never written (or damaged), unless its images are black: only a re-render tells."""
     ds = f["images"]
-    if ds.chunks is None or ds.shape[0] == 0:
+    if ds.shape[0] == 0:
         return 0, 0, 0
-    return ds.id.get_num_chunks(), -(-ds.shape[0] // ds.chunks[0]), len(blank_chunks(ds))
+    written, expected = chunk_counts(ds)
+    return written, expected, len(blank_chunks(ds))
 
 
 # --- the summary -----------------------------------------------------------------------
 
-def unfinished_build(path: Path) -> dict | None:
-    """The parts folder an interrupted ``augmat build`` leaves beside its output: its
-    finished shards and its unfinished file ``<file>.parts/<file>.partial``."""
-    parts = path.with_name(path.name + ".parts")
-    if not parts.is_dir():
+def unfinished_build(path: Path, names: set[str] = frozenset()) -> dict | None:
+    """What an unfinished ``augmat build`` left in the shards folder beside ``path``: shard
+    files the manifest (``names``) does not list, and temporary files of stopped tasks."""
+    folder = shards_folder(path)
+    if not folder.is_dir():
         return None
-    tmp = parts / (path.name + ".partial")
-    return {"parts": str(parts), "shards": len(list(parts.glob(RECEIPT_GLOB))),
-            "tmp": str(tmp) if tmp.exists() else None}
+    extra = [p for p in folder.iterdir() if SHARD_NAME.match(p.name) and p.name not in names]
+    tmp = [p for p in folder.iterdir() if ".tmp" in p.name]
+    if not extra and not tmp:
+        return None
+    return {"folder": str(folder), "shards": len(extra), "tmp": len(tmp)}
 
 
 def summarize(path: str | Path) -> dict:
@@ -178,6 +212,7 @@ def summarize(path: str | Path) -> dict:
         written, expected, zero = image_chunks(f)
         fmt = int(f.attrs["augmat_format"])
         description = str(f.attrs.get("description", ""))
+    shard_bytes = sum(e.bytes for e in info.shards)
     cfg = info.config
     augmented = v["copy"] != ORIGINAL_COPY
     edges = np.linspace(0.0, 1.0, HIST_BINS + 1)
@@ -213,12 +248,14 @@ def summarize(path: str | Path) -> dict:
         "format": fmt,
         "renamed_ops": [list(pair) for pair in info.renamed_ops],
         "description": description,
-        "size_bytes": info.path.stat().st_size,
+        "size_bytes": info.path.stat().st_size + shard_bytes,  # the file and its shards
+        "shards": {"count": len(info.shards), "folder": str(info.shards_folder), "bytes": shard_bytes}
+        if info.sharded else None,
         # Built under a temporary name and renamed when whole, a file at its path is complete,
         # unless chunks are missing (older builds) or all zeros (not sure: verify tells).
         "complete": written == expected and (None if zero else True),
         "image_chunks": {"written": written, "expected": expected, "all_zero": zero},
-        "unfinished_build": unfinished_build(info.path),
+        "unfinished_build": unfinished_build(info.path, {e.name for e in info.shards}),
     }
 
 
@@ -256,10 +293,18 @@ def format_summary(s: dict) -> str:
         f"({src.get('train_images', '?'):,} train, {src.get('test_images', '?'):,} test images)",
         f"  checksum    sha256 {src.get('sha256')} (decoded pixels)",
     ]
+    if s.get("shards"):
+        sh = s["shards"]
+        lines.append(f"  shards      {sh['count']:,} shard files in {sh['folder']}/ ({sh['bytes'] / 2**20:,.1f} MiB; "
+                     "keep the folder beside the file, or `augmat pack` it into one)")
+    else:
+        lines.append("  layout      one self-contained file")
     if s.get("renamed_ops"):
         lines.append(f"  ops note    {earlier_definitions_note(s['format'], s['renamed_ops'])}")
     chunks = s["image_chunks"]
     state = "yes (at its final path, so the build finished)"
+    if s.get("shards"):
+        state = "yes (every shard of the manifest is there with its recorded size)"
     if chunks["written"] != chunks["expected"]:
         state = f"NO: only {chunks['written']} of {chunks['expected']} image chunks were written; rebuild it"
     elif chunks["all_zero"]:
@@ -270,8 +315,9 @@ def format_summary(s: dict) -> str:
     lines.append(f"  complete    {state}")
     ub = s["unfinished_build"]
     if ub:
-        lines.append(f"  note        an unfinished build sits beside it: {ub['parts']} ({ub['shards']} shards done)"
-                     "; rerun its `augmat build` to resume, or delete it")
+        lines.append(f"  note        an unfinished build left files in {ub['folder']} ({ub['shards']} shards the "
+                     f"manifest does not list, {ub['tmp']} temporary); rerun its `augmat build` to finish it "
+                     "(a finished build removes what no manifest lists)")
     most = max(s["rows_per_class"].values(), default=0)
     width = max((len(n) for n in s["rows_per_class"]), default=0)
     lines.append("rows per class")
@@ -532,9 +578,38 @@ NEEDS = {  # the datasets each check reads whole: it is skipped when one has a d
 
 def _blank_rows(ds: h5py.Dataset) -> np.ndarray:
     """The rows of ``ds``'s chunks that are all zeros (see :func:`augmat.store.blank_chunks`)."""
-    step = ds.chunks[0] if ds.chunks else ds.shape[0]
-    starts = sorted(blank_chunks(ds))
-    return np.concatenate([np.arange(b, min(b + step, ds.shape[0])) for b in starts] or [np.zeros(0, np.int64)])
+    spans = sorted(blank_chunks(ds).items())
+    return np.concatenate([np.arange(a, b) for a, b in spans] or [np.zeros(0, np.int64)])
+
+
+def _check_shards(info: FileInfo) -> Check:
+    """Each shard file names itself, holds the rows the manifest gives it, and its pixels
+    have the SHA-256 the manifest records (read chunk by chunk, so a damaged chunk is named
+    by the chunks check instead of stopping this one)."""
+    bad: list[tuple] = []
+    for e in info.shards:
+        try:
+            with h5py.File(info.shards_folder / e.name, "r") as g:
+                name, rows = g.attrs.get("name"), int(g.attrs.get("rows", -1))
+                if name != e.name or rows != e.rows or g["images"].shape[0] != e.rows:
+                    bad.append((e, f"holds {rows} rows named {name}, the manifest says {e.rows} rows"))
+                    continue
+                images = g["images"]
+                h = hashlib.sha256()
+                for a in range(0, e.rows, row_chunk(images)):
+                    h.update(np.ascontiguousarray(images[a:a + row_chunk(images)]).data)
+        except (OSError, KeyError, ValueError) as err:
+            bad.append((e, f"unreadable ({str(err).splitlines()[0]})"))
+            continue
+        if h.hexdigest() != e.sha256:
+            bad.append((e, "its pixels differ from the SHA-256 the manifest records"))
+    folder = info.shards_folder.name
+    if bad:
+        rows = sorted(r for e, _ in bad for r in range(e.first, e.last + 1))
+        return Check("shards", "FAIL", "; ".join(f"{folder}/{e.name} (rows {e.first}-{e.last}) {what}"
+                                                  for e, what in bad), rows)
+    return Check("shards", "PASS", f"all {len(info.shards):,} shard files in {folder}/ are there with their "
+                                   "recorded sizes and rows, each one's pixels match the SHA-256 in the manifest")
 
 
 def _unconfirmed_zeros(rows: np.ndarray) -> Check | None:
@@ -566,6 +641,8 @@ def verify(path: str | Path, source: str | None = None, sample: int = 256, seed:
         blank_rows = _blank_rows(f["images"])  # read once: 4 bytes per image chunk
         chunks, bad_chunks = _check_chunks(f, blank_rows)
         yield chunks
+        if info.sharded:
+            yield _check_shards(info)
         if datasets.failed:
             for name in ("ranges", "counts", "source", "labels", "splits", "re-render"):
                 yield Check(name, "SKIP", "datasets missing (see datasets)")

@@ -28,6 +28,7 @@ SPLIT_STREAM = 0
 ORDER_STREAM = 1
 DRAW_STREAM = 2
 ORIGINAL_COPY = -1  # ``copy`` value of an unaugmented original row
+ORIGINALS_ORDER_KEY = 2**31 - 1  # spawn key (ORDER_STREAM, this) orders the originals block
 
 
 def seeded_rng(seed: int, *key: int) -> np.random.Generator:
@@ -120,7 +121,8 @@ def plan_rows(subset_indices: np.ndarray, copies: int, ops: list[str], seed: int
     """Rows are stored copy block by copy block: block k holds copy k of every subset
     image in its own seeded order, so copies of one image are never neighbours and any
     N consecutive rows of a block show each source image once. Originals, if asked
-    for, form a last block."""
+    for, form a last block. No block depends on ``copies``: a build with more copies
+    holds the same blocks, and more of them."""
     allowed = [OP_NAMES.index(name) for name in ops]
     n = len(subset_indices)
     op_table = np.empty((n, copies), dtype=np.uint8)
@@ -129,13 +131,18 @@ def plan_rows(subset_indices: np.ndarray, copies: int, ops: list[str], seed: int
         op_table[j], mag_table[j] = draw_copies(seed, int(src), copies, allowed)
 
     blocks = [(k, seeded_rng(seed, ORDER_STREAM, k).permutation(n)) for k in range(copies)]
-    if include_originals:
-        blocks.append((ORIGINAL_COPY, seeded_rng(seed, ORDER_STREAM, copies + 1000).permutation(n)))
-    # Where one block ends with the image the next begins with, rotate the next one.
+    # Where one copy block ends with the image the next begins with, rotate the next one
+    # (block k depends only on blocks 0..k-1: never on how many copies are built).
     for b in range(1, len(blocks)):
         k, order = blocks[b]
         if n > 1 and order[0] == blocks[b - 1][1][-1]:
             blocks[b] = (k, np.roll(order, -1))
+    if include_originals:
+        # Its own order, the same whatever the number of copies (format 3; formats 1-2 drew
+        # it with key copies + 1000 and rotated it after the last copy block), so a build
+        # with more copies keeps its shards. It may begin with the image the last copy
+        # block ends with (one chance in N).
+        blocks.append((ORIGINAL_COPY, seeded_rng(seed, ORDER_STREAM, ORIGINALS_ORDER_KEY).permutation(n)))
 
     src, cp, op, mag = [], [], [], []
     identity = OP_NAMES.index("identity")

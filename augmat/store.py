@@ -1,9 +1,9 @@
-"""The augmat file: one self-contained HDF5 file, and the one place that knows its layout,
-down to how a chunk is stored byte for byte (readers open it through :func:`open_file`).
+"""The augmat file, and the one place that knows its layout (readers open it through
+:func:`open_file`).
 
-Layout (``R`` stored rows, all row datasets chunked along rows with HDF5's
-fletcher32 checksum, no compression: on 32x32 uint8 images compression costs far
-more CPU than the disk it saves)::
+Rows (``R`` stored rows, every dataset chunked along rows with HDF5's fletcher32
+checksum, no compression: on 32x32 uint8 images compression costs far more CPU than
+the disk it saves)::
 
     images        uint8   (R, 32, 32, 3)
     labels        uint8   (R,)
@@ -19,16 +19,32 @@ more CPU than the disk it saves)::
            config (JSON of every build option),
            class_names (JSON), source (JSON: kind, path, sha256, sizes), description
 
-Rows are stored copy block after copy block (see :mod:`augmat.plan`). The file
-is written under a temporary name and renamed when complete, so a file at the
-final path is always whole; moving it anywhere keeps it readable (no external
-links, no virtual datasets).
+Rows are stored copy block after copy block (see :mod:`augmat.plan`). Two forms hold them:
+
+* **Sharded** (what ``augmat build`` writes, format 3): the file the user names is a
+  small *master* holding the attributes, ``subset_index``, ``val/*``, ``test/*``, a shard
+  manifest (``shards/name``, ``shards/first``, ``shards/last`` (rows, inclusive),
+  ``shards/bytes``, ``shards/sha256`` of each shard's pixel bytes) and the six row
+  datasets as HDF5 Virtual Datasets over the shard files in ``<file>.shards/``, by
+  relative path: plain h5py reads ``f["images"][i]``, and the master and its folder move
+  together. A shard is an ordinary HDF5 file holding the six row datasets for a run of
+  rows of one copy block, with attributes ``key``, ``name``, ``rows``, ``copy``,
+  ``first`` (its first row in the block) and ``sha256``. A missing shard reads as zeros
+  in HDF5 with no error, so :func:`open_file` checks that every manifest shard is there
+  with its recorded size.
+* **Single** (``augmat pack``, and every file of formats 1 and 2): everything in one
+  self-contained file; no ``shards`` group.
+
+Every file is written under a temporary name, fsynced and renamed, so a file at its
+final path is always whole.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +57,10 @@ from .ops import EARLIER_DEFINITIONS
 # 2: rotate and sharpen render the seed's exact numerics (cubic B-spline, wrapped uint8
 #    sharpen); format 1 files hold what are now rotate_bilinear and unsharp under those
 #    names, and readers translate them (augmat.ops.EARLIER_DEFINITIONS).
-FORMAT_VERSION = 2
+# 3: the same op definitions as 2; a build writes a sharded master (or `augmat pack` one
+#    self-contained file, the layout of format 2).
+FORMAT_VERSION = 3
+SHARDS_SUFFIX = ".shards"  # <file>.shards/: the shard files of a sharded master
 CHUNK_ROWS = 256          # 256 images = 768 KiB per chunk: large sequential reads, small cache
 VECTOR_CHUNK = 65536      # rows per chunk of the 1-D datasets
 ROW_DATASETS = {          # name: (dtype, shape after the row axis)
@@ -56,19 +75,12 @@ SPLIT_DATASETS = ("val/images", "val/labels", "test/images", "test/labels")
 INDEX_DATASETS = ("subset_index", "val/source_index")
 
 
-def create_rows(f: h5py.File, name: str, n: int, dtype, tail=(), chunk_rows: int | None = None,
-                allocate: bool = False) -> h5py.Dataset:
-    """A fixed-size, row-chunked, fletcher32-checked dataset. ``allocate``: give every chunk
-    its place in the file now (HDF5's early allocation, which writes each chunk once, as
-    zeros), so that :func:`write_chunks_at` can fill them later from other processes."""
+def create_rows(f: h5py.File, name: str, n: int, dtype, tail=(), chunk_rows: int | None = None) -> h5py.Dataset:
+    """A fixed-size, row-chunked, fletcher32-checked dataset."""
     rows = chunk_rows or (CHUNK_ROWS if tail else VECTOR_CHUNK)
     chunks = (max(1, min(rows, n)),) + tuple(tail)
-    dcpl = None
-    if allocate and n:
-        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     return f.create_dataset(name, shape=(n,) + tuple(tail), dtype=dtype,
-                            chunks=chunks if n else None, fletcher32=bool(n), dcpl=dcpl)
+                            chunks=chunks if n else None, fletcher32=bool(n))
 
 
 def write_array(f: h5py.File, name: str, data: np.ndarray) -> h5py.Dataset:
@@ -78,108 +90,217 @@ def write_array(f: h5py.File, name: str, data: np.ndarray) -> h5py.Dataset:
     return ds
 
 
-# --- image chunks written outside HDF5 --------------------------------------------------
-# A build creates its file whole first, every chunk of ``images`` allocated (as zeros),
-# and closes it. Its workers then write each shard's chunks straight into their places,
-# exactly as HDF5 stores them (the bytes, then the fletcher32 checksum), so the main
-# process does no per-shard work and the checksums cost the workers' cores.
-
-# Weights for fletcher32's block sums: column 0 sums a block's words, column 1 weighs word k
-# by k. 1536 words: a 768 KiB image chunk is exactly 256 blocks, and a block's weighted sum
-# (at most 65535 * 1536**2 / 2) stays far below 2**53, so float64 sums are exact.
-_WEIGHTS = np.stack([np.ones(1536), np.arange(1536.0)], axis=1)
+def pixel_sha256(images: np.ndarray) -> str:
+    """SHA-256 of a shard's pixel bytes (C order), as its manifest entry records it."""
+    return hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()
 
 
-def fletcher32(data: np.ndarray) -> int:
-    """HDF5's Fletcher-32 (``H5_checksum_fletcher32``) of the bytes ``data``.
-
-    Over the n big-endian 16-bit words w_j: sum1 = sum(w_j), sum2 = sum((n - j) w_j),
-    each reduced the way HDF5's folding reduces it (mod 65535, except that a positive
-    multiple of 65535 gives 65535 and only all-zero data gives 0); the checksum is
-    (sum2 << 16) | sum1. Computed in blocks of 1536 words whose float64 sums are exact
-    (below 2**53): about 0.25 ms per 768 KiB chunk here, where writing a chunk through
-    HDF5's filter takes about 0.4 ms.
-    """
-    b = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) \
-        else np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-    size = b.size
-    block = len(_WEIGHTS)
-    if b.size % (2 * block):  # zero words add nothing; an odd last byte becomes a last word's high byte
-        b = np.concatenate([b, np.zeros(2 * block - b.size % (2 * block), np.uint8)])
-    words = b.view(">u2").reshape(-1, block).astype(np.float64)
-    sums = (words @ _WEIGHTS).astype(np.int64)   # per block: sum of w_k, and of k w_k (one BLAS call)
-    # Sums over blocks mod 65535 (int64 would overflow past ~33 MB of data otherwise).
-    starts = np.arange(len(sums), dtype=np.int64) * block % 65535
-    s1 = int((sums[:, 0] % 65535).sum())
-    j_w = int((sums[:, 1] % 65535).sum()) + int((starts * (sums[:, 0] % 65535) % 65535).sum())
-    n = -(-size // 2)
-    s2 = n * s1 - j_w                                           # sum of (n - j) w_j, mod 65535
-    nonzero = bool(sums[:, 0].any())                            # HDF5 gives 0 only for all-zero data
-    return (_fold(s2, nonzero) << 16) | _fold(s1, nonzero)
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a rename is durable once its folder is fsynced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def _fold(total: int, nonzero: bool) -> int:
-    """HDF5's end-around-carry folding of a sum known mod 65535: 0 only for all-zero data."""
-    return (total % 65535 or 65535) if nonzero else 0
+def shards_folder(path: str | Path) -> Path:
+    """Where the shards of the master ``path`` live: ``<path>.shards/`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + SHARDS_SUFFIX)
 
 
-def chunk_locations(ds: h5py.Dataset) -> list[tuple[int, int]]:
-    """(byte offset, stored size) of every chunk of a row-chunked dataset, in row order.
-    The chunks must exist: ``create_rows(..., allocate=True)`` makes them all at once."""
-    n = -(-ds.shape[0] // ds.chunks[0])
-    if ds.id.get_num_chunks() != n:
-        raise ValueError(f"{ds.name}: {ds.id.get_num_chunks()} of {n} chunks allocated")
-    info = sorted((ds.id.get_chunk_info(i) for i in range(n)), key=lambda c: c.chunk_offset)
-    return [(c.byte_offset, c.size) for c in info]
+# Shard names: c<copy block>-s<shard>-<plan key>.h5, or orig-s<shard>-<plan key>.h5 for the
+# originals block. The plan key (8 hex digits) keeps builds of other options apart in one
+# folder: a --force build with other options never overwrites a shard the old master reads.
+SHARD_NAME = re.compile(r"^(?:c\d{3,}|orig)-s\d{4,}-[0-9a-f]{8}\.h5$")
 
 
-def write_chunks_at(fd: int, rows: np.ndarray, chunk_rows: int, locations: list[tuple[int, int]]) -> list[int]:
-    """Write ``rows`` into an allocated fletcher32 dataset's chunks at ``locations`` of the
-    file open as ``fd``, as HDF5 itself would store them: each chunk's bytes (the last one
-    padded with zeros to a whole chunk) followed by its checksum, little-endian. Returns
-    the checksums. No HDF5 call: a build's workers write their shards' chunks this way
-    while no process has the file open in HDF5."""
-    flat = rows.reshape(len(rows), -1)
-    sums = []
-    for (offset, size), a in zip(locations, range(0, len(rows), chunk_rows), strict=True):
-        data = np.ascontiguousarray(flat[a:a + chunk_rows]).reshape(-1)
-        if data.size != size - 4:
-            data = np.concatenate([data, np.zeros(size - 4 - data.size, np.uint8)])
-        sums.append(fletcher32(data))
-        _pwrite_all(fd, memoryview(data), offset)
-        _pwrite_all(fd, sums[-1].to_bytes(4, "little"), offset + size - 4)
-    return sums
+def shard_name(copy: int, index: int, key: str) -> str:
+    block = "orig" if copy < 0 else f"c{copy:03d}"
+    return f"{block}-s{index:04d}-{key[:8]}.h5"
 
 
-def _pwrite_all(fd: int, data, offset: int) -> None:
-    view = memoryview(data).cast("B")
-    while len(view):
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
+def write_shard(path: Path, data: dict[str, np.ndarray], op_names, attrs: dict, fault=None) -> tuple[int, str]:
+    """Write one shard file: the six row datasets of ``data``, ``op``'s names and ``attrs``
+    (plus ``sha256`` of the pixels and ``rows``) under ``<name>.tmp<pid>``, fsynced, then
+    renamed to ``path`` and the folder fsynced. Returns (bytes, sha256 of the pixels).
+    ``fault``: a test hook called once the temporary file is written."""
+    sha = pixel_sha256(data["images"])
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            for name in ROW_DATASETS:
+                write_array(f, name, data[name])
+            f["op"].attrs["names"] = np.array(list(op_names), dtype=h5py.string_dtype())
+            for k, v in {**attrs, "rows": len(data["images"]), "sha256": sha}.items():
+                f.attrs[k] = v
+        if fault:
+            fault()
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+    return path.stat().st_size, sha
 
 
-def stored_checksum_ok(fd: int, location: tuple[int, int], expected: int) -> bool:
-    """Whether the chunk at ``location`` holds data whose fletcher32 is ``expected`` and
-    carries that checksum (a chunk never written holds zeros: checksum 0)."""
-    offset, size = location
-    raw = os.pread(fd, size, offset)
-    return (len(raw) == size and int.from_bytes(raw[-4:], "little") == expected
-            and fletcher32(np.frombuffer(raw, np.uint8)[:-4]) == expected)
+def read_shard_attrs(path: Path) -> dict:
+    """A shard file's attributes (raises OSError if it is not a readable HDF5 file)."""
+    with h5py.File(path, "r") as f:
+        return {k: (v.decode() if isinstance(v, bytes) else v.item() if hasattr(v, "item") else v)
+                for k, v in f.attrs.items()}
 
 
-def blank_chunks(ds: h5py.Dataset) -> set[int]:
-    """First rows of the chunks of ``ds`` whose stored checksum is 0, i.e. whose bytes are
-    all zero: allocated early and never written, or data that is all zeros (black images).
-    Such a chunk passes fletcher32; only a re-render tells which. Reads 4 bytes per chunk."""
-    if ds.chunks is None or not ds.fletcher32:
-        return set()
-    blank = set()
-    with open(ds.file.filename, "rb") as fh:
-        for i in range(ds.id.get_num_chunks()):
-            c = ds.id.get_chunk_info(i)
-            if os.pread(fh.fileno(), 4, c.byte_offset + c.size - 4) == bytes(4):
-                blank.add(c.chunk_offset[0])
+@dataclass(frozen=True)
+class ShardEntry:
+    """One line of a master's shard manifest: the file's name in the shards folder, the
+    master rows it holds (``first``..``last`` inclusive), its size and its pixels' SHA-256."""
+    name: str
+    first: int
+    last: int
+    bytes: int
+    sha256: str
+
+    @property
+    def rows(self) -> int:
+        return self.last - self.first + 1
+
+
+def write_master(path: Path, attrs: dict, side: dict[str, np.ndarray], entries: list[ShardEntry],
+                 op_names, fault=None) -> None:
+    """Write a sharded master to ``path``: ``attrs``, the real datasets ``side`` (subset_index,
+    val/*, test/*), the manifest, and the six row datasets as Virtual Datasets over the
+    shards (relative paths ``<path.name>.shards/<shard>``). Written as ``<name>.tmp<pid>``,
+    fsynced, renamed, folder fsynced. ``fault``: a test hook called before the fsync."""
+    rows = sum(e.rows for e in entries)
+    folder = path.name + SHARDS_SUFFIX
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            for k, v in attrs.items():
+                f.attrs[k] = v
+            for name, data in side.items():
+                write_array(f, name, data)
+            for name, (dtype, tail) in ROW_DATASETS.items():
+                layout = h5py.VirtualLayout(shape=(rows,) + tail, dtype=dtype)
+                for e in entries:
+                    layout[e.first:e.last + 1] = h5py.VirtualSource(f"{folder}/{e.name}", name,
+                                                                     shape=(e.rows,) + tail)
+                ds = f.create_virtual_dataset(name, layout, fillvalue=0)
+                ds.attrs["chunk_rows"] = min(CHUNK_ROWS if tail else VECTOR_CHUNK, max(e.rows for e in entries))
+            f["op"].attrs["names"] = np.array(list(op_names), dtype=h5py.string_dtype())
+            strings = h5py.string_dtype()
+            f.create_dataset("shards/name", data=np.array([e.name for e in entries], dtype=strings))
+            f.create_dataset("shards/first", data=np.array([e.first for e in entries], np.int64))
+            f.create_dataset("shards/last", data=np.array([e.last for e in entries], np.int64))
+            f.create_dataset("shards/bytes", data=np.array([e.bytes for e in entries], np.int64))
+            f.create_dataset("shards/sha256", data=np.array([e.sha256 for e in entries], dtype=strings))
+        if fault:
+            fault()
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+
+
+def read_manifest(f: h5py.File) -> tuple[ShardEntry, ...]:
+    """The shard manifest of a sharded master; () for a single file."""
+    if "shards" not in f:
+        return ()
+    g = f["shards"]
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in g["name"][...].tolist()]
+    sha = [n.decode() if isinstance(n, bytes) else str(n) for n in g["sha256"][...].tolist()]
+    return tuple(ShardEntry(n, int(a), int(b), int(size), h) for n, a, b, size, h in
+                 zip(names, g["first"][...], g["last"][...], g["bytes"][...], sha, strict=True))
+
+
+# --- reading row datasets of either form --------------------------------------------------
+
+def row_parts(ds: h5py.Dataset) -> list[tuple[int, int, Path, str]]:
+    """Where the rows of ``ds`` are stored: (first row, stop row, file, dataset name) per
+    piece, in row order. A plain dataset is one piece in its own file; a virtual one (a
+    sharded master's row dataset) one piece per shard, paths resolved against the master's
+    folder as HDF5 resolves them."""
+    own = Path(ds.file.filename)
+    if not ds.is_virtual:
+        return [(0, ds.shape[0], own, ds.name)]
+    parts = []
+    for vs in ds.virtual_sources():
+        (lo, *_), (hi, *_) = vs.vspace.get_select_bounds()
+        src = own if vs.file_name == "." else own.parent / vs.file_name
+        parts.append((int(lo), int(hi) + 1, src, vs.dset_name))
+    return sorted(parts)
+
+
+def row_chunk(ds) -> int:
+    """Rows per stored chunk of a row dataset (of a file: of its ``images``): the unit a
+    reader should read in multiples of. A virtual dataset has no chunks of its own: its
+    shards' chunk rows, recorded when the master was written."""
+    if isinstance(ds, h5py.File):
+        ds = ds["images"]
+    if ds.is_virtual:
+        return int(ds.attrs.get("chunk_rows", CHUNK_ROWS))
+    return ds.chunks[0] if ds.chunks else max(ds.shape[0], 1)
+
+
+def chunk_starts(ds: h5py.Dataset) -> np.ndarray:
+    """First rows of the stored chunks of a row dataset, in its shards for a virtual one
+    (where they need not fall on multiples of :func:`row_chunk`)."""
+    step = row_chunk(ds)
+    if not ds.is_virtual:
+        return np.arange(0, ds.shape[0], step, dtype=np.int64)
+    return np.concatenate([np.arange(lo, hi, step, dtype=np.int64) for lo, hi, _, _ in row_parts(ds)]
+                          or [np.zeros(0, np.int64)])
+
+
+def _part_chunks(path: Path, name: str, own: h5py.Dataset | None):
+    """The dataset ``name`` of the file ``path`` (``own`` if it is that dataset), opened."""
+    if own is not None:
+        return own, None
+    f = h5py.File(path, "r")
+    return f[name], f
+
+
+def blank_chunks(ds: h5py.Dataset) -> dict[int, int]:
+    """{first row: stop row} (rows of ``ds``) of its stored chunks whose checksum is 0, i.e.
+    whose bytes are all zero: allocated and never written (an older build's file, damage),
+    or data that is all zeros (black images). Such a chunk passes fletcher32; only a
+    re-render tells which. Reads 4 bytes per chunk, in the shard files of a sharded master."""
+    blank = {}
+    for lo, _, path, name in row_parts(ds):
+        sub, fh5 = _part_chunks(path, name, None if ds.is_virtual else ds)
+        try:
+            if sub.chunks is None or not sub.fletcher32:
+                continue
+            with open(path, "rb") as fh:
+                for i in range(sub.id.get_num_chunks()):
+                    c = sub.id.get_chunk_info(i)
+                    if os.pread(fh.fileno(), 4, c.byte_offset + c.size - 4) == bytes(4):
+                        start = c.chunk_offset[0]
+                        blank[lo + start] = lo + min(start + sub.chunks[0], sub.shape[0])
+        finally:
+            if fh5 is not None:
+                fh5.close()
     return blank
+
+
+def chunk_counts(ds: h5py.Dataset) -> tuple[int, int]:
+    """(chunks in the chunk index, chunks the shape needs) over every piece of ``ds``."""
+    written = expected = 0
+    for _, _, path, name in row_parts(ds):
+        sub, fh5 = _part_chunks(path, name, None if ds.is_virtual else ds)
+        try:
+            if sub.chunks is not None and sub.shape[0]:
+                written += sub.id.get_num_chunks()
+                expected += -(-sub.shape[0] // sub.chunks[0])
+        finally:
+            if fh5 is not None:
+                fh5.close()
+    return written, expected
 
 
 @dataclass(frozen=True)
@@ -197,6 +318,13 @@ class FileInfo:
     format: int = FORMAT_VERSION
     # Op names this file's format used for what are other ops today (old name -> today's).
     renamed_ops: tuple[tuple[str, str], ...] = ()
+    # A sharded master: its manifest and the folder of its shards (() and None: one file).
+    shards: tuple[ShardEntry, ...] = ()
+    shards_folder: Path | None = None
+
+    @property
+    def sharded(self) -> bool:
+        return bool(self.shards)
 
 
 def _fail(path, what: str) -> AugmatError:
@@ -210,6 +338,9 @@ def open_file(path: str | Path) -> tuple[h5py.File, FileInfo]:
     """
     path = Path(path)
     if not path.exists():
+        if shards_folder(path).is_dir():
+            raise _fail(path, f"no such file (the shards of an unfinished build are in {shards_folder(path)}: "
+                              "rerun its `augmat build` to finish it)")
         raise _fail(path, "no such file")
     if path.is_dir():
         raise _fail(path, "is a folder, not an augmat .h5 file")
@@ -221,7 +352,9 @@ def open_file(path: str | Path) -> tuple[h5py.File, FileInfo]:
     if not h5py.is_hdf5(str(path)):
         raise _fail(path, "not an HDF5 file (was it written by `augmat build`?)")
     try:
-        f = h5py.File(path, "r")
+        # Through the real path: HDF5 resolves a sharded master's shard paths against the
+        # folder of the path it opened, so a symbolic link to the master reads its shards too.
+        f = h5py.File(path.resolve(), "r")
     except OSError as e:
         raise _fail(path, f"a damaged or truncated HDF5 file ({e}); rebuild it with `augmat build`")
     try:
@@ -244,7 +377,12 @@ def _check(f: h5py.File, path: Path) -> FileInfo:
     missing = [n for n in (*ROW_DATASETS, *SPLIT_DATASETS, *INDEX_DATASETS) if n not in f]
     if missing:
         raise _fail(path, f"missing datasets {', '.join(missing)}; not a complete augmat file")
+    shards = read_manifest(f)
+    folder = _check_shards(f, path, shards)
     rows = f["images"].shape[0]
+    if shards and rows != sum(e.rows for e in shards):
+        raise _fail(path, f"its {rows:,} rows are not the {sum(e.rows for e in shards):,} rows of its shard "
+                          "manifest; rebuild it with `augmat build`")
     for name, (dtype, tail) in ROW_DATASETS.items():
         ds = f[name]
         if ds.shape != (rows,) + tail or ds.dtype != np.dtype(dtype):
@@ -272,14 +410,47 @@ def _check(f: h5py.File, path: Path) -> FileInfo:
         source=json.loads(f.attrs["source"]), version=str(f.attrs["augmat_version"]),
         val_rows=f["val/images"].shape[0], test_rows=f["test/images"].shape[0],
         format=fmt, renamed_ops=tuple(sorted(renamed.items())),
+        shards=shards, shards_folder=folder,
     )
+
+
+def _check_shards(f: h5py.File, path: Path, shards: tuple[ShardEntry, ...]) -> Path | None:
+    """Every shard of the manifest is where the Virtual Datasets read it, with its recorded
+    size: HDF5 reads a missing shard as zeros, with no error, so this is checked on every
+    open. Returns the shards' folder (None for a single file)."""
+    if not shards:
+        return None
+    images = f["images"]
+    if not images.is_virtual:
+        raise _fail(path, "has a shard manifest but its images are not read from shards; rebuild it")
+    parts = {(lo, hi - 1): src for lo, hi, src, _ in row_parts(images)}
+    folder = next(iter(parts.values())).parent
+    for e in shards:
+        src = parts.get((e.first, e.last))
+        if src is None or src.name != e.name:
+            raise _fail(path, f"its images do not read shard {e.name} at rows {e.first}-{e.last} as its manifest "
+                              "says; a damaged file: rebuild it with `augmat build`")
+        where = f"shard {src.parent.name}/{e.name} (rows {e.first}-{e.last})"
+        fix = (f"restore the folder {src.parent.name}/ beside {path.name} (the two move together; the folder "
+               "keeps its name), or rerun the `augmat build` that made it with --force to render the shard "
+               "again (the others are kept)")
+        try:
+            size = src.stat().st_size
+        except FileNotFoundError:
+            raise _fail(path, f"{where} is missing; {fix}") from None
+        except OSError as err:
+            raise _fail(path, f"{where} cannot be read ({err.strerror}); {fix}") from None
+        if size != e.bytes:
+            raise _fail(path, f"{where} is {size:,} bytes, the manifest records {e.bytes:,}: damaged or "
+                              f"from another build; {fix}")
+    return folder
 
 
 def read_rows(ds: h5py.Dataset, a: int = 0, b: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Rows [a, b) of a dataset (all rows by default) in one h5py call, into ``out`` if
     given. A chunk that fails its fletcher32 checksum, or a truncated file, becomes one
-    AugmatError naming the file, the dataset and the exact rows of the bad chunk.
-    Every reader of augmat files reads through here."""
+    AugmatError naming the file, the dataset, the exact rows of the bad chunk and, for a
+    sharded master, the shard. Every reader of augmat files reads through here."""
     b = ds.shape[0] if b is None else b
     try:
         if out is None:
@@ -288,14 +459,28 @@ def read_rows(ds: h5py.Dataset, a: int = 0, b: int | None = None, out: np.ndarra
         return out
     except OSError:
         path, name = ds.file.filename, ds.name.lstrip("/")
-        step = ds.chunks[0] if ds.chunks else max(b - a, 1)
-        for c in range(a - a % step, b, step):  # find the chunk that fails, for the message
-            lo, hi = max(c, a), min(c + step, b)
+        for lo, hi, shard in _chunk_pieces(ds, a, b):  # find the chunk that fails, for the message
             try:
                 ds[lo:hi]
             except OSError as e:
-                raise AugmatError(f"{path}: {name} rows {lo}-{hi - 1} cannot be read ({e}); the file is "
+                where = f" (shard {shard.parent.name}/{shard.name})" if shard else ""
+                raise AugmatError(f"{path}: {name} rows {lo}-{hi - 1}{where} cannot be read ({e}); the file is "
                                   "damaged (a chunk failed its checksum, or the file is truncated): "
                                   "rebuild it with `augmat build`") from None
         raise AugmatError(f"{path}: {name} rows {a}-{b - 1} cannot be read; the file is damaged: "
                           "rebuild it with `augmat build`") from None
+
+
+def _chunk_pieces(ds: h5py.Dataset, a: int, b: int):
+    """Rows [a, b) of ``ds`` cut where its stored chunks are cut: (lo, hi, shard file or None)."""
+    if not ds.is_virtual:
+        step = ds.chunks[0] if ds.chunks else max(b - a, 1)
+        for c in range(a - a % step, b, step):
+            yield max(c, a), min(c + step, b), None
+        return
+    for lo, hi, src, _ in row_parts(ds):
+        if hi <= a or lo >= b:
+            continue
+        step = row_chunk(ds)
+        for c in range(lo + (max(a, lo) - lo) // step * step, min(hi, b), step):
+            yield max(c, a), min(c + step, hi, b), src

@@ -66,7 +66,7 @@ import numpy as np
 
 from .errors import AugmatError
 from .plan import ORIGINAL_COPY, draw_ops, seeded_rng
-from .store import open_file, read_rows
+from .store import open_file, read_rows, row_chunk
 
 ORDERS = ("copies", "shuffle")
 MODES = ("offline", "online", "unaugmented")
@@ -199,7 +199,7 @@ class Stream:
             self.pass_blocks = k
         self._labels = read_rows(f["labels"]).astype(np.int32)
         self._images = f["images"]
-        chunk = self._images.chunks[0] if self._images.chunks else self.rows
+        chunk = row_chunk(self._images)  # a sharded file's images (a virtual dataset) have no chunks
         self.block_rows = max(chunk, block_rows - block_rows % chunk)
         self.buffer_rows = max(buffer_rows, self.block_rows)
 

@@ -80,11 +80,45 @@ def cifar_archive(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_h5(tmp_path_factory, cifar_archive) -> Path:
-    """A built file: 40 source images x 3 copies, 20 validation, 50 test images.
-    Treat it as read-only; copy it before changing it."""
+def tiny_sharded(tmp_path_factory, cifar_archive) -> Path:
+    """A build as `augmat build` writes it: the master tiny.h5 over tiny.h5.shards/
+    (40 source images x 3 copies in 3 shards, 20 validation, 50 test images).
+    Treat it as read-only; copy it (with copy_built) before changing it."""
     from augmat.build import BuildConfig, build
-    out = tmp_path_factory.mktemp("built") / "tiny.h5"
+    out = tmp_path_factory.mktemp("built-sharded") / "tiny.h5"
     build(BuildConfig(source=str(cifar_archive), subset=40, copies=3, val=20, seed=1,
                       workers=1, shard_rows=256, output=str(out)), progress=False, log=lambda m: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_h5(tmp_path_factory, tiny_sharded) -> Path:
+    """The same rows as ``tiny_sharded``, packed into one self-contained file (`augmat
+    pack`): a file that can be copied alone. Treat it as read-only; copy it before changing it."""
+    from augmat.pack import pack
+    out = tmp_path_factory.mktemp("built") / "tiny.h5"
+    pack(tiny_sharded, out, progress=False)
+    return out
+
+
+def copy_built(src: Path, dst: Path) -> Path:
+    """Copy a built file to ``dst``, with its shards folder if it has one (renamed to go with dst)."""
+    import shutil
+    from augmat.store import shards_folder
+    shutil.copy(src, dst)
+    if shards_folder(src).is_dir():
+        shutil.copytree(shards_folder(src), shards_folder(dst))
+    return dst
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """A local Ray with 2 CPUs, started once per test session (not mocked): its address,
+    for build(..., engine="ray") in this process and `--ray-address` in subprocesses."""
+    ray = pytest.importorskip("ray")
+    import logging
+    import os
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    yield ctx.address_info["address"]
+    ray.shutdown()

@@ -1,9 +1,12 @@
-"""augmat build end to end: contents, determinism, kill-and-resume, and bad input."""
+"""augmat build end to end: contents, determinism, kill-and-resume, the lock, more copies
+later, pack, and bad input: with the local engine and with Ray (a real local Ray)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -20,10 +23,11 @@ import psutil
 import pytest
 
 from augmat.build import BuildConfig, build
+from augmat.errors import AugmatError
 from augmat.ops import OP_NAMES, apply_ops
 from augmat.sources import holds_image_files, load_source
-from augmat.store import chunk_locations
-from conftest import write_image_tree
+from augmat.store import open_file, shards_folder
+from conftest import copy_built, write_image_tree
 
 ROW_DATASETS = ("images", "labels", "source_index", "copy", "op", "magnitude")
 # The options of the session fixture ``tiny_h5``, as CLI flags.
@@ -51,7 +55,27 @@ def assert_same_content(a, b) -> None:
 
 
 def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith((".h5", ".tmp")))
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith((".h5", ".tmp")) or ".tmp" in p.name
+                  or p.name.endswith(".lock"))
+
+
+def shard_files(out: Path) -> list[Path]:
+    return sorted(shards_folder(out).glob("*.h5"))
+
+
+def shard_data(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {name: f[name][...] for name in ROW_DATASETS}
+
+
+def assert_same_shards(a: Path, b: Path) -> None:
+    """Two builds of one plan and shard size: the same shard files, dataset for dataset."""
+    fa, fb = shard_files(a), shard_files(b)
+    assert [p.name for p in fa] == [p.name for p in fb] and fa
+    for x, y in zip(fa, fb):
+        dx, dy = shard_data(x), shard_data(y)
+        for name in ROW_DATASETS:
+            np.testing.assert_array_equal(dx[name], dy[name], err_msg=f"{x.name} {name}")
 
 
 # --- what a build writes ------------------------------------------------------------
@@ -84,14 +108,39 @@ def test_round_trip_every_row_is_its_provenance(tiny_h5, cifar_archive):
     assert (si[1:] != si[:-1]).all()
 
 
+def test_the_sharded_layout(tiny_sharded, tiny_h5):
+    """The master holds the splits, the manifest and Virtual Datasets over shard files that
+    never cross a copy block; `augmat pack` holds the same rows in one file."""
+    folder = shards_folder(tiny_sharded)
+    names = [p.name for p in shard_files(tiny_sharded)]
+    assert [n[:10] for n in names] == ["c000-s0000", "c001-s0000", "c002-s0000"]
+    assert sorted(p.name for p in folder.iterdir()) == names  # no subset file, no temporary file left
+    with h5py.File(tiny_sharded, "r") as f:
+        assert f.attrs["augmat_format"] == 3 and f["images"].is_virtual and not f["val/images"].is_virtual
+        assert [n.decode() for n in f["shards/name"][...]] == names
+        assert f["shards/first"][...].tolist() == [0, 40, 80] and f["shards/last"][...].tolist() == [39, 79, 119]
+        assert f["shards/bytes"][...].tolist() == [(folder / n).stat().st_size for n in names]
+        sha = [h.decode() for h in f["shards/sha256"][...]]
+    for name, h in zip(names, sha):
+        with h5py.File(folder / name, "r") as g:
+            assert g.attrs["sha256"] == h and g["images"].fletcher32
+            assert hashlib.sha256(g["images"][...].tobytes()).hexdigest() == h
+    assert_same_content(tiny_sharded, tiny_h5)
+    with h5py.File(tiny_h5, "r") as f:
+        assert "shards" not in f and not f["images"].is_virtual and f.attrs["augmat_format"] == 3
+
+
 def test_same_output_for_any_worker_count_and_shard_size(tmp_path, cifar_archive, tiny_h5):
-    for workers, shard_rows in [(2, 16), (3, 48)]:
-        out = tmp_path / f"w{workers}.h5"
+    outs = {}
+    for workers, shard_rows in [(2, 16), (1, 16), (3, 48)]:
+        out = outs[workers, shard_rows] = tmp_path / f"w{workers}-{shard_rows}.h5"
         build(BuildConfig(source=str(cifar_archive), subset=40, copies=3, val=20, seed=1,
                           workers=workers, shard_rows=shard_rows, output=str(out)),
               progress=False, log=lambda m: None)
         assert_same_content(out, tiny_h5)
-    assert leftovers(tmp_path) == ["w2.h5", "w3.h5"]
+    assert len(shard_files(outs[2, 16])) == 9 and len(shard_files(outs[3, 48])) == 3
+    assert_same_shards(outs[2, 16], outs[1, 16])
+    assert leftovers(tmp_path) == ["w1-16.h5", "w2-16.h5", "w3-48.h5"]
 
 
 def test_include_originals_and_restricted_ops(tmp_path, cifar_archive):
@@ -140,38 +189,42 @@ def test_cifar_class_names_keep_cifar_order(tmp_path):
 
 # --- interruption ---------------------------------------------------------------------
 
+def flip_pixel(shard: Path) -> None:
+    with h5py.File(shard, "r") as f:
+        info = f["images"].id.get_chunk_info(0)
+    with open(shard, "r+b") as fh:
+        fh.seek(info.byte_offset + 1000)
+        byte = fh.read(1)[0]
+        fh.seek(info.byte_offset + 1000)
+        fh.write(bytes([byte ^ 0x10]))
+
+
+def damage_and_resume(tmp_path: Path, out: Path, args: list, tiny_h5: Path, shards: int = 9) -> None:
+    """After a killed build: damage kept shards in every way an OS crash or a killed task
+    can, rerun, and check that exactly the intact ones were kept and the result is whole."""
+    assert leftovers(tmp_path) == [out.name + ".lock"]  # no output; the lock a dead build left blocks nothing
+    kept = shard_files(out)
+    assert 4 <= len(kept) < shards, [p.name for p in kept]
+    folder = shards_folder(out)
+    (folder / (kept[-1].name.replace("c0", "c9") + ".tmp999")).write_bytes(b"half a shard")
+    kept[0].write_bytes(kept[0].read_bytes()[:3000])        # cut short (an OS crash before the fsync)
+    flip_pixel(kept[1])                                      # one byte changed
+    with h5py.File(kept[2], "r+") as f:                      # provenance that is not the plan's
+        f["magnitude"][0] = 0.5 + f["magnitude"][0] / 2
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming: {len(kept) - 3} of {shards} shards" in r.stderr
+    assert_same_content(out, tiny_h5)
+    assert leftovers(tmp_path) == [out.name]
+    assert len(list(folder.iterdir())) == shards
+
+
 def test_killed_build_resumes_to_the_same_file(tmp_path, cifar_archive, tiny_h5):
     out = tmp_path / "k.h5"
     args = ["build", "--source", cifar_archive, *TINY_FLAGS, "--shard-rows", 16, "--workers", 2, "-o", out, "-q"]
     r = run_cli(*args, env={"AUGMAT_FAULT": "kill-main@4,slow@0.3"})
     assert r.returncode == -signal.SIGKILL
-    assert leftovers(tmp_path) == []  # no output, no temporary file beside it
-    parts = tmp_path / "k.h5.parts"
-    kept = sorted(parts.glob("shard-*.done"))
-    assert 4 <= len(kept) < 8
-    # Nothing half-done or damaged may pass for a finished shard: a receipt being written,
-    # a receipt cut short, a chunk with one byte changed, a chunk lost (zeros, as an OS
-    # crash can leave a file that was never fsynced).
-    (parts / "shard-00007.done.tmp999").write_text("[1, 2")
-    partial = parts / "k.h5.partial"
-    with h5py.File(partial, "r") as f:
-        locations = chunk_locations(f["images"])  # one 16-row chunk per shard here
-    shard = [int(p.name[len("shard-"):-len(".done")]) for p in kept]
-    kept[0].write_text(kept[0].read_text()[:3])
-    with open(partial, "r+b") as fh:
-        offset, size = locations[shard[1]]
-        fh.seek(offset + 1000)
-        byte = fh.read(1)[0]
-        fh.seek(offset + 1000)
-        fh.write(bytes([byte ^ 0x10]))
-        offset, size = locations[shard[2]]
-        fh.seek(offset)
-        fh.write(bytes(size))
-    r = run_cli(*args)
-    assert r.returncode == 0, r.stderr
-    assert f"resuming: {len(kept) - 3} of 8 shards" in r.stderr
-    assert_same_content(out, tiny_h5)
-    assert not parts.exists() and leftovers(tmp_path) == ["k.h5"]
+    damage_and_resume(tmp_path, out, args, tiny_h5)
 
 
 def test_ctrl_c_stops_workers_keeps_shards_and_exits_130(tmp_path, cifar_archive, tiny_h5):
@@ -180,12 +233,16 @@ def test_ctrl_c_stops_workers_keeps_shards_and_exits_130(tmp_path, cifar_archive
             "--shard-rows", "16", "--workers", "2", "-o", str(out), "-q"]
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, "AUGMAT_FAULT": "slow@0.5"})
-    parts = tmp_path / "c.h5.parts"
+    parts = tmp_path / "c.h5.shards"
     deadline = time.time() + 60
-    while not list(parts.glob("shard-*.done")) and time.time() < deadline:
+    while not list(parts.glob("c*.h5")) and time.time() < deadline:
         time.sleep(0.05)
     workers = psutil.Process(proc.pid).children(recursive=True)
     assert workers
+    # A second build of the same output while this one runs: refused, naming the running one.
+    second = run_cli(*args[3:])
+    assert second.returncode == 1 and f"another augmat build (pid {proc.pid}) is writing" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
@@ -275,7 +332,7 @@ def test_disk_full_mid_build(tmp_path, cifar_archive):
                 "-o", "f.h5", env={"AUGMAT_FAULT": "enospc@2"}, expect="disk full")
     assert "rerun the same command" in line
     assert leftovers(tmp_path) == []
-    assert not list((tmp_path / "f.h5.parts").glob("*.tmp*"))
+    assert not list((tmp_path / "f.h5.shards").glob("*.tmp*"))
 
 
 def test_disk_full_while_finishing_the_output(tmp_path, cifar_archive, tiny_h5):
@@ -283,7 +340,7 @@ def test_disk_full_while_finishing_the_output(tmp_path, cifar_archive, tiny_h5):
     line = _bad(tmp_path, *args, env={"AUGMAT_FAULT": "enospc-finish@1"}, expect="disk full")
     assert "rerun the same command" in line
     assert leftovers(tmp_path) == []
-    assert not list((tmp_path / "s.h5.parts").glob("*.tmp*"))
+    assert not list((tmp_path / "s.h5.shards").glob("*.tmp*"))
     r = run_cli("build", *args, "-q", cwd=tmp_path)
     assert r.returncode == 0 and "resuming" in r.stderr
     assert_same_content(tmp_path / "s.h5", tiny_h5)
@@ -333,36 +390,21 @@ def test_readme_python_example_runs(tmp_path, cifar_archive):
     assert "wrote 400 rows" in r.stdout and (tmp_path / "data" / "small.h5").exists()
 
 
-def test_disk_full_while_laying_out_the_output(tmp_path, cifar_archive):
-    """HDF5's early allocation writes every image chunk when the file is laid out, so a full
-    disk shows there, before rendering, reported by h5py as a ValueError naming errno 28."""
-    line = _bad(tmp_path, "--source", cifar_archive, *TINY_FLAGS, "--shard-rows", 16, "--workers", 1,
-                "-o", "l.h5", env={"AUGMAT_FAULT": "enospc-layout@1"}, expect="disk full")
-    assert "rerun the same command" in line
-    assert leftovers(tmp_path) == []
-    assert not (tmp_path / "l.h5.parts" / "l.h5.partial").exists()
-
-
-def test_resume_rejects_a_damaged_partial_file(tmp_path, cifar_archive, tiny_h5):
-    """Damage outside the image chunks (a provenance dataset, HDF5's own metadata) of an
-    interrupted build's file means a fresh file, never a resumed one that cannot be read."""
-    out = tmp_path / "d.h5"
-    args = ["build", "--source", cifar_archive, *TINY_FLAGS, "--shard-rows", 16, "--workers", 1, "-o", out, "-q"]
-    for damage in ("labels", "metadata"):
-        assert run_cli(*args, env={"AUGMAT_FAULT": "kill-main@3"}).returncode == -signal.SIGKILL
-        partial = tmp_path / "d.h5.parts" / "d.h5.partial"
-        with h5py.File(partial, "r") as f:
-            offset = f["labels"].id.get_chunk_info(0).byte_offset if damage == "labels" else 1000
-        with open(partial, "r+b") as fh:
-            fh.seek(offset)
-            byte = fh.read(1)[0]
-            fh.seek(offset)
-            fh.write(bytes([byte ^ 0x55]))
-        r = run_cli(*args)
-        assert r.returncode == 0, r.stderr
-        assert "damaged; rendering every shard again" in r.stderr and "resuming" not in r.stderr
-        assert_same_content(out, tiny_h5)
-        out.unlink()
+def test_a_real_failed_write_is_one_line_and_resumes(tmp_path, cifar_archive, tiny_h5):
+    """The kernel refuses a write past RLIMIT_FSIZE (EFBIG) as it refuses one on a full disk:
+    a real failed write inside HDF5, in a worker, not an injected one."""
+    args = [sys.executable, "-m", "augmat", "build", "--source", str(cifar_archive), *TINY_FLAGS, "--workers", "1",
+            "-o", "l.h5", "-q"]
+    # 135 kB: above the subset file (123 kB), below a shard of a 40-row block (147 kB)
+    full = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (135_000, 135_000)))
+    lines = full.stderr.strip().splitlines()
+    assert full.returncode == 1 and len(lines) == 1 and "Traceback" not in full.stderr, full.stderr
+    assert "File too large" in lines[0] and "rerun the same command" in lines[0], lines[0]
+    assert leftovers(tmp_path) == [] and not list((tmp_path / "l.h5.shards").glob("*.tmp*"))
+    r = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert_same_content(tmp_path / "l.h5", tiny_h5)
 
 
 def test_a_resumed_file_records_the_run_that_finished_it(tmp_path, cifar_archive):
@@ -381,11 +423,11 @@ def test_a_resumed_file_records_the_run_that_finished_it(tmp_path, cifar_archive
 
 
 def test_resume_rewrites_a_subset_file_whose_pixels_were_lost(tmp_path, cifar_archive, tiny_h5):
-    """Workers render from parts/subset.npy: a resume checks its pixels, not just its shape."""
+    """Tasks render from <output>.shards/subset-<key>.npy: a resume checks its pixels, not just its shape."""
     out = tmp_path / "s.h5"
     args = ["build", "--source", cifar_archive, *TINY_FLAGS, "--shard-rows", 16, "--workers", 1, "-o", out, "-q"]
     assert run_cli(*args, env={"AUGMAT_FAULT": "kill-main@2"}).returncode == -signal.SIGKILL
-    subset = tmp_path / "s.h5.parts" / "subset.npy"
+    (subset,) = shards_folder(out).glob("subset-*.npy")
     x = np.load(subset)
     np.save(subset, np.zeros_like(x))  # a whole file of the right shape, its pixels lost
     r = run_cli(*args)
@@ -408,26 +450,189 @@ def test_a_tar_member_stored_twice_counts_once_as_its_last_copy(tmp_path):
     assert (twice.train_images[1] == 7).all() and not (once.train_images[1] == 7).all()
 
 
-def test_a_partial_build_of_the_earlier_op_definitions_is_not_resumed(tmp_path, cifar_archive, tiny_h5,
-                                                                      monkeypatch):
-    """A build killed under file format 1 (the earlier rotate and sharpen) left finished
-    shards; the same command now discards them and renders every row with today's ops."""
+def test_shards_of_the_earlier_op_definitions_are_not_resumed(tmp_path, cifar_archive, tiny_h5, monkeypatch):
+    """Shards rendered under file format 1 (the earlier rotate and sharpen) carry another
+    plan key: the same command discards them and renders every row with today's ops."""
     import augmat.build as build_module
     out = tmp_path / "k.h5"
-    args = ["build", "--source", cifar_archive, *TINY_FLAGS, "--shard-rows", 16, "--workers", 1, "-o", out, "-q"]
-    r = run_cli(*args, env={"AUGMAT_FAULT": "kill-main@4"})
-    assert r.returncode == -signal.SIGKILL
-    parts = tmp_path / "k.h5.parts"
-    assert sorted(parts.glob("shard-*.done"))
-    plan = json.loads((parts / "plan.json").read_text())
-    cfg = BuildConfig(**plan["config"])
-    src_sha = load_source(str(cifar_archive)).sha256
-    assert plan["key"] == cfg.content_key(src_sha)
     monkeypatch.setattr(build_module, "FORMAT_VERSION", 1)
-    plan["key"] = cfg.content_key(src_sha)  # what the earlier augmat wrote
-    (parts / "plan.json").write_text(json.dumps(plan))
-    r = run_cli(*args[:-1])
+    build(BuildConfig(source=str(cifar_archive), subset=40, copies=3, val=20, seed=1, workers=1, shard_rows=16,
+                      output=str(out)), progress=False, log=lambda m: None)
+    monkeypatch.undo()
+    out.unlink()  # as if that build had been killed before its master was written
+    old = shard_files(out)
+    assert len(old) == 9
+    r = run_cli("build", "--source", cifar_archive, *TINY_FLAGS, "--shard-rows", 16, "--workers", 1, "-o", out)
     assert r.returncode == 0, r.stderr
-    assert "holds an unfinished build with other options; discarding it" in r.stderr
+    assert "holds 9 files of an unfinished build with other options; discarding them" in r.stderr
     assert "resuming" not in r.stderr
     assert_same_content(out, tiny_h5)
+    assert not set(shard_files(out)) & set(old)
+
+
+# --- more copies later, and pack ---------------------------------------------------------
+
+def test_more_copies_later_add_blocks_and_touch_nothing(tmp_path, cifar_archive):
+    out = tmp_path / "x.h5"
+    base = ["build", "--source", cifar_archive, "--subset", 40, "--val", 20, "--seed", 1, "--shard-rows", 16,
+            "--workers", 2, "--include-originals", "-o", out, "-q"]
+    assert run_cli(*base, "--copies", 2).returncode == 0
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shard_files(out)}
+    assert len(before) == 9 and sum(n.startswith("orig") for n in before) == 3
+    r = run_cli(*base, "--copies", 4)
+    assert r.returncode == 0, r.stderr
+    assert "adding to" in r.stderr and "resuming: 9 of 15 shards" in r.stderr
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shard_files(out)}
+    assert len(after) == 15 and all(after[n] == before[n] for n in before)  # the originals' shards included
+    fresh = tmp_path / "fresh.h5"
+    build(BuildConfig(source=str(cifar_archive), subset=40, copies=4, val=20, seed=1, include_originals=True,
+                      shard_rows=16, workers=2, output=str(fresh)), progress=False, log=lambda m: None)
+    assert_same_content(out, fresh)
+    assert_same_shards(out, fresh)
+    _, info = open_file(out)
+    _.close()
+    assert info.config["copies"] == 4 and info.rows == 200
+    # Anything but more blocks of the same plan is refused, as any existing output is.
+    _bad(tmp_path, *base[1:-1], "--copies", 8, "--seed", 2, expect="already exists, built with --seed 1; pass --force")
+    same = dict(source=str(cifar_archive), subset=40, val=20, seed=1, shard_rows=16, workers=1,
+                include_originals=True, output=str(out))
+    for changes, expect in [(dict(copies=4), "x.h5 already exists; pass --force"),
+                            (dict(copies=3), "a build can only add copy blocks to it"),
+                            (dict(copies=8, include_originals=False), "a build can only add copy blocks to it"),
+                            (dict(copies=8, ops=("rotate",)), "built with --ops identity,"),
+                            (dict(copies=8, val=10), "built with --val 20")]:
+        with pytest.raises(AugmatError, match=expect):
+            build(BuildConfig(**{**same, **changes}), progress=False, log=lambda m: None)
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shard_files(out)} == after
+
+
+def test_force_with_other_options_keeps_the_old_output_whole_until_the_new_one_is(tmp_path, cifar_archive):
+    out = tmp_path / "f.h5"
+    base = ["build", "--source", cifar_archive, "--subset", 40, "--val", 20, "--copies", 2, "--shard-rows", 16,
+            "--workers", 2, "-o", out, "-q"]
+    build(BuildConfig(source=str(cifar_archive), subset=40, val=20, copies=2, shard_rows=16, workers=2, seed=1,
+                      output=str(out)), progress=False, log=lambda m: None)
+    old = {p.name for p in shard_files(out)}
+    r = run_cli(*base, "--seed", 2, "--force", env={"AUGMAT_FAULT": "kill-main@2"})
+    assert r.returncode == -signal.SIGKILL
+    f, info = open_file(out)  # the old output still opens, reads and names only its own shards
+    f.close()
+    assert info.config["seed"] == 1 and {e.name for e in info.shards} == old
+    assert summarize_unfinished(out)
+    build(BuildConfig(source=str(cifar_archive), subset=40, val=20, copies=2, shard_rows=16, workers=2, seed=2,
+                      force=True, output=str(out)), progress=False, log=lambda m: None)
+    new = {p.name for p in shard_files(out)}
+    assert not new & old and len(new) == 6  # the old plan's shards are gone once the new master is in place
+
+
+def summarize_unfinished(out: Path):
+    from augmat.inspection import summarize
+    return summarize(out)["unfinished_build"]
+
+
+def test_pack_makes_one_file_that_every_reader_reads(tmp_path, tiny_sharded):
+    from augmat.stream import Stream
+    work = copy_built(tiny_sharded, tmp_path / "tiny.h5")
+    one = tmp_path / "one" / "single.h5"
+    r = run_cli("pack", work, "-o", one, "-q")
+    assert r.returncode == 0, r.stderr
+    assert "packed 120 rows" in r.stdout and "3 shards" in r.stdout
+    assert sorted(os.listdir(one.parent)) == ["single.h5"]
+    assert_same_content(one, work)
+    images = rows_of(one)["images"]
+    for path in (work, one):  # an epoch shows every row once, with its pixels
+        with Stream(path, batch_size=16, seed=3, block_rows=64, buffer_rows=64) as stream:
+            epoch = [stream.next_batch() for _ in range(stream.num_batches)]
+        assert sorted(np.concatenate([b.rows for b in epoch]).tolist()) == list(range(120))
+        for b in epoch:
+            np.testing.assert_array_equal(b.images, images[b.rows])
+    assert "already exists" in run_cli("pack", work, "-o", one).stderr
+    assert "already one self-contained file" in run_cli("pack", one, "-o", tmp_path / "again.h5").stderr
+    # A shard whose pixels are not the ones its manifest records is never packed.
+    with h5py.File(shard_files(work)[1], "r+") as f:  # h5py rewrites the chunk's checksum: only the hash tells
+        f["images"][3] = 255 - f["images"][3]
+    r = run_cli("pack", work, "-o", tmp_path / "bad.h5", "-q")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "shard tiny.h5.shards/c001-s0000" in r.stderr and "SHA-256 differs" in r.stderr
+    assert leftovers(tmp_path) == ["tiny.h5"]
+
+
+def test_every_reader_refuses_a_missing_shard_in_one_line(tmp_path, tiny_sharded):
+    from augmat.stream import Stream
+    from augmat.errors import AugmatError
+    work = copy_built(tiny_sharded, tmp_path / "tiny.h5")
+    shard_files(work)[2].unlink()
+    with pytest.raises(AugmatError, match=r"shard tiny.h5.shards/c002-s0000-\w+.h5 \(rows 80-119\) is missing"):
+        Stream(work, batch_size=8)
+    for args in (["inspect", work], ["inspect", work, "--verify"], ["train", work, "--epochs", 1],
+                 ["pack", work, "-o", tmp_path / "p.h5"]):
+        r = run_cli(*args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1 and "is missing" in lines[0], (args, r.stderr)
+
+
+# --- the Ray engine: a real local Ray with 2 CPUs, started once per session ----------------
+
+def ray_flags(address: str) -> list[str]:
+    return ["--engine", "ray", "--ray-address", address]
+
+
+def test_ray_writes_the_same_shards_as_the_local_engine(tmp_path, cifar_archive, tiny_sharded, ray_address):
+    out = tmp_path / "r.h5"
+    res = build(BuildConfig(source=str(cifar_archive), subset=40, copies=3, val=20, seed=1, workers=2,
+                            shard_rows=256, output=str(out), engine="ray"), progress=False, log=lambda m: None)
+    assert res.rows == 120 and res.shards == 3
+    assert_same_shards(out, tiny_sharded)
+    assert_same_content(out, tiny_sharded)
+
+
+def test_ray_retries_a_worker_killed_mid_task_to_the_same_result(tmp_path, cifar_archive, tiny_h5, ray_address,
+                                                                 monkeypatch):
+    out = tmp_path / "r.h5"
+    monkeypatch.setenv("AUGMAT_FAULT", "kill-worker-once@4")
+    res = build(BuildConfig(source=str(cifar_archive), subset=40, copies=3, val=20, seed=1, workers=2,
+                            shard_rows=16, output=str(out), engine="ray"), progress=False, log=lambda m: None)
+    assert (shards_folder(out) / ".fault-killed-4").exists()  # the task's first process died with its file half-done
+    assert res.shards == 9 and res.shards_reused == 0
+    assert not list(shards_folder(out).glob("*.tmp*"))
+    assert_same_content(out, tiny_h5)
+
+
+def test_ray_build_killed_midway_resumes_to_the_same_file(tmp_path, cifar_archive, tiny_h5, ray_address):
+    out = tmp_path / "k.h5"
+    args = ["build", "--source", cifar_archive, *TINY_FLAGS, "--shard-rows", 16, *ray_flags(ray_address), "-o", out,
+            "-q"]
+    r = run_cli(*args, env={"AUGMAT_FAULT": "kill-main@4,slow@0.3"})
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    damage_and_resume(tmp_path, out, args, tiny_h5)
+
+
+def test_ray_ctrl_c_exits_130_and_resumes(tmp_path, cifar_archive, tiny_h5, ray_address):
+    out = tmp_path / "c.h5"
+    args = [sys.executable, "-m", "augmat", "build", "--source", str(cifar_archive), *TINY_FLAGS,
+            "--shard-rows", "16", *ray_flags(ray_address), "-o", str(out), "-q"]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "AUGMAT_FAULT": "slow@0.5"})
+    deadline = time.time() + 60
+    while not list(shards_folder(out).glob("c*.h5")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "rerun the same command" in err and len(err.strip().splitlines()) == 1, err
+    r = run_cli(*args[3:])
+    assert r.returncode == 0 and "resuming" in r.stderr, r.stderr
+    assert_same_content(out, tiny_h5)
+
+
+@pytest.mark.parametrize("fault,flags,expect", [
+    ("enospc@2", [], "disk full"),
+    ("kill-worker@1", [], "worker process died"),
+    ("", ["--source", "nope.tar.gz"], "no such file"),
+])
+def test_ray_errors_are_the_same_one_line(tmp_path, cifar_archive, ray_address, fault, flags, expect):
+    line = _bad(tmp_path, "--source", cifar_archive, *TINY_FLAGS, "--shard-rows", 16, *ray_flags(ray_address),
+                "-o", "e.h5", *flags, env={"AUGMAT_FAULT": fault}, expect=expect)
+    assert leftovers(tmp_path) == []
+    if fault:
+        assert "rerun the same command" in line

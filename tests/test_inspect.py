@@ -24,11 +24,12 @@ from augmat.inspection import rows_text, summarize, verify
 from augmat.ops import OPS, apply_ops
 from augmat.pictures import PREVIEW_MAGNITUDES, figure_size, preview, samples_grid, source_index_grid, upscale
 from augmat.sources import load_source
-from augmat.store import chunk_locations
+from augmat.store import row_parts, shards_folder
 
-from conftest import write_cifar_archive
+from conftest import copy_built, write_cifar_archive
 
 CHECKS = ["datasets", "chunks", "ranges", "counts", "source", "labels", "splits", "re-render"]
+SHARDED_CHECKS = CHECKS[:2] + ["shards"] + CHECKS[2:]  # a sharded file's shards are checked too
 
 
 def run(*args):
@@ -52,7 +53,8 @@ def tiny(tiny_h5, tmp_path) -> Path:
 
 @pytest.fixture
 def chunky(chunky_h5, tmp_path) -> Path:
-    return Path(shutil.copy(chunky_h5, tmp_path / "chunky.h5"))
+    """A sharded build (40 rows per copy block in shards of 32 and 8 rows), copied with its shards."""
+    return copy_built(chunky_h5, tmp_path / "chunky.h5")
 
 
 def verdicts(stdout: str) -> dict[str, str]:
@@ -60,9 +62,29 @@ def verdicts(stdout: str) -> dict[str, str]:
     out = {}
     for line in stdout.splitlines():
         parts = line.split(None, 2)
-        if len(parts) >= 2 and parts[0] in ("PASS", "FAIL", "SKIP") and parts[1] in CHECKS:
+        if len(parts) >= 2 and parts[0] in ("PASS", "FAIL", "SKIP") and parts[1] in SHARDED_CHECKS:
             out[parts[1]] = line
     return out
+
+
+def checks_of(path: Path) -> list[str]:
+    return SHARDED_CHECKS if shards_folder(path).is_dir() else CHECKS
+
+
+def stored_chunks(path: Path, dataset: str) -> list[tuple[int, int, Path, int, int]]:
+    """Every stored chunk of ``dataset`` in row order, in the file or its shard files:
+    (first row, stop row (of the file's dataset), file, byte offset, stored size)."""
+    out = []
+    with h5py.File(path, "r") as f:
+        parts = row_parts(f[dataset])
+    for lo, _, file, name in parts:
+        with h5py.File(file, "r") as g:
+            ds = g[name]
+            for i in range(ds.id.get_num_chunks()):
+                c = ds.id.get_chunk_info(i)
+                a = c.chunk_offset[0]
+                out.append((lo + a, lo + min(a + ds.chunks[0], ds.shape[0]), file, c.byte_offset, c.size))
+    return sorted(out)
 
 
 def assert_one_line_error(result, *words):
@@ -110,6 +132,7 @@ def test_text_summary(tiny):
     assert f"sha256 {s['source']['sha256']}" in out
     assert "seed 1" in out and f"augmat {__version__}" in out
     assert "complete    yes" in out and "unfinished" not in out
+    assert "layout      one self-contained file" in out
     for name, n in s["rows_per_op"].items():  # one histogram line per op, with its count
         line = next(l for l in out.splitlines() if l.split()[:1] == [name])
         assert f" {n} " in line and line.count("|") == 2
@@ -117,16 +140,27 @@ def test_text_summary(tiny):
         assert any(l.split()[:2] == [name, str(n)] for l in out.splitlines())
 
 
-def test_summary_notes_an_unfinished_build_beside_the_file(tiny):
-    """The build keeps everything unfinished in <file>.parts/, its temporary file included."""
-    parts = tiny.with_name(tiny.name + ".parts")
-    parts.mkdir()
-    (parts / "shard-00000.done").write_text("[1]")
-    assert summarize(tiny)["unfinished_build"] == {"parts": str(parts), "shards": 1, "tmp": None}
-    r = run("inspect", tiny)
-    assert r.exit_code == 0 and f"an unfinished build sits beside it: {parts} (1 shards done)" in r.stdout
-    (parts / (tiny.name + ".partial")).write_bytes(b"half a file")
-    assert summarize(tiny)["unfinished_build"]["tmp"] == str(parts / (tiny.name + ".partial"))
+def test_summary_notes_an_unfinished_build_beside_the_file(chunky):
+    """Shards the manifest does not list (a killed build of other options, a killed
+    extension) and temporary files of stopped tasks, in the shards folder."""
+    folder = shards_folder(chunky)
+    (folder / "c007-s0000-0123abcd.h5").write_bytes(b"a shard of another build")
+    (folder / "c000-s0000-0123abcd.h5.tmp77").write_bytes(b"half")
+    assert summarize(chunky)["unfinished_build"] == {"folder": str(folder), "shards": 1, "tmp": 1}
+    r = run("inspect", chunky)
+    assert r.exit_code == 0 and f"an unfinished build left files in {folder} (1 shards" in r.stdout
+    assert summarize(chunky)["shards"]["count"] == 8
+
+
+def test_summary_of_a_sharded_file(chunky):
+    s = summarize(chunky)
+    shard_bytes = sum(p.stat().st_size for p in shards_folder(chunky).iterdir())
+    assert s["shards"] == {"count": 8, "folder": str(shards_folder(chunky)), "bytes": shard_bytes}
+    assert s["size_bytes"] == chunky.stat().st_size + shard_bytes
+    assert s["image_chunks"] == {"written": 8, "expected": 8, "all_zero": 0} and s["complete"] is True
+    out = run("inspect", chunky).stdout
+    assert f"shards      8 shard files in {shards_folder(chunky)}/" in out
+    assert "layout" not in out
 
 
 def test_a_tmp_file_beside_the_output_is_not_an_unfinished_build(tiny):
@@ -142,15 +176,20 @@ def test_originals_are_counted_apart(chunky):
     assert "+ 40 unaugmented originals" in run("inspect", chunky).stdout
 
 
+def _state(path: Path) -> list:
+    files = [path, *sorted(shards_folder(path).iterdir())] if shards_folder(path).is_dir() else [path]
+    return [(p.name, hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in files]
+
+
 def test_inspect_never_modifies_the_file(chunky, tmp_path):
-    before = (hashlib.sha256(chunky.read_bytes()).hexdigest(), chunky.stat().st_mtime_ns)
+    before = _state(chunky)
     with h5py.File(chunky, "r") as f:
         i = int(f["subset_index"][0])
     for args in ([], ["--json"], ["--verify"], ["--grid", tmp_path / "g.png"], ["--source-index", i],
                  ["--source-index", i, "--grid", tmp_path / "c.png"], ["--verify", "--json", "--sample", 5]):
         r = run("inspect", chunky, *args)
         assert r.exit_code == 0, (args, r.output)
-    assert (hashlib.sha256(chunky.read_bytes()).hexdigest(), chunky.stat().st_mtime_ns) == before
+    assert _state(chunky) == before
 
 
 # --- verify on good files --------------------------------------------------------------
@@ -161,32 +200,29 @@ def test_verify_passes_on_a_good_file(which, request):
     r = run("inspect", path, "--verify")
     assert r.exit_code == 0, r.output
     v = verdicts(r.stdout)
-    assert list(v) == CHECKS and all(line.startswith("PASS") for line in v.values()), r.stdout
+    assert list(v) == checks_of(path) and all(line.startswith("PASS") for line in v.values()), r.stdout
     assert "rows re-rendered from the source equal the stored pixels bit for bit" in v["re-render"]
-    assert "verify: PASSED (8 passed, 0 failed, 0 skipped)" in r.stdout
+    assert f"verify: PASSED ({len(checks_of(path))} passed, 0 failed, 0 skipped)" in r.stdout
 
 
 def test_verify_json_and_sampling(chunky):
     r = run("inspect", chunky, "--verify", "--json", "--sample", 10, "--seed", 3)
     assert r.exit_code == 0, r.output
     checks = json.loads(r.stdout)["verify"]
-    assert [c["check"] for c in checks] == CHECKS and {c["status"] for c in checks} == {"PASS"}
+    assert [c["check"] for c in checks] == SHARDED_CHECKS and {c["status"] for c in checks} == {"PASS"}
     assert "a sample of 10 (seed 3) of the 160 rows" in checks[-1]["detail"]
 
 
 # --- verify on damaged files -----------------------------------------------------------
 
 def flip_byte(path: Path, dataset: str, chunk: int) -> tuple[int, int]:
-    """Flip one byte in the middle of a stored chunk; returns the chunk's rows [start, stop)."""
-    with h5py.File(path, "r") as f:
-        ds = f[dataset]
-        info = ds.id.get_chunk_info(chunk)
-        start = info.chunk_offset[0]
-        stop = min(start + ds.chunks[0], ds.shape[0])
-    with open(path, "r+b") as fh:
-        fh.seek(info.byte_offset + info.size // 2)
+    """Flip one byte in the middle of a stored chunk (the chunk-th in row order, in a shard
+    file for a sharded file's row datasets); returns the chunk's rows [start, stop)."""
+    start, stop, file, offset, size = stored_chunks(path, dataset)[chunk]
+    with open(file, "r+b") as fh:
+        fh.seek(offset + size // 2)
         b = fh.read(1)
-        fh.seek(info.byte_offset + info.size // 2)
+        fh.seek(offset + size // 2)
         fh.write(bytes([b[0] ^ 0x5A]))
     return start, stop
 
@@ -202,6 +238,7 @@ def test_verify_names_the_rows_of_a_corrupted_chunk(chunky, dataset, chunk):
     assert f"{dataset} rows {start}-{stop - 1}: fletcher32 checksum mismatch" in v["chunks"]
     assert "failed verification: chunks" in r.stderr
     if dataset == "images":
+        assert v["shards"].startswith("FAIL")  # its pixels cannot be hashed either
         assert f"rows {start}-{stop - 1}" in r.stderr
         # the other checks still run, and leave the damaged rows out of the re-render
         assert v["re-render"].startswith("PASS") and "in damaged chunks left out" in v["re-render"]
@@ -219,13 +256,13 @@ def test_verify_skips_the_checks_that_need_a_damaged_dataset(chunky, dataset):
     r = run("inspect", chunky, "--verify")
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.exception  # no traceback
     v = verdicts(r.stdout)
-    assert list(v) == CHECKS, r.stdout
+    assert list(v) == SHARDED_CHECKS, r.stdout
     assert f"{dataset} rows {start}-{stop - 1}: fletcher32 checksum mismatch" in v["chunks"]
     skipped = {name for name, line in v.items() if line.startswith("SKIP")}
     assert skipped == NEEDS[dataset], r.stdout
     for name in skipped:
         assert dataset in v[name]  # the reason names the damaged dataset
-    assert all(v[name].startswith("PASS") for name in CHECKS if name not in skipped | {"chunks"}), r.stdout
+    assert all(v[name].startswith("PASS") for name in SHARDED_CHECKS if name not in skipped | {"chunks"}), r.stdout
     assert "failed verification: chunks" in r.stderr
 
 
@@ -252,37 +289,43 @@ def test_verify_fails_on_a_missing_index_dataset(chunky):
     assert "missing datasets val/source_index" in r.output  # open_file refuses it before any check
 
 
-def test_verify_finds_a_chunk_missing_from_the_index(chunky):
-    """A file not laid out by today's build (an older augmat's, another writer's) can lack a
+def test_verify_finds_a_chunk_missing_from_the_index(tiny):
+    """A file not written whole by h5py (an older augmat's, another writer's) can lack a
     chunk, which reads back as zeros with no checksum to fail: verify finds it missing from
     the chunk index, and the summary says the file is incomplete."""
-    with h5py.File(chunky, "r+") as f:
+    with h5py.File(tiny, "r+") as f:
         data = f["images"][...]
         del f["images"]
         ds = f.create_dataset("images", data.shape, np.uint8, chunks=(32, 32, 32, 3), fletcher32=True)
         ds[:32] = data[:32]
         ds[64:] = data[64:]
-    r = run("inspect", chunky, "--verify")
+    r = run("inspect", tiny, "--verify")
     assert r.exit_code == 1
     assert "images rows 32-63: never written" in verdicts(r.stdout)["chunks"]
     assert "rows 32-63" in r.stderr
-    assert "NO: only 4 of 5 image chunks were written" in run("inspect", chunky).stdout
+    assert "NO: only 3 of 4 image chunks were written" in run("inspect", tiny).stdout
 
 
-def test_verify_finds_a_chunk_allocated_but_never_written(chunky):
-    """A build allocates every image chunk before its workers fill them: one never filled
-    holds zeros, checksum 0 included, which passes fletcher32. Verify re-renders every row
-    of such a chunk and names them."""
-    with h5py.File(chunky, "r") as f:
-        offset, size = chunk_locations(f["images"])[1]  # rows 32-63
-    with open(chunky, "r+b") as fh:
+def zero_chunk(path: Path, row: int) -> tuple[int, int]:
+    """Overwrite the stored image chunk holding ``row`` with zeros, checksum included (what a
+    chunk never written holds, or an OS crash can leave); returns its rows [start, stop)."""
+    start, stop, file, offset, size = next(c for c in stored_chunks(path, "images") if c[0] <= row < c[1])
+    with open(file, "r+b") as fh:
         fh.seek(offset)
         fh.write(bytes(size))
+    return start, stop
+
+
+def test_verify_finds_a_chunk_of_zeros(chunky):
+    """A chunk of zeros, its checksum 0 included, passes fletcher32. Verify re-renders every
+    row of such a chunk and names them; the shard's SHA-256 fails too."""
+    assert zero_chunk(chunky, 33) == (32, 40)  # the 8-row shard c000-s0001
     r = run("inspect", chunky, "--verify")
     assert r.exit_code == 1
-    rerender = verdicts(r.stdout)["re-render"]
-    assert "FAIL" in rerender and "32 of them in chunks of all zeros: never written" in rerender
-    assert "rows 32-63" in r.stderr
+    v = verdicts(r.stdout)
+    assert "FAIL" in v["re-render"] and "8 of them in chunks of all zeros: never written" in v["re-render"]
+    assert v["shards"].startswith("FAIL") and "c000-s0001" in v["shards"] and "rows 32-39" in v["shards"]
+    assert "rows 32-39" in r.stderr
 
 
 def _row_with(f, op_code=None) -> int:
@@ -367,7 +410,7 @@ def test_verify_without_the_source_skips_and_says_how(chunky, cifar_archive, tmp
     r = run("inspect", chunky, "--verify")
     v = verdicts(r.stdout)
     assert r.exit_code == 0 and v["source"].startswith("SKIP") and "pass --source PATH" in v["source"]
-    assert "verify: PASSED only what it could check (4 passed, 0 failed, 4 skipped)" in r.stdout
+    assert "verify: PASSED only what it could check (5 passed, 0 failed, 4 skipped)" in r.stdout
     r = run("inspect", chunky, "--verify", "--source", cifar_archive)
     assert r.exit_code == 0 and all(l.startswith("PASS") for l in verdicts(r.stdout).values())
 
@@ -438,10 +481,7 @@ def test_source_index_grid_shows_the_original_and_its_copies(which, request, cif
 
 
 def _chunk_of(path: Path, row: int) -> int:
-    with h5py.File(path, "r") as f:
-        ds = f["images"]
-        return next(i for i in range(ds.id.get_num_chunks())
-                    if ds.id.get_chunk_info(i).chunk_offset[0] == row - row % ds.chunks[0])
+    return next(i for i, c in enumerate(stored_chunks(path, "images")) if c[0] <= row < c[1])
 
 
 def test_grids_of_a_damaged_image_chunk_are_one_line(chunky, tmp_path):
@@ -545,12 +585,8 @@ def test_all_zero_chunks_without_a_source_are_not_passed(tmp_path, cifar_archive
     build(BuildConfig(source=str(source), subset=40, copies=2, val=20, workers=1, shard_rows=32,
                       output=str(path)), progress=False, log=lambda m: None)
     source.unlink()
-    with h5py.File(path, "r") as f:
-        offset, size = chunk_locations(f["images"])[0]  # rows 0-31
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        fh.write(bytes(size))
-    assert "NOT SURE: 1 of 3 image chunks are all zeros" in run("inspect", path).stdout
+    assert zero_chunk(path, 0) == (0, 32)
+    assert "NOT SURE: 1 of 4 image chunks are all zeros" in run("inspect", path).stdout
     assert summarize(path)["complete"] is None and summarize(path)["image_chunks"]["all_zero"] == 1
     r = run("inspect", path, "--verify")
     assert r.exit_code == 1
@@ -565,10 +601,13 @@ def format1_h5(tmp_path_factory, cifar_archive) -> Path:
     ``rotate_bilinear`` and ``unsharp``. Made by building with those two ops and
     writing the old names and codes over the new ones."""
     from augmat.ops import OP_NAMES
-    path = tmp_path_factory.mktemp("old") / "old.h5"
+    from augmat.pack import pack
+    built = tmp_path_factory.mktemp("old-built") / "old.h5"
     build(BuildConfig(source=str(cifar_archive), subset=24, copies=2, val=10, seed=4, workers=1,
-                      ops=("identity", "rotate_bilinear", "unsharp"), output=str(path)),
+                      ops=("identity", "rotate_bilinear", "unsharp"), output=str(built)),
           progress=False, log=lambda m: None)
+    path = tmp_path_factory.mktemp("old") / "old.h5"  # format 1 files were single files
+    pack(built, path, progress=False)
     old_names = ["identity", "rotate", "flip_lr", "translate_x", "translate_y", "sharpen", "contrast", "brightness"]
     to_old = {OP_NAMES.index("identity"): 0, OP_NAMES.index("rotate_bilinear"): 1, OP_NAMES.index("unsharp"): 5}
     with h5py.File(path, "r+") as f:

@@ -1,85 +1,136 @@
-"""Chunks written outside HDF5 must be exactly what HDF5 itself stores, and read back
-through its fletcher32 check."""
+"""The sharded layout: shard files written through h5py, a master whose Virtual Datasets
+read them by relative path, and open_file's checks (a missing shard reads as zeros in
+HDF5, with no error: augmat must refuse it)."""
 
 from __future__ import annotations
 
-import io
+import json
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from augmat.store import chunk_locations, create_rows, fletcher32, stored_checksum_ok, write_chunks_at
+from augmat.errors import AugmatError
+from augmat.ops import OP_NAMES
+from augmat.store import (FORMAT_VERSION, ShardEntry, open_file, read_rows, row_chunk, row_parts, shards_folder,
+                          write_master, write_shard)
+
+N_SHARDS, ROWS = 3, 300
 
 
-def hdf5_chunks(x: np.ndarray, chunk_rows: int) -> list[bytes]:
-    """What HDF5 itself stores for ``x`` with the fletcher32 filter, chunk by chunk."""
-    with h5py.File(io.BytesIO(), "w") as f:
-        ds = f.create_dataset("x", data=x, chunks=(chunk_rows,) + x.shape[1:], fletcher32=True)
-        return [ds.id.read_direct_chunk((a,) + (0,) * (x.ndim - 1))[1] for a in range(0, len(x), chunk_rows)]
+def _rows(a: int, b: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(a)
+    n = b - a
+    return {"images": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), "labels": (np.arange(a, b) % 10).astype(np.uint8),
+            "source_index": np.arange(a, b, dtype=np.int32), "copy": np.zeros(n, np.int16),
+            "op": (np.arange(n) % len(OP_NAMES)).astype(np.uint8), "magnitude": np.linspace(0, 1, n, dtype=np.float32)}
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 1535, 1536, 3072, 3073, 5000])
-@pytest.mark.parametrize("fill", ["random", "zeros", "ones"])
-def test_fletcher32_is_hdf5s(n, fill):
-    """Odd lengths, lengths around the 1536-word block, all-zero data (checksum 0) and
-    all-0xff data (sums that are multiples of 65535) included."""
-    x = {"random": np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8),
-         "zeros": np.zeros(n, np.uint8), "ones": np.full(n, 255, np.uint8)}[fill]
-    (stored,) = hdf5_chunks(x, n)
-    assert stored[:-4] == x.tobytes()
-    assert fletcher32(x) == int.from_bytes(stored[-4:], "little")
+def make_master(path: Path) -> dict[str, np.ndarray]:
+    """A master over 3 shards of 300 rows (chunks of 256: two per shard); returns all rows."""
+    folder = shards_folder(path)
+    folder.mkdir(parents=True)
+    entries, parts = [], []
+    for s in range(N_SHARDS):
+        a, b = s * ROWS, (s + 1) * ROWS
+        data = _rows(a, b)
+        name = f"c000-s{s:04d}-0123abcd.h5"
+        size, sha = write_shard(folder / name, data, OP_NAMES, {"key": "k", "name": name, "copy": 0, "first": a})
+        entries.append(ShardEntry(name, a, b - 1, size, sha))
+        parts.append(data)
+    side = {"subset_index": np.arange(N_SHARDS * ROWS, dtype=np.int32),
+            "val/images": np.zeros((2, 32, 32, 3), np.uint8), "val/labels": np.zeros(2, np.uint8),
+            "val/source_index": np.array([5000, 5001], np.int32),
+            "test/images": np.zeros((3, 32, 32, 3), np.uint8), "test/labels": np.zeros(3, np.uint8)}
+    attrs = {"augmat_format": FORMAT_VERSION, "augmat_version": "t", "config": json.dumps({"subset": 900}),
+             "class_names": json.dumps([str(i) for i in range(10)]), "source": json.dumps({}), "libraries": "{}"}
+    write_master(path, attrs, side, entries, OP_NAMES)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def test_fletcher32_of_large_and_strided_data():
-    """Past ~33 MB the sums leave int64 unless reduced; a strided view is read as its values."""
-    big = np.full(40_000_000, 255, np.uint8)
-    (stored,) = hdf5_chunks(big, big.size)
-    assert fletcher32(big) == int.from_bytes(stored[-4:], "little") == 0xFFFFFFFF
-    x = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)[::2]
-    (stored,) = hdf5_chunks(np.ascontiguousarray(x), len(x))
-    assert fletcher32(x) == int.from_bytes(stored[-4:], "little")
+def test_shards_are_plain_hdf5_files_and_leave_no_temporary_file(tmp_path):
+    want = make_master(tmp_path / "m.h5")
+    folder = tmp_path / "m.h5.shards"
+    assert sorted(p.name for p in folder.iterdir()) == [f"c000-s000{s}-0123abcd.h5" for s in range(3)]
+    with h5py.File(folder / "c000-s0001-0123abcd.h5", "r") as f:
+        assert f["images"].fletcher32 and f["images"].chunks == (256, 32, 32, 3) and not f["images"].is_virtual
+        assert f.attrs["rows"] == ROWS and f.attrs["first"] == ROWS and f.attrs["name"] == "c000-s0001-0123abcd.h5"
+        np.testing.assert_array_equal(f["images"][...], want["images"][ROWS:2 * ROWS])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5", "m.h5.shards"]
 
 
-def allocated_file(path, rows: int, chunk_rows: int) -> list[tuple[int, int]]:
-    with h5py.File(path, "w") as f:
-        return chunk_locations(create_rows(f, "x", rows, np.uint8, (32, 32, 3), chunk_rows=chunk_rows,
-                                           allocate=True))
+def test_plain_h5py_reads_the_master_from_any_cwd_and_after_a_move(tmp_path):
+    want = make_master(tmp_path / "a" / "m.h5")
+    code = ("import h5py, sys; f = h5py.File(sys.argv[1], 'r'); "
+            "print(int(f['images'][299:301].sum()), int(f['source_index'][650]), f['images'].is_virtual)")
+    expect = f"{int(want['images'][299:301].sum())} 650 True"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a" / "m.h5")], cwd=elsewhere,
+                       capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == expect
+    shutil.move(tmp_path / "a", tmp_path / "b")  # the master and its folder, together
+    r = subprocess.run([sys.executable, "-c", code, "../b/m.h5"], cwd=elsewhere, capture_output=True, text=True,
+                       check=True)
+    assert r.stdout.strip() == expect
+    f, info = open_file(tmp_path / "b" / "m.h5")
+    with f:
+        assert info.sharded and info.shards_folder == tmp_path / "b" / "m.h5.shards" and info.rows == 900
+        np.testing.assert_array_equal(read_rows(f["images"]), want["images"])
+        assert row_chunk(f) == 256 and row_chunk(f["labels"]) == ROWS
+        assert [(lo, hi, p.name) for lo, hi, p, _ in row_parts(f["images"])] == [
+            (s * ROWS, (s + 1) * ROWS, f"c000-s000{s}-0123abcd.h5") for s in range(3)]
 
 
-@pytest.mark.parametrize("rows,chunk_rows", [(300, 256), (256, 256), (5, 8), (7, 7), (20, 3)])
-def test_chunks_written_outside_hdf5_are_hdf5s_own(tmp_path, rows, chunk_rows):
-    """Partial last chunks padded as HDF5 pads them; read back through HDF5's own checksum test."""
-    x = np.random.default_rng(rows).integers(0, 256, (rows, 32, 32, 3), dtype=np.uint8)
-    path = tmp_path / "a.h5"
-    locations = allocated_file(path, rows, chunk_rows)
-    chunk_rows = min(chunk_rows, rows)
-    fd = os.open(path, os.O_RDWR)
-    try:
-        sums = write_chunks_at(fd, x, chunk_rows, locations)
-        assert all(stored_checksum_ok(fd, loc, s) for loc, s in zip(locations, sums))
-    finally:
-        os.close(fd)
-    with h5py.File(path, "r") as f:
-        np.testing.assert_array_equal(f["x"][...], x)
-        stored = [f["x"].id.read_direct_chunk((a, 0, 0, 0))[1] for a in range(0, rows, chunk_rows)]
-    assert stored == hdf5_chunks(x, chunk_rows)
+def test_a_missing_or_changed_shard_is_one_line_not_zeros(tmp_path):
+    make_master(tmp_path / "m.h5")
+    shard = tmp_path / "m.h5.shards" / "c000-s0001-0123abcd.h5"
+    shard.rename(tmp_path / "away.h5")
+    with h5py.File(tmp_path / "m.h5", "r") as f:  # what plain HDF5 does: zeros, no error
+        assert not f["images"][ROWS:2 * ROWS].any()
+    with pytest.raises(AugmatError, match=r"shard m.h5.shards/c000-s0001-0123abcd.h5 \(rows 300-599\) is missing; "
+                                          r"restore the folder m.h5.shards/"):
+        open_file(tmp_path / "m.h5")
+    (tmp_path / "away.h5").rename(shard)
+    with open(shard, "ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(AugmatError, match="is .* bytes, the manifest records"):
+        open_file(tmp_path / "m.h5")
+    # A master renamed alone still reads the folder of its first name: refused, not zeros.
+    with open(shard, "r+b") as fh:
+        fh.truncate(shard.stat().st_size - 1)
+    open_file(tmp_path / "m.h5")[0].close()
+    (tmp_path / "m.h5").rename(tmp_path / "n.h5")
+    shutil.copytree(tmp_path / "m.h5.shards", tmp_path / "n.h5.shards")
+    shutil.rmtree(tmp_path / "m.h5.shards")
+    with pytest.raises(AugmatError, match="m.h5.shards/c000-s0000.* is missing"):
+        open_file(tmp_path / "n.h5")
 
 
-def test_a_changed_or_lost_chunk_fails_its_check(tmp_path):
-    x = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
-    path = tmp_path / "a.h5"
-    locations = allocated_file(path, 12, 4)
-    fd = os.open(path, os.O_RDWR)
-    try:
-        sums = write_chunks_at(fd, x, 4, locations)
-        (o0, s0), (o1, s1), (o2, s2) = locations
-        os.pwrite(fd, bytes([os.pread(fd, 1, o0 + 7)[0] ^ 1]), o0 + 7)  # a pixel changed
-        os.pwrite(fd, bytes(s1), o1)                                     # lost: zeros, checksum 0
-        assert not stored_checksum_ok(fd, locations[0], sums[0])
-        assert not stored_checksum_ok(fd, locations[1], sums[1])
-        assert stored_checksum_ok(fd, locations[2], sums[2])
-        assert not stored_checksum_ok(fd, locations[2], sums[2] ^ 1)    # a receipt that does not match
-    finally:
-        os.close(fd)
+def test_a_damaged_chunk_in_a_shard_names_the_rows_and_the_shard(tmp_path):
+    make_master(tmp_path / "m.h5")
+    shard = tmp_path / "m.h5.shards" / "c000-s0002-0123abcd.h5"
+    with h5py.File(shard, "r") as f:
+        info = f["images"].id.get_chunk_info(1)  # shard rows 256-299: master rows 856-899
+    with open(shard, "r+b") as fh:
+        fh.seek(info.byte_offset + 100)
+        b = fh.read(1)
+        fh.seek(info.byte_offset + 100)
+        fh.write(bytes([b[0] ^ 1]))
+    f, _ = open_file(tmp_path / "m.h5")
+    with f, pytest.raises(AugmatError, match=r"images rows 856-899 \(shard m.h5.shards/c000-s0002-0123abcd.h5\) "
+                                             "cannot be read"):
+        read_rows(f["images"], 500, 900)
+
+
+def test_a_master_written_to_a_full_disk_leaves_nothing(tmp_path):
+    def full():
+        raise OSError(28, os.strerror(28))
+    with pytest.raises(OSError):
+        write_master(tmp_path / "m.h5", {}, {}, [ShardEntry("x.h5", 0, 0, 1, "0")], OP_NAMES, fault=full)
+    assert list(tmp_path.iterdir()) == []

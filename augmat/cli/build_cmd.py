@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 
 from ..build import BuildConfig, build, default_workers
+from ..pack import pack
 from ..ops import DEFAULT_OPS, OP_NAMES, OPS
+from ..store import shards_folder
 
 
 def _ops(ctx, param, value: str | None):
@@ -41,28 +43,51 @@ def _ops(ctx, param, value: str | None):
 @click.option("--workers", type=int, default=default_workers(), show_default="all cores",
               help="Worker processes: they decode an image source and render the shards.")
 @click.option("--shard-rows", type=int, default=4096, show_default=True,
-              help="Rows per shard, the unit of work and of resuming (rounded up to whole HDF5 chunks of up to 256 rows).")
-@click.option("--force", is_flag=True, help="Replace the output if it exists (only once the new one is complete).")
+              help="Rows per shard file, the unit of work and of resuming; a shard never crosses a copy block.")
+@click.option("--force", is_flag=True,
+              help="Replace the output if it exists (only once the new one is complete; its shards that "
+                   "check out are kept).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: worker processes on this machine. ray: Ray tasks (pip install 'augmat[ray]'); "
+                   "the output's folder must be reachable at the same path from every node.")
+@click.option("--ray-address", type=str, default=None, metavar="ADDR",
+              help="With --engine ray: the Ray cluster to use (as `ray start` prints it, or 'auto'). "
+                   "Default: start a local Ray with --workers CPUs.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def build_command(quiet: bool, **options) -> None:
-    """Render augmented copies of a CIFAR-10 subset into one HDF5 file.
+    """Render augmented copies of a CIFAR-10 subset into HDF5 shard files and one file over them.
 
     Each copy gets one op, drawn uniformly from the chosen ops (identity included),
     with a magnitude uniform in [0, 1]; every row stores its source image, op and
-    magnitude. Interrupted builds resume: run the same command again.
+    magnitude. FILE is a small file that reads as one dataset; the rows are in the shard
+    files of FILE.shards/ beside it (keep the two together; `augmat pack` makes one
+    self-contained file). Interrupted builds resume: run the same command again. The same
+    command with more --copies over an existing output adds copy blocks to it.
     """
     cfg = BuildConfig(**options)
     try:
         result = build(cfg, progress=not quiet)
     except KeyboardInterrupt:
-        parts = f"{cfg.output}.parts"
-        if Path(parts).exists():
-            click.echo(f"augmat: interrupted; finished shards are kept in {parts}: rerun the same command "
-                       f"to resume, or delete that folder to start over", err=True)
+        folder = shards_folder(cfg.output)
+        if folder.exists():
+            start_over = "" if Path(cfg.output).exists() else ", or delete that folder to start over"
+            click.echo(f"augmat: interrupted; finished shards are kept in {folder}: rerun the same command "
+                       f"to resume{start_over}", err=True)
         else:
             click.echo("augmat: interrupted before anything was written", err=True)
         sys.exit(130)
     click.echo(result.summary())
 
 
-COMMANDS = [build_command]
+@click.command("pack")
+@click.argument("path", metavar="FILE")
+@click.option("-o", "--output", type=str, required=True, metavar="ONE.h5", help="The single file to write.")
+@click.option("--force", is_flag=True, help="Replace ONE.h5 if it exists (only once the new one is complete).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def pack_command(path: str, output: str, force: bool, quiet: bool) -> None:
+    """Write the rows of a sharded FILE (as `augmat build` makes it) into one self-contained
+    file, checking each shard's SHA-256 on the way. inspect, train and the stream read both."""
+    click.echo(pack(path, output, force=force, progress=not quiet))
+
+
+COMMANDS = [build_command, pack_command]
