@@ -198,7 +198,7 @@ def build_config(cfg: ExperimentConfig, size: int) -> BuildConfig:
 def train_config(cfg: ExperimentConfig, run: Run):
     """Offline cells stream the first K copies of the size's one file; unaugmented and online
     read the same file's subset, validation and test splits, and the sources from ``source``."""
-    from train import TrainConfig
+    from augmat_train import TrainConfig
     mode = "offline" if run.copies is not None else run.mode
     return TrainConfig(file=str(file_path(cfg, run.size)), epochs=cfg.epochs, batch_size=cfg.batch_size,
                        epoch_size=run.size, order=cfg.order, mode=mode, copies_used=run.copies,
@@ -361,13 +361,16 @@ def run_experiment(cfg: ExperimentConfig, command: str = "", log=print) -> dict:
             skipped += 1
             log(f"[{i}/{len(runs)}] skipped {run.name}: finished earlier ({run_dir})")
             continue
+        resume = False
         if run_dir.exists():
-            log(f"[{i}/{len(runs)}] restarting {run.name}: the earlier attempt was {why}")
-            shutil.rmtree(run_dir)
-        log(f"[{i}/{len(runs)}] training {run.name}: {tc.mode}, {cfg.epochs} epochs of {run.size:,} images, "
-            f"seed {run.seed}")
-        from train import run as train_run
-        train_run(tc, log=log)
+            resume, why = _resumable(tc, why)
+            if not resume:
+                log(f"[{i}/{len(runs)}] restarting {run.name}: the earlier attempt was {why}")
+                shutil.rmtree(run_dir)
+        log(f"[{i}/{len(runs)}] {'resuming' if resume else 'training'} {run.name}: {tc.mode}, "
+            f"{cfg.epochs} epochs of {run.size:,} images, seed {run.seed}")
+        from augmat_train import run as train_run
+        train_run(tc, log=log, resume=resume)
         _clear_session()
         trained += 1
         write_report(cfg, runs, meta)
@@ -377,6 +380,17 @@ def run_experiment(cfg: ExperimentConfig, command: str = "", log=print) -> dict:
     return results
 
 
+def _resumable(tc, why: str) -> tuple[bool, str]:
+    """Whether an unfinished run's dir can be continued from its last epoch (same options,
+    a checkpoint), and if not, why."""
+    from augmat_train.rundir import open_run_dir_to_resume
+    try:
+        open_run_dir_to_resume(tc.run_dir, asdict(tc))
+        return True, why
+    except AugmatError as e:
+        return False, f"{why}, and cannot be resumed ({e})"
+
+
 def _clear_session() -> None:
     import keras
     keras.backend.clear_session()
@@ -384,23 +398,10 @@ def _clear_session() -> None:
 
 def environment() -> dict:
     """Keras version and backend, and the device it trains on, in words."""
-    from .kerasenv import _stderr_silenced, import_keras
+    from .kerasenv import accelerators, import_keras
     keras = import_keras()
     backend = keras.backend.backend()
-    accel: list[str] = []
-    with _stderr_silenced():
-        try:
-            if backend == "tensorflow":
-                import tensorflow as tf
-                accel = [d.name for d in tf.config.list_physical_devices("GPU")]
-            elif backend == "jax":
-                import jax
-                accel = [f"{d.platform}:{getattr(d, 'device_kind', d)}" for d in jax.devices() if d.platform != "cpu"]
-            elif backend == "torch":
-                import torch
-                accel = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        except Exception as e:  # a broken driver: say so, do not stop the experiment
-            accel = [f"unknown ({type(e).__name__})"]
+    accel = accelerators(backend)
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -27,6 +27,24 @@ def _stderr_silenced():
         os.close(devnull)
 
 
+def accelerators(backend: str) -> list[str]:
+    """The accelerators the Keras backend would train on, in words (empty: CPU only)."""
+    with _stderr_silenced():
+        try:
+            if backend == "tensorflow":
+                import tensorflow as tf
+                return [d.name for d in tf.config.list_physical_devices("GPU")]
+            if backend == "jax":
+                import jax
+                return [f"{d.platform}:{getattr(d, 'device_kind', d)}" for d in jax.devices() if d.platform != "cpu"]
+            if backend == "torch":
+                import torch
+                return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        except Exception as e:  # a broken driver: say so, do not stop
+            return [f"unknown ({type(e).__name__})"]
+    return []
+
+
 def import_keras():
     """Return the keras module, imported with the backend's start-up noise silenced."""
     if "keras" in sys.modules:

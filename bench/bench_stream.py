@@ -71,7 +71,7 @@ def main() -> None:
     import keras
     from augmat.store import open_file
     from augmat.stream import Stream, as_keras
-    from train.trainer import LEARNING_RATE, seed_cnn
+    from augmat_train.trainer import LEARNING_RATE, seed_cnn
 
     def fresh_model():
         keras.utils.set_random_seed(0)

@@ -25,7 +25,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="JSON file for the per-run results")
     a = p.parse_args()
 
-    from train import TrainConfig, run
+    from augmat_train import TrainConfig, run
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -65,7 +65,7 @@ TINY = dict(sizes=(300,), epochs=2, val=100)
 def _train_one(cfg_dict: dict, name: str) -> tuple[str, str | None, float]:
     """One run, in a process of its own: (name, error or None, seconds)."""
     from augmat.experiment import ExperimentConfig, plan_runs, train_config
-    from train import run as train_run
+    from augmat_train import run as train_run
     t0 = time.perf_counter()
     cfg = ExperimentConfig(**cfg_dict)
     run = next(r for r in plan_runs(cfg) if r.name == name)

@@ -4,6 +4,8 @@ per-cell repeats, the report's answer and figures from made-up runs, and bad inp
 
 from __future__ import annotations
 
+import os
+
 import json
 import re
 import shutil
@@ -145,6 +147,29 @@ def test_a_stopped_run_is_trained_again_the_rest_kept(smoke, source, tmp_path):
     assert json.loads((stopped / "metrics.json").read_text())["status"] == "finished"
     assert (copy / "runs" / RUNS[0] / "metrics.json").read_bytes() == kept
     assert json.loads((copy / "results.json").read_text())["complete"] is True
+
+
+def test_a_killed_run_resumes_from_its_last_epoch(source, tmp_path):
+    """SIGKILL after the first epoch of the first run; the same command continues that run
+    from its checkpoint (not from scratch), then trains the rest."""
+    import signal
+    import subprocess
+    import sys
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "augmat", "experiment", "--sizes", 1000, "--copies", 1, "--epochs", 2,
+            "--val", 100, "--workers", 1, "--source", source, "--out", out]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    r = subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=600,
+                       env={**env, "AUGMAT_FAULT": "kill-train@1"})
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    first = out / "runs" / "n1000-unaugmented-r0"
+    assert json.loads((first / "state.json").read_text())["epochs"] == 1
+    r = subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming n1000-unaugmented-r0" in r.stdout and "after epoch 1 of 2" in r.stdout
+    m = json.loads((first / "metrics.json").read_text())
+    assert m["status"] == "finished" and m["resumed_after_epoch"] == 1 and m["epochs"] == 2
+    assert json.loads((out / "results.json").read_text())["complete"] is True
 
 
 def test_other_options_on_a_finished_out_are_refused(smoke, source):

@@ -284,3 +284,60 @@ def test_readme_public_api_example_runs(tmp_path, cifar_archive, monkeypatch):
     exec(compile(code, str(README), "exec"), scope)
     history = scope["history"].history
     assert len(history["loss"]) >= 1 and "val_accuracy" in history
+
+
+def _augmat(*args, env=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "augmat", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, cwd=cwd, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+
+
+def test_a_killed_run_resumes_to_the_model_of_an_uninterrupted_one(tiny_h5, tmp_path):
+    """SIGKILL after epoch 2 of 3 (the process kills itself once the epoch's checkpoint is
+    written), then the same command with --resume: the final model is the uninterrupted
+    run's, the first two epochs' history is the same, and the stream went on with epoch 3."""
+    import keras
+    args = ["train", tiny_h5, "--epochs", 3, "--batch-size", 32, "--seed", 2, "--order", "copies", "-q"]
+    full = _augmat(*args, "--run-dir", tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-2000:]
+    assert "no accelerator: training runs at" in full.stdout  # the duration, said at the start
+    killed = _augmat(*args, "--run-dir", tmp_path / "cut", env={"AUGMAT_FAULT": "kill-train@2"})
+    assert killed.returncode == -signal.SIGKILL
+    state = json.loads((tmp_path / "cut" / "state.json").read_text())
+    assert state["epochs"] == 2 and not (tmp_path / "cut" / "metrics.json").exists()
+    resumed = _augmat(*args, "--run-dir", tmp_path / "cut", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout and "after epoch 2 of 3" in resumed.stdout
+    m = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert m["status"] == "finished" and m["epochs"] == 3 and m["resumed_after_epoch"] == 2
+    a = keras.models.load_model(tmp_path / "full" / "model-final.keras").get_weights()
+    b = keras.models.load_model(tmp_path / "cut" / "model-final.keras").get_weights()
+    for wa, wb in zip(a, b):
+        np.testing.assert_allclose(wa, wb, rtol=1e-4, atol=1e-5)
+    h_full = json.loads((tmp_path / "full" / "history.json").read_text())
+    h_cut = json.loads((tmp_path / "cut" / "history.json").read_text())
+    assert [h["epoch"] for h in h_cut] == [1, 2, 3]
+    for x, y in zip(h_full, h_cut):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-4)
+    assert not list((tmp_path / "cut").glob("checkpoint-*"))  # finished: the final model has it all
+
+
+def test_resume_refuses_other_options_and_an_empty_run_dir(tiny_h5, tmp_path):
+    run_dir = tmp_path / "r"
+    r = train(tiny_h5, "--epochs", 1, "--batch-size", 32, "--run-dir", run_dir, "-q", "--resume")
+    assert r.exit_code == 1 and "holds no run to resume" in r.output
+    assert train(tiny_h5, "--epochs", 1, "--batch-size", 32, "--run-dir", run_dir, "-q").exit_code == 0
+    r = train(tiny_h5, "--epochs", 2, "--batch-size", 64, "--run-dir", run_dir, "-q", "--resume")
+    assert r.exit_code == 1 and "other options (batch_size, epochs)" in r.output
+    r = train(tiny_h5, "--epochs", 1, "--batch-size", 32, "-q", "--resume")
+    assert r.exit_code == 1 and "--resume needs --run-dir" in r.output
+
+
+def test_the_trainer_is_not_a_package_named_train(tiny_h5, tmp_path):
+    """A user's own train.py beside them (python -m puts the current folder first) does not
+    shadow augmat's trainer: it installs as augmat_train."""
+    (tmp_path / "train.py").write_text("raise SystemExit('the user train.py was imported')\n")
+    r = _augmat("train", tiny_h5, "--epochs", 1, "--batch-size", 32, "-q", "--run-dir", tmp_path / "run",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import augmat_train
+    assert Path(augmat_train.__file__).parent.name == "train"

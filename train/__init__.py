@@ -1,6 +1,6 @@
 """The trainer behind ``augmat train``: the seed CNN on a stream of pre-rendered images.
 
-``train.trainer`` reads top to bottom: hyperparameters, data, model, the record of
+``augmat_train.trainer`` reads top to bottom: hyperparameters, data, model, the record of
 the run, training, the final report.
 """
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
 import keras
 
+from augmat.files import write_json
+
 from .rundir import save_model, write_history
+
+ETA_STEPS = 10       # steps timed, after the first (which compiles), for the duration estimate
 
 
 class Recorder(keras.callbacks.Callback):
@@ -16,15 +22,33 @@ class Recorder(keras.callbacks.Callback):
     files, and ``model-best.keras`` when ``monitor`` improved. The extra numbers go into
     the epoch's logs, so Keras's progress bar shows them too."""
 
-    def __init__(self, run_dir: Path, stream, test, eval_every: int, eval_batch: int, monitor: str):
+    def __init__(self, run_dir: Path, stream, test, eval_every: int, eval_batch: int, monitor: str,
+                 epochs: int, state: dict | None = None, eta_log=None):
         super().__init__()
         self.run_dir, self.stream, self.test = run_dir, stream, test
         self.eval_every, self.eval_batch, self.monitor = eval_every, eval_batch, monitor
-        self.history: list[dict] = []
-        self.best: float | None = None
-        self.best_epoch = 0
-        self.train_seconds = 0.0
-        self.train_images = 0
+        self.epochs, self.eta_log = epochs, eta_log
+        state = state or {}
+        self.history: list[dict] = state.get("history", [])
+        self.best: float | None = state.get("best")
+        self.best_epoch = state.get("best_epoch", 0)
+        self.train_seconds = state.get("train_seconds", 0.0)
+        self.train_images = state.get("train_images", 0)
+        self._eta_marks: list[float] = []
+        self._kill_after = os.environ.get("AUGMAT_FAULT", "")  # tests: kill-train@K
+
+    def on_train_batch_end(self, batch, logs=None):
+        # How long the whole run will take, from the first steps' rate, said once on a CPU.
+        if self.eta_log is None or len(self._eta_marks) > ETA_STEPS:
+            return
+        self._eta_marks.append(self._steps_done())
+        if len(self._eta_marks) == ETA_STEPS + 1:
+            per_step = (self._eta_marks[-1] - self._eta_marks[0]) / ETA_STEPS
+            rate = self.stream.batch_size / max(per_step, 1e-9)
+            left = (self.epochs - len(self.history)) * self.stream.epoch_size / rate
+            self.eta_log(f"no accelerator: training runs at ~{rate:,.0f} images/s on this CPU, so the "
+                         f"{self.epochs - len(self.history)} epochs left take about {_duration(left)} "
+                         f"(Ctrl-C stops; the same command with --resume continues)")
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.perf_counter()
@@ -58,6 +82,23 @@ class Recorder(keras.callbacks.Callback):
         if score is not None and (self.best is None or score > self.best):
             self.best, self.best_epoch = float(score), epoch + 1
             save_model(self.model, self.run_dir / "model-best.keras")
+        self._checkpoint(epoch + 1)
+        if self._kill_after == f"kill-train@{epoch + 1}":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _checkpoint(self, epochs: int) -> None:
+        """The model with its optimizer state after ``epochs`` epochs, then ``state.json``
+        naming it: stopped anywhere, the state names a whole checkpoint (the one before
+        is removed only after)."""
+        name = f"checkpoint-e{epochs:04d}.keras"
+        save_model(self.model, self.run_dir / name)
+        state = {"epochs": epochs, "checkpoint": name, "history": self.history, "best": self.best,
+                 "best_epoch": self.best_epoch, "train_seconds": self.train_seconds,
+                 "train_images": self.train_images}
+        write_json(self.run_dir / "state.json", state)
+        for old in self.run_dir.glob("checkpoint-e*.keras"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
 
     def summary(self, status: str, wall_seconds: float, backend: str) -> dict:
         last = self.history[-1] if self.history else {}
@@ -76,3 +117,8 @@ class Recorder(keras.callbacks.Callback):
             "stream": {k: v for k, v in self.stream.stats.items() if k != "buffered_rows"},
             "backend": backend,
         }
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"

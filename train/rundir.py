@@ -36,6 +36,31 @@ def make_run_dir(path: str | Path) -> Path:
     return run_dir
 
 
+def open_run_dir_to_resume(path: str | Path, config: dict) -> tuple[Path, dict]:
+    """The run dir of a run to continue, and its last state (``state.json``): it must hold a
+    run of the same config (``verbose`` aside) stopped after at least one epoch."""
+    import json
+    run_dir = Path(path)
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        raise AugmatError(f"--resume: {run_dir} holds no run to resume (no config.json); "
+                          "start it without --resume") from None
+    differ = sorted(k for k in set(saved) | set(config)
+                    if k != "verbose" and saved.get(k) != config.get(k))
+    if differ:
+        raise AugmatError(f"--resume: {run_dir} holds a run with other options ({', '.join(differ)}); "
+                          "resume it with the options it was started with, or choose another --run-dir")
+    try:
+        state = json.loads((run_dir / "state.json").read_text())
+    except (OSError, ValueError):
+        raise AugmatError(f"--resume: {run_dir} has no finished epoch to resume from; "
+                          "start it again without --resume") from None
+    if not (run_dir / state["checkpoint"]).exists():
+        raise AugmatError(f"--resume: {run_dir / state['checkpoint']} is missing; start the run again")
+    return run_dir, state
+
+
 def save_model(model, path: Path) -> None:
     """``model.save(path)`` under a temporary name in the same folder, then renamed: a run
     stopped during a save keeps the previous model whole (or none), never a broken one."""

@@ -6,9 +6,11 @@ The story of a run:
 2. Data: a stream of uint8 batches from the file (:mod:`augmat.stream`), the unaugmented
    validation and test splits in memory. Every bad input fails here, before Keras loads.
 3. Model: the seed CNN. It takes uint8 and rescales on the device.
-4. The record: a callback writes the history, the best model and the throughput after
-   every epoch, so whatever stops the run leaves a usable run dir.
-5. Training: ``model.fit`` on the stream. Ctrl-C stops after the current batch.
+4. The record: a callback writes the history, the best model, the throughput and a
+   checkpoint (model and optimizer state) after every epoch, so whatever stops the run
+   (Ctrl-C, SIGKILL, a lost machine) leaves a usable run dir that ``--resume`` continues.
+5. Training: ``model.fit`` on the stream, from the first epoch or the one after the
+   checkpoint. Ctrl-C stops after the current batch.
 6. The report: test accuracy, final model, curves, ``metrics.json``, a short table.
 
 Written against ``keras`` (Keras 3) only, so ``KERAS_BACKEND=jax`` or ``torch`` runs it
@@ -24,7 +26,7 @@ from pathlib import Path
 from augmat.errors import AugmatError
 from augmat.stream import BUFFER_ROWS, MODES, ORDERS, Stream, as_keras, load_split
 
-from .rundir import make_run_dir, plot_curves, save_model, table, write_json
+from .rundir import make_run_dir, open_run_dir_to_resume, plot_curves, save_model, table, write_json
 
 # --- 1. Hyperparameters ------------------------------------------------------------------
 
@@ -81,11 +83,16 @@ class TrainConfig:
             object.__setattr__(self, "run_dir", f"runs/{Path(self.file).stem}-{stamp}")
 
 
-def run(cfg: TrainConfig, log=print) -> dict:
+def run(cfg: TrainConfig, log=print, resume: bool = False) -> dict:
     """Train as ``cfg`` says; returns the final metrics (also in ``metrics.json``).
 
+    ``resume``: continue the run in ``cfg.run_dir`` (same options) from its last finished
+    epoch: model, optimizer state, epoch and stream position as they were; the result is
+    the uninterrupted run's, within floating-point tolerance.
+
     Raises AugmatError for bad input, KeyboardInterrupt on Ctrl-C (after saving what the
-    run had: the history so far, the best model, ``metrics.json`` marked interrupted)."""
+    run had: the history so far, the best model, a checkpoint, ``metrics.json`` marked
+    interrupted)."""
     t_start = time.perf_counter()
 
     # --- 2. Data -------------------------------------------------------------------------
@@ -96,6 +103,11 @@ def run(cfg: TrainConfig, log=print) -> dict:
     try:
         x_val, y_val = load_split(cfg.file, "val")
         x_test, y_test = load_split(cfg.file, "test")
+        state = None
+        if resume:
+            run_dir, state = open_run_dir_to_resume(cfg.run_dir, asdict(cfg))
+            log(f"resuming {run_dir} after epoch {state['epochs']} of {cfg.epochs}")
+            return _train(cfg, stream, (x_val, y_val), (x_test, y_test), run_dir, t_start, log, state)
         run_dir = make_run_dir(cfg.run_dir)
         write_json(run_dir / "config.json",
                           {"config": asdict(cfg), "stream": stream.describe(), "file": {
@@ -108,31 +120,39 @@ def run(cfg: TrainConfig, log=print) -> dict:
         stream.close()
 
 
-def _train(cfg, stream, val, test, run_dir: Path, t_start: float, log) -> dict:
-    from augmat.kerasenv import import_keras
+def _train(cfg, stream, val, test, run_dir: Path, t_start: float, log, state: dict | None = None) -> dict:
+    from augmat.kerasenv import accelerators, import_keras
     keras = import_keras()  # without TensorFlow's C++ start-up lines on stderr
 
     keras.utils.set_random_seed(cfg.seed)  # Python, NumPy and backend seeds: the model init
     dataset = as_keras(stream)
     has_val = len(val[1]) > 0
+    first_epoch = state["epochs"] if state else 0
+    dataset.set_epoch(first_epoch)  # the stream is a function of the epoch: it resumes exactly
 
     # --- 3. Model ------------------------------------------------------------------------
-    model = seed_cnn(1.0 if cfg.raw_inputs else INPUT_SCALE, len(stream.info.class_names))
-    # Integer labels with the sparse form of categorical cross-entropy: the same loss as the
-    # seed's one-hot targets, with 4-byte labels instead of 40-byte rows per image.
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+    if state:  # the checkpoint holds the weights and the optimizer's state (Adam's moments, step)
+        model = keras.models.load_model(run_dir / state["checkpoint"])
+    else:
+        model = seed_cnn(1.0 if cfg.raw_inputs else INPUT_SCALE, len(stream.info.class_names))
+        # Integer labels with the sparse form of categorical cross-entropy: the same loss as the
+        # seed's one-hot targets, with 4-byte labels instead of 40-byte rows per image.
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
+                      loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
 
     # --- 4. The record ------------------------------------------------------------------
     from .recorder import Recorder
+    on_cpu = not accelerators(keras.backend.backend())  # then say how long the run will take
     recorder = Recorder(run_dir, stream, test if cfg.eval_every else None, cfg.eval_every,
-                               EVAL_BATCH, monitor="val_accuracy" if has_val else "accuracy")
+                        EVAL_BATCH, monitor="val_accuracy" if has_val else "accuracy",
+                        epochs=cfg.epochs, state=state, eta_log=log if on_cpu else None)
 
     # --- 5. Training --------------------------------------------------------------------
     status = "finished"
     try:
         # shuffle=False: the stream shuffles rows itself; Keras would only reorder whole batches.
-        model.fit(dataset, epochs=cfg.epochs, validation_data=val if has_val else None, shuffle=False,
+        model.fit(dataset, epochs=cfg.epochs, initial_epoch=first_epoch, shuffle=False,
+                  validation_data=val if has_val else None,
                   validation_batch_size=EVAL_BATCH, callbacks=[recorder], verbose=cfg.verbose)
     except KeyboardInterrupt:
         status = "interrupted"
@@ -145,6 +165,7 @@ def _train(cfg, stream, val, test, run_dir: Path, t_start: float, log) -> dict:
 
     # --- 6. The report -------------------------------------------------------------------
     metrics = recorder.summary(status, time.perf_counter() - t_start, keras.backend.backend())
+    metrics["resumed_after_epoch"] = first_epoch or None
     if status == "interrupted":
         write_json(run_dir / "metrics.json", metrics)
         log(f"interrupted after {metrics['epochs']} epochs; the run so far is in {run_dir}")
@@ -157,6 +178,8 @@ def _train(cfg, stream, val, test, run_dir: Path, t_start: float, log) -> dict:
         save_model(model, run_dir / "model-best.keras")
     plot_curves(recorder.history, run_dir / "curves.png")
     write_json(run_dir / "metrics.json", metrics)
+    for checkpoint in run_dir.glob("checkpoint-e*.keras"):  # finished: model-final.keras has it all
+        checkpoint.unlink()
     log(table(metrics, run_dir))
     return metrics
 

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from ..errors import AugmatError
 from ..stream import BUFFER_ROWS, ORDERS
 
 
@@ -42,8 +43,11 @@ from ..stream import BUFFER_ROWS, ORDERS
               help="Feed raw 0..255 pixels to the first conv, as the seed did (default: rescaled to 0..1).")
 @click.option("--buffer-rows", type=int, default=BUFFER_ROWS, show_default=True,
               help="Rows in the stream's shuffle window (memory: about 2 windows of 3 KiB per row).")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --run-dir, stopped by Ctrl-C, a kill or a lost machine, from its "
+                   "last finished epoch (give the same options it was started with).")
 @click.option("--quiet", "-q", is_flag=True, help="One line per epoch instead of a progress bar.")
-def train_command(quiet: bool, mode: str | None, **options) -> None:
+def train_command(quiet: bool, resume: bool, mode: str | None, **options) -> None:
     """Train the seed CNN on a file built by `augmat build`, streaming it from disk.
 
     Validation on the file's val split every epoch, test once at the end. Everything the
@@ -51,13 +55,16 @@ def train_command(quiet: bool, mode: str | None, **options) -> None:
     metrics.json.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
-    from train import TrainConfig, run
+    from augmat_train import TrainConfig, run
 
     cfg = TrainConfig(mode=mode or "offline", verbose=2 if quiet else 1, **options)
     try:
-        run(cfg, log=click.echo)
+        if resume and not options.get("run_dir"):
+            raise AugmatError("--resume needs --run-dir: the run to continue")
+        run(cfg, log=click.echo, resume=resume)
     except KeyboardInterrupt:
-        click.echo(f"augmat: interrupted; what the run saved is in {cfg.run_dir}", err=True)
+        click.echo(f"augmat: interrupted; what the run saved is in {cfg.run_dir}: the same command with "
+                   f"--resume --run-dir {cfg.run_dir} continues it", err=True)
         sys.exit(130)
 
 
