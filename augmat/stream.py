@@ -55,6 +55,7 @@ seed gives the same batches, whatever the timing of the threads.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import threading
 import time
@@ -157,6 +158,7 @@ class Stream:
         self._pos = (0, 0)                                   # next_batch()'s next (epoch, index)
         self._want = (0, 0)                                  # the consumer's last request
         self._inflight: tuple[int, int] | None = None        # what the prefetcher computes now
+        self.request_step = 1                                # see _next_request
 
         self._file, self.info = open_file(path)
         try:
@@ -383,6 +385,14 @@ class Stream:
         """The (epoch, index) after the given one."""
         return (epoch, index + 1) if index + 1 < self.num_batches else (epoch + 1, 0)
 
+    def _next_request(self, key: tuple[int, int]) -> tuple[int, int]:
+        """The batch a consumer asks for after ``key``, as far as the prefetch guesses: the
+        next one, or with ``request_step`` s (a DataLoader worker that takes every s-th
+        batch) the s-th next, and the same place in the next epoch after the last."""
+        epoch, index = key
+        step = self.request_step
+        return (epoch, index + step) if index + step < self.num_batches else (epoch + 1, index % step)
+
     # --- prefetch: the batches after the last one asked for, computed ahead ------------------
 
     def _prefetcher(self) -> None:
@@ -395,10 +405,10 @@ class Stream:
                     if k is not None and self._in_reach(k) and len(self._ready) < self.prefetch_batches:
                         if k not in self._ready:
                             break
-                        self._ahead = self.following(*k)
+                        self._ahead = self._next_request(k)
                         continue
                     self._lock.wait(_POLL_S)
-                self._inflight, self._ahead = k, self.following(*k)
+                self._inflight, self._ahead = k, self._next_request(k)
             try:
                 item: Batch | _Failure = self.batch(*k)
             except BaseException as e:  # handed to the consumer, raised there
@@ -420,7 +430,7 @@ class Stream:
         for _ in range(self.prefetch_batches + 1):
             if k == key:
                 return True
-            k = self.following(*k)
+            k = self._next_request(k)
         return False
 
     def get(self, epoch: int, index: int) -> Batch:
@@ -436,10 +446,10 @@ class Stream:
         t0 = time.perf_counter()
         with self._lock:
             if self._thread is None:
-                self._want, self._ahead, self._inflight = key, self.following(*key), None
+                self._want, self._ahead, self._inflight = key, self._next_request(key), None
                 self._thread = threading.Thread(target=self._prefetcher, name="augmat-prefetch", daemon=True)
                 self._thread.start()
-            elif key != self.following(*self._want):
+            elif key != self._next_request(self._want):
                 self.stats["jumps"] += 1
             self._want = key
             for k in [k for k in self._ready if not self._in_reach(k)]:  # behind us, or far off
@@ -447,7 +457,7 @@ class Stream:
                 if isinstance(item, Batch):
                     self._held(-len(item.rows))
             if self._ahead is not None and not self._in_reach(self._ahead):
-                self._ahead = self.following(*key)  # a jump: prefetch from here on
+                self._ahead = self._next_request(key)  # a jump: prefetch from here on
             while key not in self._ready and key == self._inflight and not self._stop.is_set():
                 self._lock.wait(_POLL_S)
             item = self._ready.pop(key, None)
@@ -591,6 +601,34 @@ def _keras_dataset_class():
 def as_keras(stream: Stream):
     """Wrap a :class:`Stream` as a ``keras.utils.PyDataset``."""
     return _keras_dataset_class()(stream)
+
+
+def as_tf_dataset(path: str | Path, batch_size: int = 128, order: str = "shuffle", seed: int = 0, *,
+                  first_epoch: int = 0, prefetch: int | None = None, **options):
+    """A ``tf.data.Dataset`` of (uint8 images, int32 labels) batches of a built file, with
+    prefetch: the same batches, in the same order, as :func:`open_dataset` for the same
+    seed and options. Iterating it the k-th time yields stream epoch ``first_epoch + k``
+    (what ``model.fit`` does once per epoch; ``first_epoch`` for a resumed run). The
+    dataset's ``augmat_stream`` attribute is the :class:`Stream` (its ``stats``; ``close()``).
+    ``prefetch``: batches tf.data keeps ready (default: tf.data.AUTOTUNE)."""
+    import tensorflow as tf
+    stream = Stream(path, batch_size, order, seed, **options)
+    epochs = itertools.count(int(first_epoch))
+    lock = threading.Lock()
+
+    def one_epoch():
+        with lock:  # one epoch per iteration, in the order the iterations start
+            epoch = next(epochs)
+        for index in range(stream.num_batches):
+            batch = stream.get(epoch, index)
+            yield batch.images, batch.labels
+
+    shape = tuple(stream._images.shape[1:])
+    spec = (tf.TensorSpec((None, *shape), tf.uint8), tf.TensorSpec((None,), tf.int32))
+    ds = tf.data.Dataset.from_generator(one_epoch, output_signature=spec)
+    ds = ds.prefetch(tf.data.AUTOTUNE if prefetch is None else prefetch)
+    ds.augmat_stream = stream
+    return ds
 
 
 def open_dataset(path: str | Path, batch_size: int = 128, order: str = "shuffle", seed: int = 0, **options):

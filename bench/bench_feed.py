@@ -1,0 +1,137 @@
+"""The feed ceiling: how many images per second can reach ``model.fit`` from each input
+side, when the model is nearly free, so that the input side is all that is measured.
+
+    .venv/bin/python bench/bench_feed.py data/bench10k.h5 [--images 20480] [--backends tensorflow,jax]
+
+The file must hold its originals (``augmat build --include-originals``) for the online
+and seed's-generator sources. For each backend (one fresh interpreter each: Keras picks
+its backend once per process) and batch 128 and 512, one run of ``fit`` on:
+
+(a) numpy: the first ``--images`` rows, in memory;
+(b) stream: ``augmat.stream.open_dataset`` (the HDF5 file, offline);
+(c) online: the same stream with ``mode="online"`` (augmat's batch ops on the N sources);
+(d) seed: the seed's way, a Python generator augmenting one image at a time with
+    ``augmat.reference`` (scipy / scikit-image), as the seed's notebook did;
+(e) tf.data: ``augmat.stream.as_tf_dataset`` over the same file as (b).
+
+Each source: one untimed epoch (tracing, warm-up), then one timed epoch of ``--images``
+images ((d): a tenth of them; it is slow). The model: uint8 in, Rescaling, global
+average pooling, Dense(10): a few thousand FLOPs per image. Prints a markdown table;
+writes data/bench_feed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+SOURCES = ("numpy", "stream", "online", "seed", "tf.data")
+
+
+def one_backend(path: str, images: int, batches: list[int]) -> dict:
+    import h5py
+    import keras
+    import numpy as np
+
+    from augmat.reference import apply_one_at_a_time
+    from augmat.stream import as_tf_dataset, open_dataset
+
+    def model():
+        m = keras.Sequential([keras.Input((32, 32, 3), dtype="uint8"), keras.layers.Rescaling(1 / 255),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, activation="softmax")])
+        m.compile("adam", "sparse_categorical_crossentropy")
+        return m
+
+    with h5py.File(path, "r") as f:
+        x, y = f["images"][:images], f["labels"][:images].astype("int32")
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["op"].attrs["names"]]
+        copy = f["copy"][:]
+        orig = np.flatnonzero(copy == -1)
+        src_x, src_y = f["images"][orig[0]:orig[-1] + 1], f["labels"][orig[0]:orig[-1] + 1].astype("int32")
+        ops = json.loads(f.attrs["config"])["ops"]
+
+    def seed_generator(batch: int):
+        """The seed's loop: every image through one op, drawn per image, one at a time."""
+        rng = np.random.default_rng(0)
+        while True:
+            pick = rng.integers(0, len(src_x), batch)
+            chosen = [ops[k] for k in rng.integers(0, len(ops), batch)]
+            yield apply_one_at_a_time(src_x[pick], chosen, rng.random(batch)), src_y[pick]
+
+    def timed(fit_args: dict, n: int) -> float:
+        class Clock(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.t0 = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                keras.ops.convert_to_numpy(self.model.trainable_variables[0])  # wait for async steps
+                times.append(time.perf_counter() - self.t0)
+        times: list[float] = []
+        model().fit(epochs=2, callbacks=[Clock()], verbose=0, shuffle=False, **fit_args)
+        return n / times[1]
+
+    out = {}
+    for batch in batches:
+        steps = images // batch
+        n = steps * batch
+        res = {"numpy": timed(dict(x=x[:n], y=y[:n], batch_size=batch), n)}
+        for name, mode in (("stream", "offline"), ("online", "online")):
+            ds = open_dataset(path, batch_size=batch, seed=0, mode=mode, epoch_size=n)
+            res[name] = timed(dict(x=ds), n)
+            ds.close()
+        seed_steps = max(steps // 10, 2)
+        res["seed"] = timed(dict(x=seed_generator(batch), steps_per_epoch=seed_steps), seed_steps * batch)
+        try:
+            tfd = as_tf_dataset(path, batch_size=batch, seed=0, epoch_size=n)
+            res["tf.data"] = timed(dict(x=tfd), n)
+            tfd.augmat_stream.close()
+        except ImportError:
+            res["tf.data"] = None
+        out[str(batch)] = res
+    return {"backend": keras.backend.backend(), "keras": keras.__version__, "rates": out}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("file")
+    ap.add_argument("--images", type=int, default=20480)
+    ap.add_argument("--backends", default="tensorflow,jax")
+    ap.add_argument("--batches", default="128,512")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one backend here
+    a = ap.parse_args()
+    batches = [int(b) for b in a.batches.split(",")]
+    if a.one:
+        print(json.dumps(one_backend(a.file, a.images, batches)))
+        return
+    results = []
+    for backend in a.backends.split(","):
+        env = {**os.environ, "KERAS_BACKEND": backend}
+        r = subprocess.run([sys.executable, __file__, a.file, "--images", str(a.images), "--batches", a.batches,
+                            "--one", "1"], env=env, capture_output=True, text=True)
+        if r.returncode:
+            raise SystemExit(f"{backend}: {r.stderr[-2000:]}")
+        results.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    lines = [f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, load average "
+             f"{os.getloadavg()[0]:.1f} at the end", "",
+             "| backend | batch | (a) numpy | (b) stream | (c) online | (d) seed's generator | (e) tf.data | (b)/(a) | (b)/(d) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results:
+        for batch, v in r["rates"].items():
+            f = lambda k: f"{v[k]:,.0f}" if v.get(k) else "-"  # noqa: E731
+            lines.append(f"| {r['backend']} (Keras {r['keras']}) | {batch} | {f('numpy')} | {f('stream')} | "
+                         f"{f('online')} | {f('seed')} | {f('tf.data')} | {v['stream'] / v['numpy']:.2f} | "
+                         f"{v['stream'] / v['seed']:.0f}x |")
+    Path("data").mkdir(exist_ok=True)
+    Path("data/bench_feed.json").write_text(json.dumps(results, indent=1))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
