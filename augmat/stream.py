@@ -54,10 +54,12 @@ seed gives the same batches, whatever the timing of the threads.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import itertools
 import math
 import threading
+import weakref
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +109,19 @@ class _Window:
 class _Failure:
     def __init__(self, error: BaseException):
         self.error = error
+
+
+# Every stream not closed yet is closed at exit (its prefetch thread stopped and joined,
+# its file closed) before h5py and HDF5 shut down: a DataLoader worker exits without
+# closing its stream, and a file with virtual datasets still open while HDF5 terminates,
+# or a thread in the middle of a read, ended in a segmentation fault at exit.
+_OPEN_STREAMS: "weakref.WeakSet[Stream]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_streams() -> None:
+    for stream in list(_OPEN_STREAMS):
+        stream.close()
 
 
 def load_split(path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -166,6 +181,7 @@ class Stream:
         except BaseException:
             self._file.close()
             raise
+        _OPEN_STREAMS.add(self)
 
     # --- what the file holds, checked before any thread starts -----------------------
 
@@ -504,12 +520,16 @@ class Stream:
         for _ in range(self.num_batches):
             yield self.next_batch()
 
-    def close(self) -> None:
+    def _stop_thread(self) -> None:
         self._stop.set()
         with self._lock:
             self._lock.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+    def close(self) -> None:
+        self._stop_thread()
+        _OPEN_STREAMS.discard(self)
         try:
             self._file.close()
         except Exception:  # already closed

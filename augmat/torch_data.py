@@ -20,6 +20,7 @@ channels-first layout torch models usually take); labels as int64 (what
 
 from __future__ import annotations
 
+import atexit
 import os
 from pathlib import Path
 
@@ -67,9 +68,19 @@ class AugmatBatches(IterableDataset):
         stream = self._open()
         indices = self.mine(worker, workers)
         stream.request_step = indices.step  # the prefetch follows this worker's own sequence
-        for index in indices:
-            batch = stream.get(self.epoch, index)
-            yield torch.from_numpy(batch.images), torch.from_numpy(batch.labels.astype(np.int64))
+        try:
+            for index in indices:
+                batch = stream.get(self.epoch, index)
+                yield torch.from_numpy(batch.images), torch.from_numpy(batch.labels.astype(np.int64))
+        finally:
+            # Closed when the epoch's share is done (reopened for the next): a worker process
+            # may end right after, and HDF5 must not find a file still open as it shuts down.
+            self.close()
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
     def __len__(self) -> int:
         """Batches of an epoch across all ranks and workers."""
@@ -101,9 +112,15 @@ class AugmatRows(Dataset):
         index %= self.rows
         if self._file is None or self._pid != os.getpid():  # each worker opens the file itself
             self._file, self._pid = open_file(self.path)[0], os.getpid()
+            atexit.register(self.close)  # closed before HDF5 shuts down (see augmat.stream)
         image = read_rows(self._file["images"], index, index + 1)[0]
         label = int(self._file["labels"][index])
         return torch.from_numpy(image), torch.tensor(label, dtype=torch.int64)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def __getstate__(self):
         state = dict(self.__dict__)

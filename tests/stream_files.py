@@ -19,22 +19,44 @@ def build_medium(out: Path, source: Path) -> Path:
     return out
 
 
-def corrupt_chunk(src: Path, dst: Path, chunk: int = 1) -> tuple[int, int]:
-    """Copy ``src`` to ``dst`` and flip bytes inside one chunk of ``images``; returns the
-    row range [a, b) of that chunk."""
+def copy_file(src: Path, dst: Path) -> Path:
+    """Copy a built file to ``dst``: a single file, or a master with its shards folder (under
+    the folder's own name, which the master's virtual datasets name: ``dst`` must be in
+    another folder than ``src`` when the name changes)."""
+    from augmat.store import shards_folder
     shutil.copy(src, dst)
+    if shards_folder(src).exists():
+        shutil.copytree(shards_folder(src), Path(dst).parent / shards_folder(src).name)
+    return dst
+
+
+def corrupt_chunk(src: Path, dst: Path, chunk: int = 1) -> tuple[int, int]:
+    """Copy ``src`` to ``dst`` and flip bytes inside chunk ``chunk`` of ``images`` (counted
+    over the whole file, in whichever shard it lies); returns the row range [a, b) of that
+    chunk."""
+    from augmat.store import row_parts
+    copy_file(src, dst)
     with h5py.File(dst, "r") as f:
-        ds = f["images"]
-        info = ds.id.get_chunk_info(chunk)
-        rows = ds.chunks[0]
-        a = info.chunk_offset[0]
-        offset, size = info.byte_offset, info.size
-    with open(dst, "r+b") as fh:
+        parts = row_parts(f["images"])
+    left = chunk
+    for lo, hi, path, name in parts:
+        with h5py.File(path, "r") as g:
+            ds = g[name]
+            n = ds.id.get_num_chunks()
+            if left >= n:
+                left -= n
+                continue
+            info = ds.id.get_chunk_info(left)
+            rows = ds.chunks[0]
+            a = lo + info.chunk_offset[0]
+            offset, size = info.byte_offset, info.size
+        break
+    with open(path, "r+b") as fh:
         fh.seek(offset + size // 2)
         raw = bytearray(fh.read(16))
         fh.seek(offset + size // 2)
         fh.write(bytes(b ^ 0xFF for b in raw))
-    return a, min(a + rows, h5py.File(dst, "r")["images"].shape[0])
+    return a, min(a + rows, hi)
 
 
 def replace_dataset(src: Path, dst: Path, name: str, data: np.ndarray | None) -> Path:
