@@ -232,11 +232,13 @@ def test_ctrl_c_stops_workers_keeps_shards_and_exits_130(tmp_path, cifar_archive
     args = [sys.executable, "-m", "augmat", "build", "--source", str(cifar_archive), *TINY_FLAGS,
             "--shard-rows", "16", "--workers", "2", "-o", str(out), "-q"]
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "AUGMAT_FAULT": "slow@0.5"})
+                            env={**os.environ, "AUGMAT_FAULT": "slow@3"})
     parts = tmp_path / "c.h5.shards"
     deadline = time.time() + 60
     while not list(parts.glob("c*.h5")) and time.time() < deadline:
         time.sleep(0.05)
+    # Each shard takes 3 s more: the build is still rendering when the second build below
+    # has started and been refused, even on a loaded machine.
     workers = psutil.Process(proc.pid).children(recursive=True)
     assert workers
     # A second build of the same output while this one runs: refused, naming the running one.
