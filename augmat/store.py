@@ -45,6 +45,7 @@ import hashlib
 import json
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,20 +122,15 @@ def shard_name(copy: int, index: int, key: str) -> str:
     return f"{block}-s{index:04d}-{key[:8]}.h5"
 
 
-def write_shard(path: Path, data: dict[str, np.ndarray], op_names, attrs: dict, fault=None) -> tuple[int, str]:
-    """Write one shard file: the six row datasets of ``data``, ``op``'s names and ``attrs``
-    (plus ``sha256`` of the pixels and ``rows``) under ``<name>.tmp<pid>``, fsynced, then
-    renamed to ``path`` and the folder fsynced. Returns (bytes, sha256 of the pixels).
-    ``fault``: a test hook called once the temporary file is written."""
-    sha = pixel_sha256(data["images"])
+@contextmanager
+def written_whole(path: Path, fault=None):
+    """Write an HDF5 file whole or not at all: yields ``<name>.tmp<pid>`` open for writing;
+    on success it is fsynced, renamed to ``path`` and the folder fsynced; on any failure
+    the temporary file is removed. ``fault``: a test hook called before the fsync."""
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
         with h5py.File(tmp, "w") as f:
-            for name in ROW_DATASETS:
-                write_array(f, name, data[name])
-            f["op"].attrs["names"] = np.array(list(op_names), dtype=h5py.string_dtype())
-            for k, v in {**attrs, "rows": len(data["images"]), "sha256": sha}.items():
-                f.attrs[k] = v
+            yield f
         if fault:
             fault()
         fsync_path(tmp)
@@ -143,6 +139,20 @@ def write_shard(path: Path, data: dict[str, np.ndarray], op_names, attrs: dict, 
         tmp.unlink(missing_ok=True)
         raise
     fsync_path(path.parent)
+
+
+def write_shard(path: Path, data: dict[str, np.ndarray], op_names, attrs: dict, fault=None) -> tuple[int, str]:
+    """Write one shard file: the six row datasets of ``data``, ``op``'s names and ``attrs``
+    (plus ``sha256`` of the pixels and ``rows``) under ``<name>.tmp<pid>``, fsynced, then
+    renamed to ``path`` and the folder fsynced. Returns (bytes, sha256 of the pixels).
+    ``fault``: a test hook called once the temporary file is written."""
+    sha = pixel_sha256(data["images"])
+    with written_whole(path, fault) as f:
+        for name in ROW_DATASETS:
+            write_array(f, name, data[name])
+        f["op"].attrs["names"] = np.array(list(op_names), dtype=h5py.string_dtype())
+        for k, v in {**attrs, "rows": len(data["images"]), "sha256": sha}.items():
+            f.attrs[k] = v
     return path.stat().st_size, sha
 
 
@@ -176,35 +186,25 @@ def write_master(path: Path, attrs: dict, side: dict[str, np.ndarray], entries: 
     fsynced, renamed, folder fsynced. ``fault``: a test hook called before the fsync."""
     rows = sum(e.rows for e in entries)
     folder = path.name + SHARDS_SUFFIX
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            for k, v in attrs.items():
-                f.attrs[k] = v
-            for name, data in side.items():
-                write_array(f, name, data)
-            for name, (dtype, tail) in ROW_DATASETS.items():
-                layout = h5py.VirtualLayout(shape=(rows,) + tail, dtype=dtype)
-                for e in entries:
-                    layout[e.first:e.last + 1] = h5py.VirtualSource(f"{folder}/{e.name}", name,
-                                                                     shape=(e.rows,) + tail)
-                ds = f.create_virtual_dataset(name, layout, fillvalue=0)
-                ds.attrs["chunk_rows"] = min(CHUNK_ROWS if tail else VECTOR_CHUNK, max(e.rows for e in entries))
-            f["op"].attrs["names"] = np.array(list(op_names), dtype=h5py.string_dtype())
-            strings = h5py.string_dtype()
-            f.create_dataset("shards/name", data=np.array([e.name for e in entries], dtype=strings))
-            f.create_dataset("shards/first", data=np.array([e.first for e in entries], np.int64))
-            f.create_dataset("shards/last", data=np.array([e.last for e in entries], np.int64))
-            f.create_dataset("shards/bytes", data=np.array([e.bytes for e in entries], np.int64))
-            f.create_dataset("shards/sha256", data=np.array([e.sha256 for e in entries], dtype=strings))
-        if fault:
-            fault()
-        fsync_path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
+    with written_whole(path, fault) as f:
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        for name, data in side.items():
+            write_array(f, name, data)
+        for name, (dtype, tail) in ROW_DATASETS.items():
+            layout = h5py.VirtualLayout(shape=(rows,) + tail, dtype=dtype)
+            for e in entries:
+                layout[e.first:e.last + 1] = h5py.VirtualSource(f"{folder}/{e.name}", name,
+                                                                 shape=(e.rows,) + tail)
+            ds = f.create_virtual_dataset(name, layout, fillvalue=0)
+            ds.attrs["chunk_rows"] = min(CHUNK_ROWS if tail else VECTOR_CHUNK, max(e.rows for e in entries))
+        f["op"].attrs["names"] = np.array(list(op_names), dtype=h5py.string_dtype())
+        strings = h5py.string_dtype()
+        f.create_dataset("shards/name", data=np.array([e.name for e in entries], dtype=strings))
+        f.create_dataset("shards/first", data=np.array([e.first for e in entries], np.int64))
+        f.create_dataset("shards/last", data=np.array([e.last for e in entries], np.int64))
+        f.create_dataset("shards/bytes", data=np.array([e.bytes for e in entries], np.int64))
+        f.create_dataset("shards/sha256", data=np.array([e.sha256 for e in entries], dtype=strings))
 
 
 def read_manifest(f: h5py.File) -> tuple[ShardEntry, ...]:
