@@ -122,3 +122,43 @@ class Recorder(keras.callbacks.Callback):
 def _duration(seconds: float) -> str:
     minutes = int(seconds // 60)
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+
+
+class CtrlC(keras.callbacks.Callback):
+    """Ctrl-C as a flag checked between steps, instead of Python's KeyboardInterrupt raised
+    wherever the interpreter happens to be: raised inside a garbage-collection callback (JAX
+    installs one) or a backend thread, it is printed as "Exception ignored" and lost, and the
+    run never stops. Here the first Ctrl-C stops at the end of the current step (training or
+    validation) with KeyboardInterrupt from Python code that Keras propagates; a second one
+    raises at once. Use as a context manager around ``fit``; outside the main thread (where
+    signal handlers cannot be set) it does nothing and Ctrl-C behaves as Python's default."""
+
+    def __init__(self):
+        super().__init__()
+        self.pressed = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        if self.pressed:  # the second Ctrl-C: the user does not want to wait for the step
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def __enter__(self):
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+        if self.pressed and exc[0] is None:  # pressed after the last step: still an interruption
+            raise KeyboardInterrupt
+        return False
+
+    def _check(self, *args, **kwargs):
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    on_train_batch_end = on_test_batch_end = on_epoch_end = _check

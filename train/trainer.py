@@ -141,7 +141,7 @@ def _train(cfg, stream, val, test, run_dir: Path, t_start: float, log, state: di
                       loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
 
     # --- 4. The record ------------------------------------------------------------------
-    from .recorder import Recorder
+    from .recorder import CtrlC, Recorder
     on_cpu = not accelerators(keras.backend.backend())  # then say how long the run will take
     recorder = Recorder(run_dir, stream, test if cfg.eval_every else None, cfg.eval_every,
                         EVAL_BATCH, monitor="val_accuracy" if has_val else "accuracy",
@@ -149,11 +149,13 @@ def _train(cfg, stream, val, test, run_dir: Path, t_start: float, log, state: di
 
     # --- 5. Training --------------------------------------------------------------------
     status = "finished"
+    ctrl_c = CtrlC()
     try:
         # shuffle=False: the stream shuffles rows itself; Keras would only reorder whole batches.
-        model.fit(dataset, epochs=cfg.epochs, initial_epoch=first_epoch, shuffle=False,
-                  validation_data=val if has_val else None,
-                  validation_batch_size=EVAL_BATCH, callbacks=[recorder], verbose=cfg.verbose)
+        with ctrl_c:
+            model.fit(dataset, epochs=cfg.epochs, initial_epoch=first_epoch, shuffle=False,
+                      validation_data=val if has_val else None, validation_batch_size=EVAL_BATCH,
+                      callbacks=[recorder, ctrl_c], verbose=cfg.verbose)
     except KeyboardInterrupt:
         status = "interrupted"
     except Exception:
