@@ -62,7 +62,7 @@ from .ops import DEFAULT_OPS, OP_NAMES, apply_ops, rendering_libraries
 from .plan import ORIGINAL_COPY, RowPlan, plan_rows, split_indices
 from .sources import SourceData, holds_image_files
 from .store import (FORMAT_VERSION, ROW_DATASETS, SHARD_NAME, ShardEntry, fsync_path, open_file, pixel_sha256,
-                    read_manifest, shard_name, shards_folder, write_master, write_shard)
+                    read_manifest, row_layout, shard_name, shards_folder, write_master, write_shard)
 
 SHARD_FORMAT = 1  # what a shard file holds; part of the plan key
 
@@ -552,6 +552,7 @@ def _build(cfg: BuildConfig, engine, lock: BuildLock, existing: _Existing, out: 
 
     try:
         write_master(out, _attrs(cfg, src, len(val_idx)), _side(src, subset_idx, val_idx), entries, plan.op_names,
+                     row_layout(src.train_images.shape[1:], src.train_labels.dtype),
                      fault=finish_fault)
     except (OSError, ValueError, RuntimeError) as e:
         err = _io_error(e)

@@ -385,7 +385,7 @@ def _resumable(tc, why: str) -> tuple[bool, str]:
     a checkpoint), and if not, why."""
     from augmat_train.rundir import open_run_dir_to_resume
     try:
-        open_run_dir_to_resume(tc.run_dir, asdict(tc))
+        open_run_dir_to_resume(tc.run_dir, tc.settled())
         return True, why
     except AugmatError as e:
         return False, f"{why}, and cannot be resumed ({e})"

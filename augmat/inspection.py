@@ -383,8 +383,9 @@ def _check_datasets(f: h5py.File, info: FileInfo) -> Check:
             bad.append(f"{name} is {f[name].dtype} {f[name].shape}, expected {np.dtype(dtype)} {shape}")
     if bad:
         return Check("datasets", "FAIL", "; ".join(bad))
-    return Check("datasets", "PASS", f"all datasets present; {info.rows:,} rows of uint8 32x32x3 "
-                                     "images with labels, op, magnitude, copy, source_index")
+    return Check("datasets", "PASS", f"all datasets present; {info.rows:,} rows of uint8 "
+                                     f"{'x'.join(map(str, info.image_shape))} images with {info.label_dtype} "
+                                     "labels, op, magnitude, copy, source_index")
 
 
 def _check_chunks(f: h5py.File, blank_rows: np.ndarray) -> tuple[Check, list[ChunkProblem]]:

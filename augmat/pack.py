@@ -68,7 +68,7 @@ def _write(f: h5py.File, info, tmp: Path, progress: bool) -> None:
             g.attrs[k] = v
         for name in (*INDEX_DATASETS, *SPLIT_DATASETS):
             write_array(g, name, read_rows(f[name]))
-        out = {name: create_rows(g, name, info.rows, dtype, tail) for name, (dtype, tail) in ROW_DATASETS.items()}
+        out = {name: create_rows(g, name, info.rows, dtype, tail) for name, (dtype, tail) in info.layout.items()}
         g["op"].attrs["names"] = f["op"].attrs["names"]
         with tqdm(total=info.rows, desc="packing", unit="img", unit_scale=True, disable=not progress) as bar:
             for e in info.shards:

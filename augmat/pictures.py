@@ -1,8 +1,8 @@
 """PNG pictures of what augmat renders: a grid of a file's samples, one source image and
 its copies, and ``augmat preview`` (each op at a few magnitudes on one source image).
 
-Drawn with Pillow rather than matplotlib: each 32x32 image is scaled up by repeating
-pixels (exact nearest-neighbour, every source pixel an s x s block, no resampling by a
+Drawn with Pillow rather than matplotlib: each image is scaled up by repeating
+pixels (by default to about 96 pixels a side: 3x for 32x32, 1x for 96x96 and larger) (exact nearest-neighbour, every source pixel an s x s block, no resampling by a
 plotting backend), so the layout is exact to the pixel and predictable in size, and a
 picture takes milliseconds instead of a matplotlib import and figure render.
 
@@ -31,13 +31,14 @@ TITLE_H = 30        # the picture's title
 LINE_H = 14         # one line of a cell's title
 TITLE_LINES = 2
 MIN_CELL_W = 116    # wide enough for two lines of cell title
+TARGET_SIDE = 96    # the default scale shows each image about this many pixels a side
 FONT_SIZE = 12
 PREVIEW_MAGNITUDES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 @dataclass(frozen=True)
 class Cell:
-    image: np.ndarray            # uint8 (32, 32, 3)
+    image: np.ndarray            # uint8 (H, W, C), C 1 or 3
     title: tuple[str, ...]       # up to TITLE_LINES lines
     row: int | None = None       # the file row it shows, if any
 
@@ -52,18 +53,27 @@ class Figure:
         return self.image.size
 
 
-def cell_size(scale: int) -> tuple[int, int]:
+def default_scale(image_shape) -> int:
+    """The upscaling that shows an image of ``image_shape`` about TARGET_SIDE pixels a side."""
+    return max(1, round(TARGET_SIDE / max(image_shape[:2])))
+
+
+def cell_size(scale: int, image_shape=(32, 32, 3)) -> tuple[int, int]:
     """(width, height) of one cell: its title lines above the scaled image."""
-    return max(32 * scale, MIN_CELL_W), TITLE_LINES * LINE_H + 32 * scale
+    h, w = image_shape[0] * scale, image_shape[1] * scale
+    return max(w, MIN_CELL_W), TITLE_LINES * LINE_H + h
 
 
-def figure_size(n_rows: int, n_cols: int, scale: int) -> tuple[int, int]:
-    w, h = cell_size(scale)
+def figure_size(n_rows: int, n_cols: int, scale: int, image_shape=(32, 32, 3)) -> tuple[int, int]:
+    w, h = cell_size(scale, image_shape)
     return PAD + HEADER_W + n_cols * (w + PAD), TITLE_H + n_rows * (h + PAD) + PAD
 
 
 def upscale(image: np.ndarray, scale: int) -> np.ndarray:
-    """Nearest-neighbour: every pixel becomes a scale x scale block."""
+    """Nearest-neighbour: every pixel becomes a scale x scale block; grayscale (H, W, 1)
+    comes out as RGB."""
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
     return np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
 
 
@@ -83,18 +93,21 @@ def _fit(draw, text: str, font, width: int) -> str:
     return text + "…"
 
 
-def render(rows: list[tuple[str, list[Cell]]], title: str, scale: int = 3) -> Figure:
-    """Lay out rows of titled cells under a title, each row with a label on its left."""
+def render(rows: list[tuple[str, list[Cell]]], title: str, scale: int | None = None) -> Figure:
+    """Lay out rows of titled cells under a title, each row with a label on its left.
+    ``scale`` None: :func:`default_scale` of the images' size (all cells share one size)."""
     from PIL import Image, ImageDraw
+    shape = next((np.shape(c.image) for _, cells in rows for c in cells), (32, 32, 3))
+    scale = default_scale(shape) if scale is None else scale
     if scale < 1:
         raise AugmatError(f"--scale must be at least 1 (got {scale})")
     n_cols = max((len(cells) for _, cells in rows), default=0)
-    canvas = Image.new("RGB", figure_size(len(rows), n_cols, scale), "white")
+    canvas = Image.new("RGB", figure_size(len(rows), n_cols, scale, shape), "white")
     draw = ImageDraw.Draw(canvas)
     font = _font()
     draw.text((PAD, PAD), _fit(draw, title, font, canvas.width - 2 * PAD), fill="black", font=font)
-    cw, ch = cell_size(scale)
-    side = 32 * scale
+    cw, ch = cell_size(scale, shape)
+    side, side_w = shape[0] * scale, shape[1] * scale
     placed = []
     for r, (label, cells) in enumerate(rows):
         y = TITLE_H + r * (ch + PAD)
@@ -104,7 +117,7 @@ def render(rows: list[tuple[str, list[Cell]]], title: str, scale: int = 3) -> Fi
             x = PAD + HEADER_W + c * (cw + PAD)
             for i, line in enumerate(cell.title[:TITLE_LINES]):
                 draw.text((x, y + i * LINE_H), _fit(draw, line, font, cw), fill=(40, 40, 40), font=font)
-            px, py = x + (cw - side) // 2, y + TITLE_LINES * LINE_H
+            px, py = x + (cw - side_w) // 2, y + TITLE_LINES * LINE_H
             canvas.paste(Image.fromarray(upscale(np.asarray(cell.image, np.uint8), scale)), (px, py))
             placed.append((px, py, cell))
     return Figure(canvas, placed)
@@ -145,7 +158,7 @@ def _spread(rows: np.ndarray, magnitudes: np.ndarray, n: int) -> np.ndarray:
     return order[np.unique(np.linspace(0, len(order) - 1, n).round().astype(int))]
 
 
-def samples_grid(path, columns: int = 8, scale: int = 3) -> Figure:
+def samples_grid(path, columns: int = 8, scale: int | None = None) -> Figure:
     """One row per op the file uses, ``columns`` of its rows ordered by magnitude,
     spread from its lowest to its highest magnitude; each cell titled class, op, magnitude."""
     if columns < 1:
@@ -174,7 +187,7 @@ def _class(info, label) -> str:
     return info.class_names[int(label)] if int(label) < len(info.class_names) else f"class {int(label)}"
 
 
-def source_index_grid(path, source_index: int, source: str | None = None, scale: int = 3,
+def source_index_grid(path, source_index: int, source: str | None = None, scale: int | None = None,
                       columns: int = 8) -> tuple[Figure, str | None]:
     """The original of one source image and all its copies. The original comes from its
     stored original row if the file has one, else from the source; returns a note when
@@ -206,7 +219,7 @@ def source_index_grid(path, source_index: int, source: str | None = None, scale:
                         f"the original and its {n_copies} copies", scale), note
 
 
-def preview(source: str | None, image: int, magnitudes=PREVIEW_MAGNITUDES, scale: int = 3) -> Figure:
+def preview(source: str | None, image: int, magnitudes=PREVIEW_MAGNITUDES, scale: int | None = None) -> Figure:
     """The seed article's figure for any source image: every op of the registry (but
     identity) at each magnitude, beside the original."""
     src = load_source(source)

@@ -5,8 +5,8 @@ Rows (``R`` stored rows, every dataset chunked along rows with HDF5's fletcher32
 checksum, no compression: on 32x32 uint8 images compression costs far more CPU than
 the disk it saves)::
 
-    images        uint8   (R, 32, 32, 3)
-    labels        uint8   (R,)
+    images        uint8   (R, H, W, C)   H x W and C (1 or 3) are the file's own, from its source
+    labels        uint8   (R,)           or uint16 / uint32: the smallest that holds the classes
     source_index  int32   (R,)   index into the source's training split
     copy          int16   (R,)   0..copies-1, or -1 for an unaugmented original
     op            uint8   (R,)   attrs["names"]: the op name of each code
@@ -62,23 +62,49 @@ from .ops import EARLIER_DEFINITIONS
 #    self-contained file, the layout of format 2).
 FORMAT_VERSION = 3
 SHARDS_SUFFIX = ".shards"  # <file>.shards/: the shard files of a sharded master
-CHUNK_ROWS = 256          # 256 images = 768 KiB per chunk: large sequential reads, small cache
+CHUNK_BYTES = 768 * 1024  # per image chunk (256 rows of 32x32x3): large sequential reads, small cache
 VECTOR_CHUNK = 65536      # rows per chunk of the 1-D datasets
-ROW_DATASETS = {          # name: (dtype, shape after the row axis)
-    "images": (np.uint8, (32, 32, 3)),
-    "labels": (np.uint8, ()),
+ROW_DATASETS = {          # name: (dtype, shape after the row axis); None: the file's own, see row_layout
+    "images": (np.uint8, None),
+    "labels": (None, ()),
     "source_index": (np.int32, ()),
     "copy": (np.int16, ()),
     "op": (np.uint8, ()),
     "magnitude": (np.float32, ()),
 }
+CHANNELS = (1, 3)         # grayscale or RGB
+
+
+def label_dtype(classes: int) -> np.dtype:
+    """The smallest unsigned type that holds ``classes`` labels."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if classes <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    raise AugmatError(f"{classes:,} classes: more than augmat's labels hold")
+
+
+def row_layout(image_shape: tuple[int, ...], labels) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """The six row datasets of a file of images of ``image_shape`` (H, W, C) and labels of
+    dtype ``labels``: name -> (dtype, shape after the row axis)."""
+    own = {"images": tuple(int(n) for n in image_shape), "labels": np.dtype(labels)}
+    return {name: (np.dtype(own[name]) if dtype is None else np.dtype(dtype),
+                   own[name] if tail is None else tail)
+            for name, (dtype, tail) in ROW_DATASETS.items()}
+
+
+def rows_per_chunk(tail: tuple[int, ...], dtype=np.uint8) -> int:
+    """Rows per stored chunk of a row dataset: CHUNK_BYTES of images (256 rows at 32x32x3,
+    9 at 224x224x3), VECTOR_CHUNK rows of a 1-D dataset."""
+    if not tail:
+        return VECTOR_CHUNK
+    return max(1, CHUNK_BYTES // (int(np.prod(tail)) * np.dtype(dtype).itemsize))
 SPLIT_DATASETS = ("val/images", "val/labels", "test/images", "test/labels")
 INDEX_DATASETS = ("subset_index", "val/source_index")
 
 
 def create_rows(f: h5py.File, name: str, n: int, dtype, tail=(), chunk_rows: int | None = None) -> h5py.Dataset:
     """A fixed-size, row-chunked, fletcher32-checked dataset."""
-    rows = chunk_rows or (CHUNK_ROWS if tail else VECTOR_CHUNK)
+    rows = chunk_rows or rows_per_chunk(tuple(tail), dtype)
     chunks = (max(1, min(rows, n)),) + tuple(tail)
     return f.create_dataset(name, shape=(n,) + tuple(tail), dtype=dtype,
                             chunks=chunks if n else None, fletcher32=bool(n))
@@ -179,10 +205,11 @@ class ShardEntry:
 
 
 def write_master(path: Path, attrs: dict, side: dict[str, np.ndarray], entries: list[ShardEntry],
-                 op_names, fault=None) -> None:
+                 op_names, layout: dict, fault=None) -> None:
     """Write a sharded master to ``path``: ``attrs``, the real datasets ``side`` (subset_index,
     val/*, test/*), the manifest, and the six row datasets as Virtual Datasets over the
-    shards (relative paths ``<path.name>.shards/<shard>``). Written as ``<name>.tmp<pid>``,
+    shards (relative paths ``<path.name>.shards/<shard>``), shaped as ``layout`` says
+    (:func:`row_layout`). Written as ``<name>.tmp<pid>``,
     fsynced, renamed, folder fsynced. ``fault``: a test hook called before the fsync."""
     rows = sum(e.rows for e in entries)
     folder = path.name + SHARDS_SUFFIX
@@ -191,13 +218,13 @@ def write_master(path: Path, attrs: dict, side: dict[str, np.ndarray], entries: 
             f.attrs[k] = v
         for name, data in side.items():
             write_array(f, name, data)
-        for name, (dtype, tail) in ROW_DATASETS.items():
-            layout = h5py.VirtualLayout(shape=(rows,) + tail, dtype=dtype)
+        for name, (dtype, tail) in layout.items():
+            virtual = h5py.VirtualLayout(shape=(rows,) + tail, dtype=dtype)
             for e in entries:
-                layout[e.first:e.last + 1] = h5py.VirtualSource(f"{folder}/{e.name}", name,
-                                                                 shape=(e.rows,) + tail)
-            ds = f.create_virtual_dataset(name, layout, fillvalue=0)
-            ds.attrs["chunk_rows"] = min(CHUNK_ROWS if tail else VECTOR_CHUNK, max(e.rows for e in entries))
+                virtual[e.first:e.last + 1] = h5py.VirtualSource(f"{folder}/{e.name}", name,
+                                                                  shape=(e.rows,) + tail)
+            ds = f.create_virtual_dataset(name, virtual, fillvalue=0)
+            ds.attrs["chunk_rows"] = min(rows_per_chunk(tail, dtype), max(e.rows for e in entries))
         f["op"].attrs["names"] = np.array(list(op_names), dtype=h5py.string_dtype())
         strings = h5py.string_dtype()
         f.create_dataset("shards/name", data=np.array([e.name for e in entries], dtype=strings))
@@ -243,7 +270,7 @@ def row_chunk(ds) -> int:
     if isinstance(ds, h5py.File):
         ds = ds["images"]
     if ds.is_virtual:
-        return int(ds.attrs.get("chunk_rows", CHUNK_ROWS))
+        return int(ds.attrs.get("chunk_rows", rows_per_chunk(ds.shape[1:], ds.dtype)))
     return ds.chunks[0] if ds.chunks else max(ds.shape[0], 1)
 
 
@@ -321,6 +348,18 @@ class FileInfo:
     # A sharded master: its manifest and the folder of its shards (() and None: one file).
     shards: tuple[ShardEntry, ...] = ()
     shards_folder: Path | None = None
+    image_shape: tuple[int, int, int] = (32, 32, 3)  # (H, W, C) of every image
+    label_dtype: np.dtype = np.dtype(np.uint8)
+
+    @property
+    def layout(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+        """The row datasets' dtypes and row shapes (:func:`row_layout`)."""
+        return row_layout(self.image_shape, self.label_dtype)
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one stored image."""
+        return int(np.prod(self.image_shape))
 
     @property
     def sharded(self) -> bool:
@@ -383,14 +422,21 @@ def _check(f: h5py.File, path: Path) -> FileInfo:
     if shards and rows != sum(e.rows for e in shards):
         raise _fail(path, f"its {rows:,} rows are not the {sum(e.rows for e in shards):,} rows of its shard "
                           "manifest; rebuild it with `augmat build`")
-    for name, (dtype, tail) in ROW_DATASETS.items():
+    image_shape, labels = tuple(f["images"].shape[1:]), f["labels"].dtype
+    if len(image_shape) != 3 or image_shape[2] not in CHANNELS or min(image_shape) < 1:
+        raise _fail(path, f"dataset images is {f['images'].shape}, expected (rows, height, width, 1 or 3)")
+    if labels.kind != "u":
+        raise _fail(path, f"dataset labels is {labels}, expected an unsigned integer type")
+    layout = row_layout(image_shape, labels)
+    for name, (dtype, tail) in layout.items():
         ds = f[name]
-        if ds.shape != (rows,) + tail or ds.dtype != np.dtype(dtype):
-            raise _fail(path, f"dataset {name} is {ds.dtype} {ds.shape}, expected {np.dtype(dtype)} {(rows,) + tail}")
+        if ds.shape != (rows,) + tail or ds.dtype != dtype:
+            raise _fail(path, f"dataset {name} is {ds.dtype} {ds.shape}, expected {dtype} {(rows,) + tail}")
     for split in ("val", "test"):
         x, y = f[f"{split}/images"], f[f"{split}/labels"]
-        if x.shape[1:] != (32, 32, 3) or x.dtype != np.uint8 or y.shape != (x.shape[0],):
-            raise _fail(path, f"{split}/images is {x.dtype} {x.shape}, expected uint8 (n, 32, 32, 3) with n labels")
+        if x.shape[1:] != image_shape or x.dtype != np.uint8 or y.shape != (x.shape[0],):
+            raise _fail(path, f"{split}/images is {x.dtype} {x.shape}, expected uint8 (n,) + {image_shape} "
+                              "with n labels")
     names = f["op"].attrs.get("names")
     if names is None:
         raise _fail(path, "dataset op has no 'names' attribute")
@@ -410,7 +456,7 @@ def _check(f: h5py.File, path: Path) -> FileInfo:
         source=json.loads(f.attrs["source"]), version=str(f.attrs["augmat_version"]),
         val_rows=f["val/images"].shape[0], test_rows=f["test/images"].shape[0],
         format=fmt, renamed_ops=tuple(sorted(renamed.items())),
-        shards=shards, shards_folder=folder,
+        shards=shards, shards_folder=folder, image_shape=image_shape, label_dtype=labels,
     )
 
 

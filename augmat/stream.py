@@ -18,9 +18,9 @@ How a batch is made (offline mode, the default):
    :mod:`augmat.plan`): a shuffle pass is rows ``[0, K*N)``, copy-aware pass ``p``
    reads copy block ``p mod K``, and the file's other blocks (originals included) are
    never read. One file of 32 copies serves K = 1, 2, 4, ..., 32.
-2. **Read.** A pass is cut into *blocks* of ``block_rows`` contiguous rows that start on
-   HDF5 chunk boundaries; the blocks are shuffled (seeded by pass) and grouped into
-   *windows* of at most ``buffer_rows`` rows, and each window's rows are permuted (seeded
+2. **Read.** A pass is cut into *blocks* of ``block_rows`` contiguous rows (default:
+   12 MiB of images, 4,096 rows at 32x32x3, 455 at 96x96x3) that start on HDF5 chunk boundaries; the blocks are shuffled (seeded by pass) and grouped into
+   *windows* of at most ``buffer_rows`` rows (default: 48 MiB of images), and each window's rows are permuted (seeded
    by pass and window). A window is read with one h5py call per block: h5py serialises
    every call behind one lock, so few large reads beat many small ones.
 3. **Cut.** Batch ``i`` of epoch ``e`` is positions ``[e*E + i*B, e*E + (i+1)*B)`` of
@@ -40,14 +40,14 @@ checked against the recorded checksum). Online mode draws one (op, magnitude) pe
 per pass, uniformly over the ops the file was built with, exactly as the build does,
 and renders them with :func:`augmat.ops.apply_ops` when the batch is cut: the two modes
 differ only in *when* the augmentation happens. These modes hold the N source images in
-memory (N x 3 KiB), as the seed experiment did.
+memory (N images), as the seed experiment did.
 
 Threads, not processes: batches never get pickled, and nothing here interacts with the
 accelerator runtime, so the same stream works with the TensorFlow, JAX and torch
 backends (Keras's multiprocessing ``PyDataset`` workers are a known source of hangs with
 JAX on GPUs).
 
-Batches are ``(images uint8 (B, 32, 32, 3), labels int32 (B,))``; the model rescales on
+Batches are ``(images uint8 (B, H, W, C), labels int32 (B,))``, H, W and C the file's own; the model rescales on
 the device. Every random choice comes from ``SeedSequence(seed, spawn_key=...)``: the same
 seed gives the same batches, whatever the timing of the threads.
 """
@@ -73,8 +73,8 @@ from .store import open_file, read_rows, row_chunk
 
 ORDERS = ("copies", "shuffle")
 MODES = ("offline", "online", "unaugmented")
-BLOCK_ROWS = 4096          # rows per read: 12 MiB, 16 chunks of 256 rows
-BUFFER_ROWS = 16384        # rows per shuffle window: 48 MiB
+BLOCK_BYTES = 12 * 2**20   # per read (4,096 rows of 32x32x3: 16 chunks of 256 rows)
+BUFFER_BYTES = 48 * 2**20  # per shuffle window (16,384 rows of 32x32x3); two are held
 PREFETCH_BATCHES = 8       # batches made ahead of the training step
 
 # Independent random streams, SeedSequence(seed, spawn_key=(stream, pass[, window])).
@@ -100,7 +100,7 @@ class _Window:
     ``rows[j]`` (online/unaugmented), with ``labels[j]`` and ``rows[j]``."""
     labels: np.ndarray     # int32 (w,), in batch order
     rows: np.ndarray       # int64 (w,), in batch order: file rows offline, subset positions else
-    images: np.ndarray | None = None  # offline: uint8 (w, 32, 32, 3) in read order
+    images: np.ndarray | None = None  # offline: uint8 (w, H, W, C) in read order
     order: np.ndarray | None = None   # offline: batch position j takes images[order[j]]
     ops: np.ndarray | None = None     # online: op code and magnitude per position
     mags: np.ndarray | None = None
@@ -124,9 +124,16 @@ def _close_open_streams() -> None:
         stream.close()
 
 
+def default_buffer_rows(path: str | Path) -> int:
+    """Rows of a shuffle window of ``path`` when none is given: BUFFER_BYTES of its images."""
+    f, info = open_file(path)
+    f.close()
+    return max(1, BUFFER_BYTES // info.row_bytes)
+
+
 def load_split(path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """The unaugmented ``val`` or ``test`` split of a built file, in memory:
-    (images uint8 (n, 32, 32, 3), labels int32 (n,))."""
+    (images uint8 (n, H, W, C), labels int32 (n,))."""
     if split not in ("val", "test"):
         raise AugmatError(f"unknown split {split!r}; choose val or test")
     f, info = open_file(path)
@@ -145,7 +152,7 @@ class Stream:
 
     def __init__(self, path: str | Path, batch_size: int = 128, order: str = "shuffle", seed: int = 0, *,
                  mode: str = "offline", epoch_size: int | None = None, source: str | None = None,
-                 copies_used: int | None = None, buffer_rows: int = BUFFER_ROWS, block_rows: int = BLOCK_ROWS,
+                 copies_used: int | None = None, buffer_rows: int | None = None, block_rows: int | None = None,
                  prefetch_batches: int = PREFETCH_BATCHES):
         if order not in ORDERS:
             raise AugmatError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
@@ -153,7 +160,7 @@ class Stream:
             raise AugmatError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         for name, value in (("batch size", batch_size), ("buffer rows", buffer_rows),
                             ("block rows", block_rows), ("prefetch batches", prefetch_batches)):
-            if int(value) < 1:
+            if value is not None and int(value) < 1:
                 raise AugmatError(f"{name} must be at least 1 (got {value})")
         self.order, self.mode, self.seed = order, mode, int(seed)
         self.batch_size = int(batch_size)
@@ -177,7 +184,9 @@ class Stream:
 
         self._file, self.info = open_file(path)
         try:
-            self._prepare(source, int(buffer_rows), int(block_rows), epoch_size, copies_used)
+            # Rows per read and per window: given, or so many bytes of this file's images.
+            self._prepare(source, int(buffer_rows or max(1, BUFFER_BYTES // self.info.row_bytes)),
+                          int(block_rows or max(1, BLOCK_BYTES // self.info.row_bytes)), epoch_size, copies_used)
         except BaseException:
             self._file.close()
             raise
@@ -339,7 +348,7 @@ class Stream:
                            mags=None if mags is None else mags[a:b])
         ranges = what[w]
         size = sum(b - a for a, b in ranges)
-        images = np.empty((size, 32, 32, 3), np.uint8)
+        images = np.empty((size,) + self.info.image_shape, np.uint8)
         t0 = time.perf_counter()
         o = 0
         for a, b in ranges:

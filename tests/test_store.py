@@ -17,8 +17,8 @@ import pytest
 
 from augmat.errors import AugmatError
 from augmat.ops import OP_NAMES
-from augmat.store import (FORMAT_VERSION, ShardEntry, open_file, read_rows, row_chunk, row_parts, shards_folder,
-                          write_master, write_shard)
+from augmat.store import (FORMAT_VERSION, ShardEntry, open_file, read_rows, row_chunk, row_layout, row_parts,
+                          shards_folder, write_master, write_shard)
 
 N_SHARDS, ROWS = 3, 300
 
@@ -49,7 +49,7 @@ def make_master(path: Path) -> dict[str, np.ndarray]:
             "test/images": np.zeros((3, 32, 32, 3), np.uint8), "test/labels": np.zeros(3, np.uint8)}
     attrs = {"augmat_format": FORMAT_VERSION, "augmat_version": "t", "config": json.dumps({"subset": 900}),
              "class_names": json.dumps([str(i) for i in range(10)]), "source": json.dumps({}), "libraries": "{}"}
-    write_master(path, attrs, side, entries, OP_NAMES)
+    write_master(path, attrs, side, entries, OP_NAMES, row_layout((32, 32, 3), np.uint8))
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -132,5 +132,6 @@ def test_a_master_written_to_a_full_disk_leaves_nothing(tmp_path):
     def full():
         raise OSError(28, os.strerror(28))
     with pytest.raises(OSError):
-        write_master(tmp_path / "m.h5", {}, {}, [ShardEntry("x.h5", 0, 0, 1, "0")], OP_NAMES, fault=full)
+        write_master(tmp_path / "m.h5", {}, {}, [ShardEntry("x.h5", 0, 0, 1, "0")], OP_NAMES,
+                     row_layout((32, 32, 3), np.uint8), fault=full)
     assert list(tmp_path.iterdir()) == []

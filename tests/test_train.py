@@ -177,8 +177,10 @@ def _damaged(kind: str, tiny_h5: Path, tmp: Path) -> Path:
     elif kind == "foreign":
         with h5py.File(out, "w") as f:
             f["images"] = np.zeros((4, 32, 32, 3), np.uint8)
-    elif kind == "28px":
+    elif kind == "28px":  # rows of another size than the val and test splits
         replace_dataset(tiny_h5, out, "images", np.zeros((120, 28, 28, 3), np.uint8))
+    elif kind == "2ch":
+        replace_dataset(tiny_h5, out, "images", np.zeros((120, 32, 32, 2), np.uint8))
     return out
 
 
@@ -189,7 +191,8 @@ def _damaged(kind: str, tiny_h5: Path, tmp: Path) -> Path:
     ("missing", "missing datasets labels"),
     ("no-subset", "missing datasets subset_index"),
     ("foreign", "not written by augmat"),
-    ("28px", r"expected uint8 \(120, 32, 32, 3\)"),
+    ("28px", r"val/images is uint8 \(\d+, 32, 32, 3\), expected uint8 \(n,\) \+ \(28, 28, 3\)"),
+    ("2ch", r"images is \(120, 32, 32, 2\), expected \(rows, height, width, 1 or 3\)"),
 ])
 def test_bad_file_is_one_line(kind, message, tiny_h5, tmp_path):
     path = _damaged(kind, tiny_h5, tmp_path)

@@ -20,11 +20,11 @@ unchanged.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from augmat.errors import AugmatError
-from augmat.stream import BUFFER_ROWS, MODES, ORDERS, Stream, as_keras, load_split
+from augmat.stream import MODES, ORDERS, Stream, as_keras, load_split
 
 from .rundir import make_run_dir, open_run_dir_to_resume, plot_curves, save_model, table, write_json
 
@@ -59,7 +59,8 @@ class TrainConfig:
     eval_every: int = 0             # test accuracy every this many epochs (0: at the end only)
     run_dir: str = ""               # default runs/<file stem>-<time>
     raw_inputs: bool = False        # feed 0..255 to the first conv, as the seed did
-    buffer_rows: int = BUFFER_ROWS  # shuffle window of the stream, in rows
+    buffer_rows: int | None = None  # shuffle window of the stream, in rows (None: 48 MiB of
+                                    # images, 16,384 at 32x32x3; config.json records the number)
     verbose: int = 1                # Keras: 1 progress bar, 2 one line per epoch, 0 silent
 
     def __post_init__(self):
@@ -82,6 +83,14 @@ class TrainConfig:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             object.__setattr__(self, "run_dir", f"runs/{Path(self.file).stem}-{stamp}")
 
+    def settled(self) -> "TrainConfig":
+        """This config with every default that depends on the file made explicit (the
+        stream's window in rows), as ``config.json`` records it and ``--resume`` compares it."""
+        if self.buffer_rows is not None:
+            return self
+        from augmat.stream import default_buffer_rows
+        return replace(self, buffer_rows=default_buffer_rows(self.file))
+
 
 def run(cfg: TrainConfig, log=print, resume: bool = False) -> dict:
     """Train as ``cfg`` says; returns the final metrics (also in ``metrics.json``).
@@ -94,6 +103,7 @@ def run(cfg: TrainConfig, log=print, resume: bool = False) -> dict:
     run had: the history so far, the best model, a checkpoint, ``metrics.json`` marked
     interrupted)."""
     t_start = time.perf_counter()
+    cfg = cfg.settled()
 
     # --- 2. Data -------------------------------------------------------------------------
     # Open and check everything before Keras is imported, so bad input fails in a moment.
@@ -105,7 +115,7 @@ def run(cfg: TrainConfig, log=print, resume: bool = False) -> dict:
         x_test, y_test = load_split(cfg.file, "test")
         state = None
         if resume:
-            run_dir, state = open_run_dir_to_resume(cfg.run_dir, asdict(cfg))
+            run_dir, state = open_run_dir_to_resume(cfg.run_dir, cfg)
             log(f"resuming {run_dir} after epoch {state['epochs']} of {cfg.epochs}")
             return _train(cfg, stream, (x_val, y_val), (x_test, y_test), run_dir, t_start, log, state)
         run_dir = make_run_dir(cfg.run_dir)
@@ -134,7 +144,8 @@ def _train(cfg, stream, val, test, run_dir: Path, t_start: float, log, state: di
     if state:  # the checkpoint holds the weights and the optimizer's state (Adam's moments, step)
         model = keras.models.load_model(run_dir / state["checkpoint"])
     else:
-        model = seed_cnn(1.0 if cfg.raw_inputs else INPUT_SCALE, len(stream.info.class_names))
+        model = seed_cnn(1.0 if cfg.raw_inputs else INPUT_SCALE, len(stream.info.class_names),
+                         stream.info.image_shape)
         # Integer labels with the sparse form of categorical cross-entropy: the same loss as the
         # seed's one-hot targets, with 4-byte labels instead of 40-byte rows per image.
         model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
@@ -186,11 +197,13 @@ def _train(cfg, stream, val, test, run_dir: Path, t_start: float, log, state: di
     return metrics
 
 
-def seed_cnn(input_scale: float = INPUT_SCALE, classes: int = 10):
+def seed_cnn(input_scale: float = INPUT_SCALE, classes: int = 10, image_shape=(32, 32, 3)):
     """Conv 32, Conv 32, MaxPool, Conv 64, Conv 64, MaxPool, Dense 256, Dense (10) softmax.
 
     3x3 'same' ReLU convolutions with RandomNormal(0.05) kernels; no batch norm, no
-    dropout. The input is uint8: the first layer casts and rescales, on the device."""
+    dropout. The input is uint8 of the file's (H, W, C): the first layer casts and
+    rescales, on the device. At other sizes the network is the same; only the first Dense
+    layer grows with the image area (H/4 x W/4 x 64 inputs: 4,096 at 32x32, 36,864 at 96x96)."""
     import keras
     from keras import layers
 
@@ -199,7 +212,7 @@ def seed_cnn(input_scale: float = INPUT_SCALE, classes: int = 10):
                              kernel_initializer=keras.initializers.RandomNormal(stddev=CONV_STDDEV))
 
     return keras.Sequential([
-        keras.Input((32, 32, 3), dtype="uint8"),
+        keras.Input(tuple(image_shape), dtype="uint8"),
         layers.Rescaling(input_scale),
         conv(32), conv(32), layers.MaxPooling2D(2),
         conv(64), conv(64), layers.MaxPooling2D(2),

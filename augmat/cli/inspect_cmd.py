@@ -40,10 +40,11 @@ def _magnitudes(ctx, param, value: str):
 @click.option("--source-index", type=int, default=None, metavar="I",
               help="One source image: list its rows (with --grid, draw them).")
 @click.option("--columns", type=int, default=8, show_default=True, help="Pictures per row in --grid.")
-@click.option("--scale", type=int, default=3, show_default=True,
-              help="Upscaling of each 32x32 image in --grid (nearest-neighbour).")
+@click.option("--scale", type=int, default=None,
+              help="Upscaling of each image in --grid (nearest-neighbour). Default: about 96 pixels a "
+                   "side (3 for 32x32 images, 1 for 96x96 and larger).")
 def inspect_command(path: str, as_json: bool, verify: bool, sample: int, seed: int, source: str | None,
-                    grid: str | None, source_index: int | None, columns: int, scale: int) -> None:
+                    grid: str | None, source_index: int | None, columns: int, scale: int | None) -> None:
     """Summarize an augmat file, draw its samples, or verify it. Never writes to FILE.
 
     \b
@@ -134,9 +135,10 @@ def _refuse_to_overwrite(grid: str, path: str) -> None:
 @click.option("--image", type=int, default=0, show_default=True, metavar="I", help="Training image index.")
 @click.option("--magnitudes", callback=_magnitudes, default=",".join(f"{m:g}" for m in PREVIEW_MAGNITUDES),
               show_default=True, help="Magnitudes, one column each.")
-@click.option("--scale", type=int, default=3, show_default=True, help="Upscaling (nearest-neighbour).")
+@click.option("--scale", type=int, default=None,
+              help="Upscaling (nearest-neighbour). Default: about 96 pixels a side (3 for 32x32).")
 @click.option("-o", "--output", type=str, default="transforms.png", show_default=True, metavar="PNG")
-def preview_command(source: str | None, image: int, magnitudes: tuple[float, ...], scale: int, output: str) -> None:
+def preview_command(source: str | None, image: int, magnitudes: tuple[float, ...], scale: int | None, output: str) -> None:
     """Draw every op at a few magnitudes on one source image (the seed article's figure)."""
     check_writable(output, "-o")
     fig = preview(source, image, magnitudes, scale)

@@ -8,7 +8,7 @@ import sys
 import click
 
 from ..errors import AugmatError
-from ..stream import BUFFER_ROWS, ORDERS
+from ..stream import ORDERS
 
 
 @click.command("train")
@@ -41,8 +41,9 @@ from ..stream import BUFFER_ROWS, ORDERS
               help="Where the run's files go. Default: runs/<file stem>-<time>.")
 @click.option("--raw-inputs", is_flag=True,
               help="Feed raw 0..255 pixels to the first conv, as the seed did (default: rescaled to 0..1).")
-@click.option("--buffer-rows", type=int, default=BUFFER_ROWS, show_default=True,
-              help="Rows in the stream's shuffle window (memory: about 2 windows of 3 KiB per row).")
+@click.option("--buffer-rows", type=int, default=None,
+              help="Rows in the stream's shuffle window; two windows are held in memory. "
+                   "Default: 48 MiB of the file's images (16,384 rows at 32x32x3).")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --run-dir, stopped by Ctrl-C, a kill or a lost machine, from its "
                    "last finished epoch (give the same options it was started with).")
