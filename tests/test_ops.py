@@ -152,7 +152,7 @@ def test_empty_batch(name):
 
 
 def test_translation_range_and_direction():
-    px = translation_pixels(np.array([0.0, 0.5, 1.0, 0.45, 0.4, 0.6], np.float32))
+    px = translation_pixels(np.array([0.0, 0.5, 1.0, 0.45, 0.4, 0.6], np.float32), 32)
     assert px.tolist() == [-6, 0, 6, 0, -1, 1]  # truncated toward zero, as int()
     img = np.zeros((1, 32, 32, 3), np.uint8)
     img[0, 10, 10] = 255
