@@ -11,8 +11,13 @@ kernel, its blur uses other rounding). So these loops redo scipy's C code
 * the same operations in the same order on float64, with no fused multiply-add
   (Numba, like scipy's x86-64 wheels, does not contract them), and the same
   truncation to uint8 after every blur pass, so the blur is bit-identical;
-* the boundary extensions are not re-derived but read off scipy itself at import
-  (:func:`_boundary_index`), and so are the Gaussian weights.
+* the boundary extensions are not re-derived but read off scipy itself
+  (:func:`_boundary_index`, once per image shape), and so are the Gaussian weights
+  (:func:`gaussian_weights`, once per sigma): whatever the image's size, channel count
+  or blur sigma, the kernels read the same samples with the same weights as scipy.
+
+Both work on batches of (H, W, C) uint8 images of any size and any channel count
+(augmat uses C = 3 and C = 1).
 
 The rotation's coordinates are computed with one multiply-add less than scipy's
 2x2 matrix product, and ``pow`` may differ in its last bit, so a rotated pixel may
@@ -118,14 +123,21 @@ def _blur_batch(images, w, ext_h, ext_w, ext_c, out):
 @functools.lru_cache(maxsize=None)
 def _blur_plan(shape: tuple, sigma: float):
     w = gaussian_weights(sigma)
+    # _correlate adds the taps in pairs, as scipy does only for a kernel it finds exactly
+    # symmetric (otherwise it sums them one by one, in another order).
+    assert np.array_equal(w, w[::-1]), "scipy's Gaussian weights are not symmetric"
     r = (len(w) - 1) // 2
+    # Any axis may be shorter than the radius (the channel axis always is): the
+    # extension tables then reflect several times over, as scipy's line buffers do.
     return w, [_boundary_index(n, r, "reflect") for n in shape]
 
 
 def gaussian_blur_uint8(images: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     """``scipy.ndimage.gaussian_filter(img, sigma)`` of every uint8 image of a batch
-    over all three of its axes (the channel axis too), mode 'reflect', truncate 4:
-    bit-identical to scipy per image."""
+    over all three of its axes (the channel axis too, even of length 1), mode
+    'reflect', truncate 4: bit-identical to scipy per image, for any (H, W, C) and sigma."""
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, not {sigma}")
     w, (ext_h, ext_w, ext_c) = _blur_plan(images.shape[1:], float(sigma))
     out = np.empty_like(images)
     if len(images):
@@ -170,13 +182,14 @@ def _sharpen_combine(images, blur, a, out):
                 flat_o[b, p] = np.uint8(min(max(s[p], 0.0), 255.0))
 
 
-def seed_sharpen(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
-    """The seed's sharpen for a batch, bit for bit (see :mod:`augmat.reference`)."""
+def seed_sharpen(images: np.ndarray, magnitudes: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """The seed's sharpen for a batch, bit for bit (see :mod:`augmat.reference`), with
+    ``scipy.ndimage.gaussian_filter(x, sigma)`` as its blur (the seed's sigma is 1)."""
     out = np.empty_like(images)
     if len(images) == 0:
         return out
     a = (0.5 - magnitudes.astype(np.float64)) * 0.5
-    _sharpen_combine(np.ascontiguousarray(images), gaussian_blur_uint8(images), a, out)
+    _sharpen_combine(np.ascontiguousarray(images), gaussian_blur_uint8(images, sigma), a, out)
     return out
 
 
@@ -318,7 +331,10 @@ def _rotate_batch(images, m00, m01, m10, m11, off0, off1, out):
 
 def seed_rotate(images: np.ndarray, angles_deg: np.ndarray) -> np.ndarray:
     """``scipy.ndimage.rotate(img, angle, reshape=False)`` for every image of a batch
-    (order 3 with prefilter, mode 'constant', cval 0, plane of the first two axes)."""
+    (order 3 with prefilter, mode 'constant', cval 0, plane of the first two axes)
+    about the centre ((H - 1) / 2, (W - 1) / 2). scipy rotates each channel plane on
+    its own (a 2-D spline per plane, none across channels), as the kernel does, so any
+    H, W and C give scipy's pixels."""
     out = np.empty_like(images)
     if len(images) == 0:
         return out

@@ -2,9 +2,17 @@
 
 Each op is a *pure* function ``fn(images, magnitudes) -> images``:
 
-* ``images``: uint8 array of shape (B, 32, 32, 3), never modified in place;
+* ``images``: uint8 array of shape (B, H, W, C), never modified in place: any one
+  image size per call (CIFAR's 32x32 is only the default of the tools around this
+  module, :data:`IMAGE_SHAPE`), C = 3 (RGB) or 1 (grayscale);
 * ``magnitudes``: float32 array of shape (B,), each in [0, 1];
 * returns a new uint8 array of the same shape.
+
+The seed's formulas carry over to any size as they are written: rotations turn about
+the image's centre, translations move 20% of the width (translate_x) or height
+(translate_y), and sharpen's Gaussian has sigma 1 *pixel* (on every axis, the channel
+axis included) unless ``apply_ops(..., sharpen_sigma=...)`` says otherwise; at 32x32x3
+and sigma 1 they are exactly the seed's experiment.
 
 Nothing here draws random numbers: which op and which magnitude each image gets
 is decided up front (see :mod:`augmat.plan`) and stored beside the image, so
@@ -23,6 +31,7 @@ is part of the file format (:data:`EARLIER_DEFINITIONS`).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -35,6 +44,8 @@ from . import kernels
 # augmat parallelises across processes, so one thread per process is right.
 cv2.setNumThreads(1)
 
+# CIFAR-10's image shape: the default of the modules that make images (a build's
+# warm-up, the sources). No op depends on it: every op reads the size off its batch.
 IMAGE_SHAPE = (32, 32, 3)
 
 
@@ -55,8 +66,9 @@ def rotate(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
 
 
 def rotate_bilinear(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
-    """The seed's angle, bilinear (scikit-image's ``rotate``, order=1): augmat's
-    ``rotate`` before file format 2, smoother-edged than the cubic spline; corners outside the source are black. OpenCV's warpAffine
+    """The seed's angle, bilinear (scikit-image's ``rotate``, order=1, about the centre
+    ((W - 1) / 2, (H - 1) / 2)): augmat's ``rotate`` before file format 2, smoother-edged
+    than the cubic spline; corners outside the source are black. OpenCV's warpAffine
     does one 32x32 image in a few microseconds, far faster than any per-pixel
     numpy gather, so it is called once per image, writing straight into the output.
     The matrices, computed for the whole batch, map each output pixel to where it
@@ -79,7 +91,7 @@ def rotate_bilinear(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
 def flip_lr(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
     """Mirrored left-right when abs(z - 0.5) > 0.25 (half of all draws).
 
-    The images to mirror are gathered, viewed as one tall picture of (rows, 32, 3)
+    The images to mirror are gathered, viewed as one tall picture of (B * H, W, C)
     and mirrored by a single cv2.flip call: every row of every image is mirrored alike,
     and it runs about 6x faster than numpy's negative-stride copy of whole images."""
     out = images.copy()
@@ -92,8 +104,10 @@ def flip_lr(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
     return out
 
 
-def translation_pixels(magnitudes: np.ndarray, size: int = 32) -> np.ndarray:
-    """shift = int(size * 0.2 * (z - 0.5) * 2): -6..+6 pixels for 32, truncated toward 0."""
+def translation_pixels(magnitudes: np.ndarray, size: int) -> np.ndarray:
+    """shift = int(size * 0.2 * (z - 0.5) * 2), truncated toward 0: -6..+6 pixels for
+    size 32. ``size`` is the image's extent along the shift (W for translate_x, H for
+    translate_y); no default, so that no caller shifts a non-CIFAR image by CIFAR's 20%."""
     return np.trunc(size * 0.2 * (magnitudes.astype(np.float64) - 0.5) * 2).astype(np.int64)
 
 
@@ -124,55 +138,84 @@ def translate_y(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
     return _shift(images, translation_pixels(magnitudes, images.shape[1]), axis=1)
 
 
-_GAUSSIAN_9 = cv2.getGaussianKernel(9, 1.0, cv2.CV_32F)  # sigma 1, truncated at 4 sigma
-_BLUR_BATCH = 32  # images per OpenCV call: 1,280 rows stay in cache (48 or more ran 30% slower here)
+def _check_sigma(sigma: float) -> float:
+    sigma = float(sigma)
+    if not (np.isfinite(sigma) and sigma > 0):
+        # scipy would skip the blur at 0 and OpenCV would derive a sigma from the
+        # kernel size: neither is the formula, so refuse instead of rendering either.
+        raise ValueError(f"sharpen_sigma must be a positive number of pixels, not {sigma}")
+    return sigma
 
 
-def _gaussian_blur(images: np.ndarray) -> np.ndarray:
-    """Each image blurred by a Gaussian of sigma 1 over 9x9 pixels, edge pixels repeated
-    (scikit-image's ``gaussian``, mode 'nearest', truncated at 4 sigma), in float32.
+@functools.lru_cache(maxsize=None)
+def _gaussian_kernel(sigma: float) -> tuple[int, np.ndarray]:
+    """The radius int(4 sigma + 0.5) of scikit-image's (scipy's) truncate=4.0, and
+    OpenCV's float32 Gaussian over 2 radius + 1 taps (at sigma 1: 9 taps)."""
+    radius = int(4.0 * sigma + 0.5)
+    return radius, cv2.getGaussianKernel(2 * radius + 1, sigma, cv2.CV_32F)
+
+
+# Images per OpenCV call: as many as fill today's 32 CIFAR images padded to 40 rows
+# (1,280 rows of 32x3 bytes stay in cache; 48 or more such images ran 30% slower here).
+_BLUR_BATCH_BYTES = 32 * 40 * 32 * 3
+
+
+def _blur_batch_size(shape: tuple, radius: int) -> int:
+    h, w, c = shape
+    return max(1, _BLUR_BATCH_BYTES // ((h + 2 * radius) * w * c))
+
+
+def _gaussian_blur(images: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """Each image blurred by a Gaussian of ``sigma`` pixels over rows and columns, each
+    channel alone, edge pixels repeated (scikit-image's ``gaussian``, mode 'nearest',
+    truncated at 4 sigma: 9x9 taps at sigma 1), in float32.
 
     One OpenCV separable filter call blurs a stack of images laid out as one tall
-    picture, each with its first and last rows repeated 4 times so that no tap
-    reaches a neighbour (left and right, the picture's edges are the image's own):
+    picture, each with its first and last rows repeated ``radius`` times so that no
+    tap reaches a neighbour (left and right, the picture's edges are the image's own):
     the same sums, in the same order, as a call per image, at a fraction of the calls.
     """
+    radius, kernel = _gaussian_kernel(float(sigma))
     n, h = len(images), images.shape[1]
-    tall = np.empty((n, h + 8) + images.shape[2:], np.uint8)
-    tall[:, 4:-4] = images
-    tall[:, :4] = images[:, :1]
-    tall[:, -4:] = images[:, -1:]
-    blur = cv2.sepFilter2D(tall.reshape((-1,) + images.shape[2:]), cv2.CV_32F, _GAUSSIAN_9, _GAUSSIAN_9,
+    tall = np.empty((n, h + 2 * radius) + images.shape[2:], np.uint8)
+    tall[:, radius:radius + h] = images
+    tall[:, :radius] = images[:, :1]
+    tall[:, radius + h:] = images[:, -1:]
+    # For C = 1, OpenCV returns (rows, W) without the channel axis: the reshape restores it.
+    blur = cv2.sepFilter2D(tall.reshape((-1,) + images.shape[2:]), cv2.CV_32F, kernel, kernel,
                            borderType=cv2.BORDER_REPLICATE)
-    return blur.reshape(tall.shape)[:, 4:-4]
+    return blur.reshape(tall.shape)[:, radius:radius + h]
 
 
-def sharpen(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
+def sharpen(images: np.ndarray, magnitudes: np.ndarray, sharpen_sigma: float = 1.0) -> np.ndarray:
     """The seed's sharpen, a = (0.5 - z) * 0.5, bit for bit
-    (:func:`augmat.kernels.seed_sharpen`): blur = scipy's uint8 Gaussian (sigma 1)
-    over rows, columns *and channels*; d = x - blur in uint8, so it wraps modulo 256;
+    (:func:`augmat.kernels.seed_sharpen`): blur = scipy's uint8
+    ``gaussian_filter(x, sharpen_sigma)`` (the seed's sigma is 1) over rows, columns
+    *and channels*; d = x - blur in uint8, so it wraps modulo 256;
     s = x + a d / (1 + a), shifted up if below 0, scaled down if above 255, truncated.
     The wrap makes it a colour-speckle transform at both ends of z, not a sharpen:
     that is what the seed trained on. Identity at z = 0.5 (a = 0)."""
-    return kernels.seed_sharpen(images, magnitudes)
+    return kernels.seed_sharpen(images, magnitudes, _check_sigma(sharpen_sigma))
 
 
-def unsharp(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
+def unsharp(images: np.ndarray, magnitudes: np.ndarray, sharpen_sigma: float = 1.0) -> np.ndarray:
     """A real unsharp mask with the seed's formula: out = x + a (x - blur(x)) / (1 + a),
     a = (0.5 - z) * 0.5 (augmat's ``sharpen`` before file format 2).
 
-    blur: :func:`_gaussian_blur`, in float32; OpenCV's addWeighted then forms
-    (1 + c) x - c blur on 0..255 per image, rounded and saturated to uint8, into the
-    output. With this formula z = 0 sharpens (a = 0.25), z = 1 blurs (a = -0.25),
-    z = 0.5 is the identity.
+    blur: :func:`_gaussian_blur` with sigma ``sharpen_sigma`` (1 by default), each channel
+    alone, in float32; OpenCV's addWeighted then forms (1 + c) x - c blur on 0..255 per
+    image, rounded and saturated to uint8, into the output. With this formula z = 0
+    sharpens (a = 0.25), z = 1 blurs (a = -0.25), z = 0.5 is the identity.
     """
+    sigma = _check_sigma(sharpen_sigma)
     out = np.empty_like(images)
     a = (np.float32(0.5) - magnitudes.astype(np.float32)) * np.float32(0.5)
     c = a / (np.float32(1.0) + a)  # out = x + c (x - blur) = (1 + c) x - c blur
     keep, take = (np.float32(1.0) + c).tolist(), (-c).tolist()
-    for s in range(0, len(images), _BLUR_BATCH):
-        x = images[s:s + _BLUR_BATCH]
-        blur = _gaussian_blur(x)
+    step = _blur_batch_size(images.shape[1:], _gaussian_kernel(sigma)[0])
+    for s in range(0, len(images), step):
+        x = images[s:s + step]
+        blur = _gaussian_blur(x, sigma)
         for i in range(len(x)):
             cv2.addWeighted(x[i], keep[s + i], blur[i], take[s + i], 0.0, dst=out[s + i], dtype=cv2.CV_8U)
     return out
@@ -214,6 +257,8 @@ class Op:
     identity_at: float | None
     # In the default draw (the seed's eight); the others are chosen with --ops.
     default: bool = True
+    # fn takes the keyword sharpen_sigma (its blur's sigma in pixels), passed by apply_ops.
+    blurs: bool = False
 
 
 OPS: dict[str, Op] = {
@@ -222,12 +267,14 @@ OPS: dict[str, Op] = {
         Op("identity", identity, "unchanged", 0.5),
         Op("rotate", rotate, "rotate (z-0.5)*120 degrees, cubic B-spline (scipy), black corners", 0.5),
         Op("flip_lr", flip_lr, "mirror left-right when |z-0.5| > 0.25", 0.5),
-        Op("translate_x", translate_x, "shift int(12.8*(z-0.5)) px right, black fill", 0.5),
-        Op("translate_y", translate_y, "shift int(12.8*(z-0.5)) px down, black fill", 0.5),
-        Op("sharpen", sharpen, "the seed's sharpen: wrapped uint8 x-blur, colour speckle at z=0 and 1", 0.5),
+        Op("translate_x", translate_x, "shift int(0.4*W*(z-0.5)) px right (-6..6 at W=32), black fill", 0.5),
+        Op("translate_y", translate_y, "shift int(0.4*H*(z-0.5)) px down (-6..6 at H=32), black fill", 0.5),
+        Op("sharpen", sharpen, "the seed's sharpen: wrapped uint8 x-blur, colour speckle at z=0 and 1", 0.5,
+           blurs=True),
         Op("contrast", contrast, "sigmoid contrast, cutoff 0.5, gain 1+10z", None),
         Op("brightness", brightness, "gamma 0.25+1.5z (z<0.5 brightens)", 0.5),
-        Op("unsharp", unsharp, "real unsharp mask sigma 1, a=(0.5-z)/2 (z<0.5 sharpens)", 0.5, default=False),
+        Op("unsharp", unsharp, "real unsharp mask sigma 1 (sharpen_sigma), a=(0.5-z)/2 (z<0.5 sharpens)", 0.5,
+           default=False, blurs=True),
         Op("rotate_bilinear", rotate_bilinear, "rotate (z-0.5)*120 degrees, bilinear, black corners", 0.5,
            default=False),
     ]
@@ -253,13 +300,18 @@ def rendering_libraries() -> dict[str, str]:
 
 
 def apply_ops(images: np.ndarray, op_codes: np.ndarray, magnitudes: np.ndarray,
-              op_names: tuple[str, ...] = OP_NAMES, rows: np.ndarray | None = None) -> np.ndarray:
+              op_names: tuple[str, ...] = OP_NAMES, rows: np.ndarray | None = None,
+              sharpen_sigma: float = 1.0) -> np.ndarray:
     """Render a batch where each image has its own op (an index into ``op_names``)
     and magnitude. Images with the same op are gathered and transformed together.
+    ``images``: (N, H, W, C) uint8, any H and W, C 1 or 3.
 
     ``rows``: render ``images[rows]`` (one entry per op code) without gathering them
     first; a build worker passes its whole source subset this way, so each source
     image is copied once on its way to its op instead of twice.
+
+    ``sharpen_sigma``: the sigma in pixels of the Gaussian in ``sharpen`` and ``unsharp``
+    (the seed's 1 by default; a larger image may want a proportionally larger one).
     """
     n = len(op_codes)
     out = np.empty((n,) + images.shape[1:], np.uint8)
@@ -267,5 +319,7 @@ def apply_ops(images: np.ndarray, op_codes: np.ndarray, magnitudes: np.ndarray,
     for code in np.unique(op_codes):
         sel = np.flatnonzero(op_codes == code)
         group = images[sel] if rows is None else images[rows[sel]]  # a copy, even from a memmap
-        out[sel] = OPS[op_names[int(code)]].fn(group, magnitudes[sel])
+        op = OPS[op_names[int(code)]]
+        kw = {"sharpen_sigma": sharpen_sigma} if op.blurs else {}
+        out[sel] = op.fn(group, magnitudes[sel], **kw)
     return out

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from augmat.ops import DEFAULT_OPS, EARLIER_DEFINITIONS, OP_NAMES, OPS, apply_ops, translation_pixels
-from augmat.reference import REFERENCE
+from augmat.reference import BLURS, REFERENCE, apply_one_at_a_time
 from conftest import make_images
 
 # The seed's magnitudes that matter: the quarter points, the ends, and the values on
@@ -24,27 +24,51 @@ ROTATE_MIN_EQUAL, ROTATE_MAX_OFF = 0.999, 1
 VARIANT_TOLERANCE = {"unsharp": 1, "rotate_bilinear": 1}
 
 
-def cifar_like(n: int, seed: int) -> np.ndarray:
+def structured(n: int, seed: int, shape: tuple) -> np.ndarray:
+    """conftest's smooth, structured images (gradients, a bright square, noise) at any
+    (H, W, C): the gradients span the same levels at any size; C = 1 gets their mix."""
+    if shape == (32, 32, 3):
+        return make_images(n, seed)[0]  # the very images the 32x32 tests always used
+    h, w, c = shape
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] * np.array([32 / h, 32 / w])[:, None, None]
+    images = np.empty((n, h, w, c), np.uint8)
+    for i in range(n):
+        a, b, d = rng.uniform(0.2, 1.0, 3)
+        base = np.stack([xx * a * 7, yy * b * 7, (xx + yy) * d * 3.5], -1)
+        if c == 1:
+            base = base.mean(-1, keepdims=True)
+        y0, x0 = rng.integers(h // 8, h - 3 * h // 8), rng.integers(w // 8, w - 3 * w // 8)
+        base[y0:y0 + h // 4, x0:x0 + w // 4] = 250
+        images[i] = np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+    return images
+
+
+def cifar_like(n: int, seed: int, shape: tuple = (32, 32, 3)) -> np.ndarray:
     """Photographs' troublesome parts: the structured images of conftest, plus black and
     saturated regions, flat areas, single-channel extremes and sharp edges, where the
-    seed's uint8 wrap and the spline's overshoot happen."""
-    x = make_images(n, seed)[0]
+    seed's uint8 wrap and the spline's overshoot happen. Any (H, W, C); at 32x32x3 the
+    same images as ever (the same draws)."""
+    x = structured(n, seed, shape)
+    h, w, c = shape
     rng = np.random.default_rng(seed)
     for i in range(n):
         k = i % 6
-        y0, x0 = rng.integers(0, 24, 2)
+        y0, x0 = rng.integers(0, (h - h // 4, w - w // 4))
         if k == 0:
-            x[i, y0:y0 + 10, :] = 0                       # a black band
+            x[i, y0:y0 + h // 3, :] = 0                   # a black band
         elif k == 1:
-            x[i, :, x0:x0 + 10] = 255                     # a saturated band
+            x[i, :, x0:x0 + w // 3] = 255                 # a saturated band
+        elif k == 2 and c > 1:
+            x[i, ..., rng.integers(c)] = 0                # a channel off
         elif k == 2:
-            x[i, ..., rng.integers(3)] = 0                # a channel off
+            x[i, :, :w // 2] = 0                          # grayscale: half black
         elif k == 3:
-            x[i] = rng.integers(0, 256, (32, 32, 3))      # noise: every level next to every other
+            x[i] = rng.integers(0, 256, (h, w, c))        # noise: every level next to every other
         elif k == 4:
-            x[i] = np.where(rng.random((32, 32, 1)) < 0.5, 0, 255)  # black/white pixels
+            x[i] = np.where(rng.random((h, w, 1)) < 0.5, 0, 255)  # black/white pixels
         else:
-            x[i, y0:y0 + 8, x0:x0 + 8] = rng.integers(0, 256, 3)    # a flat coloured patch
+            x[i, y0:y0 + h // 4, x0:x0 + w // 4] = rng.integers(0, 256, c)  # a flat coloured patch
     return x
 
 
@@ -146,13 +170,14 @@ def test_each_image_depends_only_on_itself(name, images):
 
 
 @pytest.mark.parametrize("name", OP_NAMES)
-def test_empty_batch(name):
-    out = OPS[name].fn(np.zeros((0, 32, 32, 3), np.uint8), np.zeros(0, np.float32))
-    assert out.shape == (0, 32, 32, 3) and out.dtype == np.uint8
+@pytest.mark.parametrize("shape", [(32, 32, 3), (40, 24, 1)])
+def test_empty_batch(name, shape):
+    out = OPS[name].fn(np.zeros((0,) + shape, np.uint8), np.zeros(0, np.float32))
+    assert out.shape == (0,) + shape and out.dtype == np.uint8
 
 
 def test_translation_range_and_direction():
-    px = translation_pixels(np.array([0.0, 0.5, 1.0, 0.45, 0.4, 0.6], np.float32))
+    px = translation_pixels(np.array([0.0, 0.5, 1.0, 0.45, 0.4, 0.6], np.float32), 32)
     assert px.tolist() == [-6, 0, 6, 0, -1, 1]  # truncated toward zero, as int()
     img = np.zeros((1, 32, 32, 3), np.uint8)
     img[0, 10, 10] = 255
@@ -160,6 +185,18 @@ def test_translation_range_and_direction():
     down = OPS["translate_y"].fn(img, np.array([1.0], np.float32))
     assert right[0, 10, 16].all() and down[0, 16, 10].all()
     assert right.sum() == img.sum() == down.sum()
+
+
+def test_translation_is_a_fifth_of_the_width_or_height():
+    """64 rows by 48 columns: translate_x moves int(48 * 0.2) = 9 columns, translate_y
+    int(64 * 0.2) = 12 rows (a swapped axis would give 12 and 9)."""
+    img = np.zeros((1, 64, 48, 1), np.uint8)
+    img[0, 20, 20] = 255
+    one, zero = np.array([1.0], np.float32), np.array([0.0], np.float32)
+    assert OPS["translate_x"].fn(img, one)[0, 20, 29, 0] == 255
+    assert OPS["translate_x"].fn(img, zero)[0, 20, 11, 0] == 255
+    assert OPS["translate_y"].fn(img, one)[0, 32, 20, 0] == 255
+    assert OPS["translate_y"].fn(img, zero)[0, 8, 20, 0] == 255
 
 
 def test_flip_half_of_the_magnitudes(images):
@@ -199,3 +236,80 @@ def test_apply_ops_rows_renders_the_gathered_images(images):
     codes = rng.integers(0, len(OP_NAMES), 100).astype(np.uint8)
     z = rng.random(100).astype(np.float32)
     np.testing.assert_array_equal(apply_ops(images, codes, z, rows=pos), apply_ops(images[pos], codes, z))
+
+
+# --- any image size: H != W, larger than CIFAR, grayscale -------------------------------
+
+SIZES = [(64, 48, 3), (96, 96, 3), (40, 24, 1)]  # (H, W, C); 64x48 catches swapped axes
+
+
+@pytest.fixture(scope="module")
+def sized_images():
+    """Six images of each size (one of each of cifar_like's kinds): few, because the
+    reference renders them one at a time at every edge magnitude."""
+    return {shape: cifar_like(6, seed=21 + i, shape=shape) for i, shape in enumerate(SIZES)}
+
+
+def _at_edge_magnitudes(images):
+    """Every image at every edge magnitude, in one batch (each row its own magnitude)."""
+    z = np.repeat(np.asarray(EDGE_MAGNITUDES, np.float32), len(images))
+    return np.tile(images, (len(EDGE_MAGNITUDES), 1, 1, 1)), z
+
+
+def _assert_like_reference(name, ours, ref):
+    """The criteria of the 32x32 tests above: rotate within the spline's rounding ties,
+    the gentle variants within one level, every other op bit for bit."""
+    diff = np.abs(ours.astype(int) - ref.astype(int))
+    if name == "rotate":
+        assert diff.max() <= ROTATE_MAX_OFF and (diff == 0).mean() >= ROTATE_MIN_EQUAL
+    elif name in VARIANT_TOLERANCE:
+        assert diff.max() <= VARIANT_TOLERANCE[name]
+    else:
+        assert diff.max() == 0, f"{name}: {(diff > 0).sum()} pixels differ"
+
+
+@pytest.mark.parametrize("shape", SIZES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_every_op_at_any_image_size_is_the_seeds_formula(name, shape, sized_images):
+    x, z = _at_edge_magnitudes(sized_images[shape])
+    before = x.copy()
+    ours = OPS[name].fn(x, z)
+    assert ours.dtype == np.uint8 and ours.shape == x.shape
+    np.testing.assert_array_equal(x, before)
+    _assert_like_reference(name, ours, apply_one_at_a_time(x, [name] * len(x), z))
+
+
+@pytest.mark.parametrize("shape", [(64, 48, 3), (40, 24, 1)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("sigma", [0.5, 0.7, 2.0])
+@pytest.mark.parametrize("name", sorted(BLURS))
+def test_sharpen_sigma_is_the_blurs_sigma(name, sigma, shape, sized_images):
+    """sharpen: scipy's gaussian_filter(x, sigma) bit for bit, whatever the radius
+    (2 at 0.5, 3 at 0.7, 8 at 2.0: longer than the channel axis, reflected over and
+    over). At 0.5 the weights of a single channel's pass add up to a hair under 1 for
+    some levels, so scipy's truncation takes one level off them even in grayscale."""
+    x, z = _at_edge_magnitudes(sized_images[shape])
+    ours = OPS[name].fn(x, z, sharpen_sigma=sigma)
+    _assert_like_reference(name, ours, apply_one_at_a_time(x, [name] * len(x), z, sharpen_sigma=sigma))
+    assert not np.array_equal(ours, OPS[name].fn(x, z))  # and it is not sigma 1
+
+
+def test_apply_ops_passes_sharpen_sigma_to_the_blurs_only(sized_images):
+    x = sized_images[(64, 48, 3)]
+    rng = np.random.default_rng(6)
+    pos = rng.integers(0, len(x), 40)
+    codes = rng.integers(0, len(OP_NAMES), 40).astype(np.uint8)
+    z = rng.random(40).astype(np.float32)
+    out = apply_ops(x, codes, z, rows=pos, sharpen_sigma=2.0)
+    for i in range(40):
+        op = OPS[OP_NAMES[codes[i]]]
+        kw = {"sharpen_sigma": 2.0} if op.name in BLURS else {}
+        np.testing.assert_array_equal(out[i], op.fn(x[pos[i]][None], z[i:i + 1], **kw)[0])
+    assert {n for n in OP_NAMES if OPS[n].blurs} == BLURS
+
+
+@pytest.mark.parametrize("sigma", [0.0, -1.0, float("nan")])
+def test_sharpen_sigma_must_be_positive(sigma, images):
+    z = np.zeros(2, np.float32)
+    for name in BLURS:
+        with pytest.raises(ValueError):
+            OPS[name].fn(images[:2], z, sharpen_sigma=sigma)
