@@ -318,6 +318,8 @@ def _draft(im: Image.Image, opts: dict) -> None:
 
 
 def _megapixels(n: int) -> str:
+    if n < 100_000:
+        return f"{n:,} pixels"
     return f"{n / 1e6:,.1f}".rstrip("0").rstrip(".") + " megapixels"
 
 
@@ -564,9 +566,9 @@ def load_tar(path: Path, progress: bool = True, executor=None, options: ImageOpt
     if batch:
         read = reader(batch[0][: -len("data_batch_1")], "batches.meta")
         return _from_batches(read, str(path), "cifar-python-archive", path, opts, progress, executor)
-    meta = [n for n in files if (n.endswith("/meta") or n == "meta") and n[:-4] + "train" in files]
-    if meta and not names:
-        read = reader(meta[0][: -len("meta")], "")
+    train = [n for n in files if n.endswith("/train") or n == "train"]
+    if train and not names:
+        read = reader(train[0][: -len("train")], "")
         return _from_cifar100(read, str(path), "cifar100-python-archive", path, opts, progress, executor)
     return _assemble_tree(names, decoded, path, "image-archive", opts, where)
 
@@ -752,7 +754,7 @@ def load_keras_cifar10(progress: bool = True, options: ImageOptions | None = Non
 
 def _cifar100_folder(path: Path) -> Path | None:
     for folder in (path, path / "cifar-100-python"):
-        if (folder / "train").is_file() and (folder / "meta").is_file():
+        if (folder / "train").is_file():  # a file: an image tree's train/ is a folder
             return folder
     return None
 
