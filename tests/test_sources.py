@@ -479,7 +479,8 @@ def test_options_parse_and_describe():
     assert parse_size("32") == (32, 32) and parse_size("224X160") == (224, 160)
     assert o.describe() == {"size": [64, 48], "channels": 1, "resize_filter": "bicubic", "crop": "center",
                             "label_mode": "fine", "max_pixels": 64_000_000}
-    json.dumps(o.describe())
+    # What a built file records is enough to load its source again the same way.
+    assert ImageOptions(**json.loads(json.dumps(o.describe()))) == o
     with pytest.raises(TypeError):
         load_source(None, options={"size": (8, 8)})
 
