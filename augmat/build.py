@@ -58,9 +58,9 @@ import numpy as np
 
 from . import __version__
 from .errors import AugmatError
-from .ops import DEFAULT_OPS, OP_NAMES, apply_ops, rendering_libraries
+from .ops import DEFAULT_OPS, OP_NAMES, SEED_SHARPEN_SIGMA, apply_ops, rendering_libraries
 from .plan import ORIGINAL_COPY, RowPlan, plan_rows, split_indices
-from .sources import SourceData, holds_image_files
+from .sources import DEFAULT_RESIZE_FILTER, MAX_PIXELS, ImageOptions, SourceData, holds_image_files
 from .store import (FORMAT_VERSION, ROW_DATASETS, SHARD_NAME, ShardEntry, fsync_path, open_file, pixel_sha256,
                     read_manifest, row_layout, shard_name, shards_folder, write_master, write_shard)
 
@@ -97,14 +97,42 @@ class BuildConfig:
     force: bool = False
     engine: str = "local"
     ray_address: str | None = None
+    # How the source's images are decoded (augmat.sources.ImageOptions); they reach the
+    # rendered pixels through the source's pixel checksum, which the plan key holds.
+    size: tuple[int, int] | None = None
+    channels: int = 3
+    resize_filter: str = DEFAULT_RESIZE_FILTER
+    crop: str = "center"
+    label_mode: str = "fine"
+    max_pixels: int = MAX_PIXELS
+    sharpen_sigma: float = SEED_SHARPEN_SIGMA  # the blur of sharpen and unsharp, in pixels (the seed's: 1)
 
-    CONTENT_FIELDS = ("subset", "copies", "val", "seed", "ops", "include_originals")
-    PLAN_FIELDS = ("subset", "val", "seed", "ops")
+    CONTENT_FIELDS = ("subset", "copies", "val", "seed", "ops", "include_originals", "sharpen_sigma")
+    PLAN_FIELDS = ("subset", "val", "seed", "ops", "sharpen_sigma")
+    # Fields added after files were made: such a file's config lacks them, and it was made
+    # with what their default does; left out of the plan key at their default, so those
+    # files keep their key (see recorded()).
+    LATER_FIELDS = ("sharpen_sigma",)
+
+    @classmethod
+    def recorded(cls, config: dict, name: str):
+        """Option ``name`` as a file's recorded ``config`` holds it (lists as tuples), or its
+        default when the file predates the option."""
+        value = config.get(name, cls.__dataclass_fields__[name].default)
+        return tuple(value) if isinstance(value, list) else value
+
+    def image_options(self) -> ImageOptions:
+        return ImageOptions(size=self.size, channels=self.channels, resize_filter=self.resize_filter,
+                            crop=self.crop, label_mode=self.label_mode, max_pixels=self.max_pixels)
 
     def __post_init__(self):
         if not self.output:
             object.__setattr__(self, "output", default_output(self.subset))
         object.__setattr__(self, "ops", tuple(self.ops))
+        object.__setattr__(self, "size", self.image_options().size)  # checks every image option
+        if not (isinstance(self.sharpen_sigma, (int, float)) and 0 < self.sharpen_sigma < float("inf")):
+            raise AugmatError(f"--sharpen-sigma must be a positive number of pixels (got {self.sharpen_sigma})")
+        object.__setattr__(self, "sharpen_sigma", float(self.sharpen_sigma))
         unknown = [o for o in self.ops if o not in OP_NAMES]
         if unknown:
             raise AugmatError(f"unknown op {', '.join(unknown)}; choose from {', '.join(OP_NAMES)}")
@@ -129,7 +157,8 @@ class BuildConfig:
     def plan_key(self, source_sha256: str) -> str:
         """What decides every shard's bytes, hashed: not ``copies`` (copy k of image i
         depends only on the seed, i and k) nor ``include_originals``."""
-        content = {k: getattr(self, k) for k in self.PLAN_FIELDS}
+        content = {k: getattr(self, k) for k in self.PLAN_FIELDS
+                   if k not in self.LATER_FIELDS or getattr(self, k) != self.__dataclass_fields__[k].default}
         # The versions too: a newer augmat's ops, or another OpenCV, may render
         # differently, so an older build's shards are not reused.
         content.update(source=source_sha256, shard_rows=self.shard_rows, format=FORMAT_VERSION,
@@ -149,6 +178,7 @@ class BuildResult:
     render_seconds: float    # first shard handed to the workers to the last one written
     bytes: int               # the master and its shards
     folder: Path | None = None
+    images: str = ""         # what the source's images became: size, classes, conversions
 
     @property
     def images_per_second(self) -> float:
@@ -160,7 +190,8 @@ class BuildResult:
         where = f" (shards in {self.folder})" if self.folder else ""
         return (f"wrote {self.rows:,} rows in {self.shards} shards{reused} in {self.seconds:.1f} s "
                 f"(source and layout {self.load_seconds:.1f} s, rendering {self.render_seconds:.1f} s at "
-                f"{self.images_per_second:,.0f} images/s), {self.bytes / 2**20:,.1f} MiB -> {self.path}{where}")
+                f"{self.images_per_second:,.0f} images/s), {self.bytes / 2**20:,.1f} MiB -> {self.path}{where}"
+                + (f"\nimages: {self.images}" if self.images else ""))
 
 
 # --- faults for tests ----------------------------------------------------------------
@@ -218,7 +249,8 @@ def render_shard(spec: dict) -> dict:
     subset_path = spec["subset"]
     if subset_path not in _SUBSETS:
         _SUBSETS[subset_path] = np.load(subset_path, mmap_mode="r")
-    images = apply_ops(_SUBSETS[subset_path], spec["op"], spec["magnitude"], rows=spec["pos"])
+    images = apply_ops(_SUBSETS[subset_path], spec["op"], spec["magnitude"], rows=spec["pos"],
+                       sharpen_sigma=spec["sharpen_sigma"])
     path = Path(spec["path"])
     try:
         if faults.get("enospc") == str(spec["index"]):
@@ -337,8 +369,7 @@ class _Existing:
 def _differences(cfg: BuildConfig, old: dict) -> list[str]:
     diffs = []
     for k in BuildConfig.PLAN_FIELDS:
-        have = old.get(k)
-        have = tuple(have) if isinstance(have, list) else have
+        have = BuildConfig.recorded(old, k)
         if have != getattr(cfg, k):
             diffs.append(f"--{k} {have if k != 'ops' else ','.join(have or ())}")
     return diffs
@@ -385,21 +416,22 @@ def _existing(out: Path, cfg: BuildConfig) -> _Existing:
     return _Existing(names, extend_from=old, source_sha256=info.source.get("sha256"))
 
 
-def _shard_specs(plan: RowPlan, n: int, shard_rows: int, pos: np.ndarray, labels: np.ndarray, key: str,
+def _shard_specs(plan: RowPlan, n: int, cfg: BuildConfig, pos: np.ndarray, labels: np.ndarray, key: str,
                  folder: Path, subset_path: Path, faults: dict) -> list[dict]:
     """One task spec per shard, in row order: copy block after copy block, each cut into
-    shards of ``shard_rows`` that never cross a block."""
+    shards of ``cfg.shard_rows`` that never cross a block."""
     specs = []
     for b in range(len(plan) // n):
         copy = int(plan.copy[b * n])
-        for s, first in enumerate(range(0, n, shard_rows)):
-            a, z = b * n + first, b * n + min(first + shard_rows, n)
+        for s, first in enumerate(range(0, n, cfg.shard_rows)):
+            a, z = b * n + first, b * n + min(first + cfg.shard_rows, n)
             name = shard_name(copy, s, key)
             specs.append({"index": len(specs), "name": name, "path": str(folder / name), "key": key,
                           "copy": copy, "first": first, "start": a, "stop": z, "subset": str(subset_path),
                           "pos": pos[a:z], "labels": labels[a:z],
                           "source_index": plan.source_index[a:z].astype(np.int32), "op": plan.op[a:z],
                           "magnitude": plan.magnitude[a:z], "op_names": list(plan.op_names), "faults": faults,
+                          "sharpen_sigma": cfg.sharpen_sigma,
                           "libraries": rendering_libraries()})
     return specs
 
@@ -475,7 +507,7 @@ def build(cfg: BuildConfig, progress: bool = True, log=lambda msg: print(msg, fi
 
 def _build(cfg: BuildConfig, engine, lock: BuildLock, existing: _Existing, out: Path, t0: float, progress: bool,
            log) -> BuildResult:
-    src: SourceData = engine.load_source(cfg.source, progress)
+    src: SourceData = engine.load_source(cfg.source, progress, cfg.image_options())
     subset_idx, val_idx = split_indices(src.train_labels, cfg.subset, cfg.val, cfg.seed)
     plan: RowPlan = plan_rows(subset_idx, cfg.copies, list(cfg.ops), cfg.seed, cfg.include_originals)
     if lock.fd is None:
@@ -504,7 +536,7 @@ def _build(cfg: BuildConfig, engine, lock: BuildLock, existing: _Existing, out: 
     _write_subset(subset_path, src.train_images[subset_idx], folder)
     pos = np.searchsorted(subset_idx, plan.source_index)  # each row's image in the subset file
     faults = _faults()
-    specs = _shard_specs(plan, n, cfg.shard_rows, pos, src.train_labels[plan.source_index], key, folder.absolute(),
+    specs = _shard_specs(plan, n, cfg, pos, src.train_labels[plan.source_index], key, folder.absolute(),
                          subset_path, faults)
     receipts: dict[int, dict] = {}
 
@@ -566,7 +598,9 @@ def _build(cfg: BuildConfig, engine, lock: BuildLock, existing: _Existing, out: 
     size = out.stat().st_size + sum(e.bytes for e in entries)
     return BuildResult(out, rows, sum(s["stop"] - s["start"] for s in todo), len(specs), reused,
                        seconds=time.perf_counter() - t0, load_seconds=t_render - t0,
-                       render_seconds=t_rendered - t_render, bytes=size, folder=folder)
+                       render_seconds=t_rendered - t_render, bytes=size, folder=folder,
+                       images=f"{'x'.join(map(str, src.image_shape))}, {len(src.class_names):,} classes "
+                              f"({src.train_labels.dtype} labels); {src.conversions()}")
 
 
 def _side(src: SourceData, subset_idx, val_idx) -> dict[str, np.ndarray]:

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import AugmatError
-from .sources import SourceData, load_source
+from .sources import ImageOptions, SourceData, load_source
 
 ENGINES = ("local", "ray")
 RAY_RETRIES = 3            # Ray's default for a task whose worker process died
@@ -80,9 +80,9 @@ class LocalEngine:
         for _ in range(workers):  # start them all now: they warm up while the source loads
             self.pool.submit(_ready)
 
-    def load_source(self, source, progress: bool) -> SourceData:
+    def load_source(self, source, progress: bool, options: ImageOptions | None = None) -> SourceData:
         try:  # an image tree's files are decoded on the worker pool, in parallel
-            return load_source(source, progress, executor=self.pool)
+            return load_source(source, progress, executor=self.pool, options=options)
         except BrokenProcessPool:
             raise AugmatError("a worker process died while decoding the source (killed, out of memory, or it "
                               "could not start: a script calling build() needs `if __name__ == \"__main__\":`); "
@@ -153,8 +153,8 @@ class RayEngine:
         warm = ray.remote(num_cpus=1, max_retries=0)(_ray_warm)
         self._warm = [warm.remote(shard_rows) for _ in range(max(1, min(cpus, 256)))]
 
-    def load_source(self, source, progress: bool) -> SourceData:
-        return load_source(source, progress)
+    def load_source(self, source, progress: bool, options: ImageOptions | None = None) -> SourceData:
+        return load_source(source, progress, options=options)
 
     def _task(self, fn):
         if fn not in self._remote:

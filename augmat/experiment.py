@@ -208,9 +208,12 @@ def train_config(cfg: ExperimentConfig, run: Run):
 
 # --- files: build or reuse -------------------------------------------------------------
 
+def _listed(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
 def _content(bc: BuildConfig) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v)
-            for k, v in ((k, getattr(bc, k)) for k in BuildConfig.CONTENT_FIELDS)}
+    return {k: _listed(getattr(bc, k)) for k in BuildConfig.CONTENT_FIELDS}
 
 
 def _file_matches(path: Path, bc: BuildConfig, source_sha256: str) -> str | None:
@@ -222,7 +225,7 @@ def _file_matches(path: Path, bc: BuildConfig, source_sha256: str) -> str | None
         return str(e)
     f.close()
     recorded = {k: (list(v) if isinstance(v, (list, tuple)) else v)
-                for k, v in ((k, info.config.get(k)) for k in BuildConfig.CONTENT_FIELDS)}
+                for k, v in ((k, BuildConfig.recorded(info.config, k)) for k in BuildConfig.CONTENT_FIELDS)}
     if recorded != _content(bc):
         diff = [k for k in BuildConfig.CONTENT_FIELDS if recorded[k] != _content(bc)[k]]
         return f"built with other options ({', '.join(diff)})"
@@ -289,7 +292,7 @@ def finished_run(run_dir: Path, tc, build: BuildConfig) -> tuple[bool, str]:
     if tc.mode == "offline" and (had.get("copies_used") or built.get("copies")) != (tc.copies_used or build.copies):
         diff.append("copies")
     diff += [f"file {k}" for k in BuildConfig.CONTENT_FIELDS if k != "copies"
-             and (list(built[k]) if isinstance(built.get(k), list) else built.get(k)) != _content(build)[k]]
+             and _listed(BuildConfig.recorded(built, k)) != _content(build)[k]]
     if diff:
         raise AugmatError(f"{run_dir} holds a finished run with other options ({', '.join(diff)}); "
                           "choose another --out, or delete that run dir to train it again")

@@ -37,7 +37,7 @@ import numpy as np
 from .errors import AugmatError
 from .ops import OPS, apply_ops, rendering_libraries
 from .plan import ORIGINAL_COPY
-from .sources import SourceData, load_source
+from .sources import SourceData, load_source, recorded_options
 from .store import (SHARD_NAME, FileInfo, blank_chunks, chunk_counts, chunk_starts, open_file, read_rows, row_chunk,
                     row_parts, shards_folder)
 
@@ -82,7 +82,7 @@ def load_recorded_source(info: FileInfo, override: str | None = None) -> SourceD
     path = override or info.source.get("path")
     if not path:
         raise AugmatError(f"{info.path}: the file records no source path; pass --source PATH")
-    src = load_source(path)
+    src = load_source(path, options=recorded_options(info.source))
     want = info.source.get("sha256")
     if src.sha256 != want:
         raise AugmatError(
@@ -548,7 +548,7 @@ def _check_rerender(v: dict, f: h5py.File, info: FileInfo, src: SourceData, samp
         return Check("re-render", "SKIP", "no rows left to re-render (see the checks above)")
     stored = read_picked(f["images"], rows)
     again = apply_ops(src.train_images[v["source_index"][rows]], v["op"][rows], v["magnitude"][rows],
-                      op_names=info.op_names)
+                      op_names=info.op_names, sharpen_sigma=info.sharpen_sigma)
     wrong = rows[np.any(stored != again, axis=(1, 2, 3))]
     note = f" ({skipped} sampled rows in damaged chunks left out)" if skipped else ""
     if len(wrong):

@@ -47,6 +47,7 @@ cv2.setNumThreads(1)
 # CIFAR-10's image shape: the default of the modules that make images (a build's
 # warm-up, the sources). No op depends on it: every op reads the size off its batch.
 IMAGE_SHAPE = (32, 32, 3)
+SEED_SHARPEN_SIGMA = 1.0  # the blur of sharpen (and unsharp), pixels: the seed's gaussian_filter(x, 1)
 
 
 def identity(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
@@ -187,7 +188,7 @@ def _gaussian_blur(images: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     return blur.reshape(tall.shape)[:, radius:radius + h]
 
 
-def sharpen(images: np.ndarray, magnitudes: np.ndarray, sharpen_sigma: float = 1.0) -> np.ndarray:
+def sharpen(images: np.ndarray, magnitudes: np.ndarray, sharpen_sigma: float = SEED_SHARPEN_SIGMA) -> np.ndarray:
     """The seed's sharpen, a = (0.5 - z) * 0.5, bit for bit
     (:func:`augmat.kernels.seed_sharpen`): blur = scipy's uint8
     ``gaussian_filter(x, sharpen_sigma)`` (the seed's sigma is 1) over rows, columns
@@ -198,7 +199,7 @@ def sharpen(images: np.ndarray, magnitudes: np.ndarray, sharpen_sigma: float = 1
     return kernels.seed_sharpen(images, magnitudes, _check_sigma(sharpen_sigma))
 
 
-def unsharp(images: np.ndarray, magnitudes: np.ndarray, sharpen_sigma: float = 1.0) -> np.ndarray:
+def unsharp(images: np.ndarray, magnitudes: np.ndarray, sharpen_sigma: float = SEED_SHARPEN_SIGMA) -> np.ndarray:
     """A real unsharp mask with the seed's formula: out = x + a (x - blur(x)) / (1 + a),
     a = (0.5 - z) * 0.5 (augmat's ``sharpen`` before file format 2).
 
@@ -301,7 +302,7 @@ def rendering_libraries() -> dict[str, str]:
 
 def apply_ops(images: np.ndarray, op_codes: np.ndarray, magnitudes: np.ndarray,
               op_names: tuple[str, ...] = OP_NAMES, rows: np.ndarray | None = None,
-              sharpen_sigma: float = 1.0) -> np.ndarray:
+              sharpen_sigma: float = SEED_SHARPEN_SIGMA) -> np.ndarray:
     """Render a batch where each image has its own op (an index into ``op_names``)
     and magnitude. Images with the same op are gathered and transformed together.
     ``images``: (N, H, W, C) uint8, any H and W, C 1 or 3.

@@ -155,6 +155,13 @@ class ImageOptions:
         return asdict(self)
 
 
+def recorded_options(source: dict) -> "ImageOptions":
+    """The ImageOptions a built file's source was loaded with (``source``: the file's recorded
+    ``SourceData.describe()``; files from before the options: the defaults), so that loading
+    it again gives the pixels its checksum records."""
+    return ImageOptions(**source.get("options", {}))
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """``"64x48"`` (height x width) or ``"64"`` (square) -> (64, 48); an AugmatError otherwise."""
     parts = str(text).lower().replace(" ", "").split("x")

@@ -53,7 +53,7 @@ import h5py
 import numpy as np
 
 from .errors import AugmatError
-from .ops import EARLIER_DEFINITIONS
+from .ops import EARLIER_DEFINITIONS, SEED_SHARPEN_SIGMA
 
 # 2: rotate and sharpen render the seed's exact numerics (cubic B-spline, wrapped uint8
 #    sharpen); format 1 files hold what are now rotate_bilinear and unsharp under those
@@ -355,6 +355,11 @@ class FileInfo:
     def layout(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
         """The row datasets' dtypes and row shapes (:func:`row_layout`)."""
         return row_layout(self.image_shape, self.label_dtype)
+
+    @property
+    def sharpen_sigma(self) -> float:
+        """The blur of the file's sharpen and unsharp (files from before the option: the seed's)."""
+        return float(self.config.get("sharpen_sigma", SEED_SHARPEN_SIGMA))
 
     @property
     def row_bytes(self) -> int:

@@ -267,8 +267,8 @@ class Stream:
                 f"{path}: --{self.mode} needs the {n} source images, but the file was built without "
                 f"--include-originals and its source ({recorded}) is not here: rebuild with "
                 "--include-originals, or pass --source PATH")
-        from .sources import load_source
-        src = load_source(found)
+        from .sources import load_source, recorded_options
+        src = load_source(found, options=recorded_options(self.info.source))
         if src.sha256 != self.info.source.get("sha256"):
             raise AugmatError(f"--source {found}: not the source {path} was built from (checksum differs)")
         idx = f["subset_index"][:].astype(np.int64)
@@ -401,7 +401,7 @@ class Stream:
         images = self._src_images[win.rows[a:b]]
         if win.ops is not None:
             t0 = time.perf_counter()
-            images = _apply(images, win.ops[a:b], win.mags[a:b], self.info.op_names)
+            images = _apply(images, win.ops[a:b], win.mags[a:b], self.info.op_names, self.info.sharpen_sigma)
             with self._lock:
                 self.stats["augment_seconds"] += time.perf_counter() - t0
         return images, win.labels[a:b], win.rows[a:b]
@@ -562,9 +562,9 @@ class Stream:
                 f"{self.num_batches} batches of {self.batch_size}")
 
 
-def _apply(images, ops, mags, op_names):
+def _apply(images, ops, mags, op_names, sharpen_sigma):
     from .ops import apply_ops
-    return apply_ops(images, ops, mags, op_names)
+    return apply_ops(images, ops, mags, op_names, sharpen_sigma=sharpen_sigma)
 
 
 @functools.cache

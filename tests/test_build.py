@@ -287,13 +287,12 @@ def test_truncated_archive(tmp_path, cifar_archive):
     assert not (tmp_path / "data").exists()
 
 
-@pytest.mark.parametrize("size,mode", [((40, 40), "RGB"), ((32, 32), "L")])
-def test_images_that_are_not_32x32_rgb(tmp_path, size, mode):
+def test_a_tree_of_mixed_sizes_without_size_is_one_line_naming_a_file(tmp_path):
     from PIL import Image
     write_image_tree(tmp_path / "tree", per_class=2, test_per_class=1)
-    Image.new(mode, size).save(tmp_path / "tree" / "train" / "cat" / "odd.png")
-    line = _bad(tmp_path, "--source", "tree", "--subset", 2, expect="32x32 RGB")
-    assert "odd.png" in line
+    Image.new("RGB", (40, 40)).save(tmp_path / "tree" / "train" / "cat" / "odd.png")
+    line = _bad(tmp_path, "--source", "tree", "--subset", 2, expect="pass --size HxW")
+    assert "odd.png" in line and "40x40" in line and "32x32" in line
 
 
 @pytest.mark.parametrize("flags,expect", [

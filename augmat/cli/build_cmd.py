@@ -10,6 +10,7 @@ import click
 from ..build import BuildConfig, build, default_workers
 from ..pack import pack
 from ..ops import DEFAULT_OPS, OP_NAMES, OPS
+from ..sources import CROPS, DEFAULT_RESIZE_FILTER, LABEL_MODES, MAX_PIXELS, RESIZE_FILTERS, parse_size
 from ..store import shards_folder
 
 
@@ -23,14 +24,42 @@ def _ops(ctx, param, value: str | None):
     return names
 
 
+def _size(ctx, param, value: str | None):
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except Exception as e:  # noqa: BLE001 - AugmatError with the reason
+        raise click.BadParameter(str(e)) from None
+
+
 @click.command("build")
 @click.option("--subset", type=int, required=True, metavar="N",
               help="Source training images to augment, drawn stratified by class with --seed.")
 @click.option("--copies", type=int, default=8, show_default=True, metavar="K",
               help="Augmented variants rendered per subset image.")
 @click.option("--source", type=str, default=None, metavar="PATH",
-              help="cifar-10-python.tar.gz, its extracted folder, or a train/<class>/ image folder "
-                   "or .tar.gz of one. Default: CIFAR-10 from the Keras cache (~/.keras/datasets).")
+              help="cifar-10-python.tar.gz or cifar-100-python.tar.gz, their extracted folders, or an "
+                   "image tree train/<class>/* [test/<class>/*] (JPEG, PNG, WebP, BMP) as a folder or "
+                   ".tar[.gz]. Default: CIFAR-10 from the Keras cache (~/.keras/datasets).")
+@click.option("--size", callback=_size, default=None, metavar="H[xW]",
+              help="Resize every image to H x W (one number: square) as it is decoded. Without it, all "
+                   "images must share one size.")
+@click.option("--resize-filter", type=click.Choice(list(RESIZE_FILTERS)), default=DEFAULT_RESIZE_FILTER,
+              show_default=True, help="Pillow filter of --size: bicubic antialiases when it downscales "
+                                      "photographs, without lanczos' halos.")
+@click.option("--crop", type=click.Choice(CROPS), default="center", show_default=True,
+              help="With --size: center cuts the largest centred region of the target's aspect ratio "
+                   "first; none squeezes the whole image.")
+@click.option("--channels", type=click.Choice(["3", "1"]), default="3", show_default=True,
+              callback=lambda ctx, param, v: int(v),
+              help="3: RGB (grayscale, palette and RGBA images are converted; alpha over black). 1: grayscale.")
+@click.option("--label-mode", type=click.Choice(LABEL_MODES), default="fine", show_default=True,
+              help="CIFAR-100: its 100 fine classes or 20 coarse superclasses.")
+@click.option("--max-pixels", type=int, default=MAX_PIXELS, show_default=True,
+              help="Refuse, before decoding it, an image whose header declares more pixels.")
+@click.option("--sharpen-sigma", type=float, default=1.0, show_default=True, metavar="PX",
+              help="Blur of sharpen and unsharp, in pixels (the seed's: 1, on 32x32 images).")
 @click.option("--val", type=int, default=5000, show_default=True, metavar="M",
               help="Further training images kept unaugmented for validation, disjoint from the subset.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
@@ -55,7 +84,8 @@ def _ops(ctx, param, value: str | None):
                    "Default: start a local Ray with --workers CPUs.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def build_command(quiet: bool, **options) -> None:
-    """Render augmented copies of a CIFAR-10 subset into HDF5 shard files and one file over them.
+    """Render augmented copies of a subset of an image dataset (CIFAR-10 by default) into HDF5
+    shard files and one file over them.
 
     Each copy gets one op, drawn uniformly from the chosen ops (identity included),
     with a magnitude uniform in [0, 1]; every row stores its source image, op and
