@@ -162,7 +162,7 @@ def section_b(folder: Path, subset: int, copies: int, repeats: int, work: Path,
 def run_measured(cmd: list[str]) -> tuple[float, float, str]:
     """Wall seconds, peak RSS (MiB) summed over the process tree, and stdout."""
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     root, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
         try:
@@ -171,9 +171,9 @@ def run_measured(cmd: list[str]) -> tuple[float, float, str]:
         except psutil.Error:
             pass
         time.sleep(0.02)
-    out = proc.stdout.read()
+    out, err = proc.communicate()
     if proc.returncode:
-        raise SystemExit(f"failed: {' '.join(cmd)}")
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{err[-2000:]}")
     return time.perf_counter() - t, peak / 2**20, out.strip()
 
 

@@ -105,3 +105,26 @@ def test_pictures_scale_with_the_image_size(tmp_path):
     x, y, _ = fig.placed[0]
     px = np.asarray(fig.image)[y:y + 128, x:x + 96]  # scale 2 (96 / 64 rounds to 2): 128 x 96 pixels
     assert px.shape == (128, 96, 3) and (px == 200).all()
+
+
+def test_more_than_256_classes_store_uint16_labels_end_to_end(tmp_path):
+    """300 classes: the labels need uint16 in the shards, the master and the splits, and
+    every reader gives them back unclipped."""
+    classes = [f"c{i:03d}" for i in range(300)]
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 2), ("test", 1)):
+        for c in classes:
+            (tmp_path / "tree" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+                    tmp_path / "tree" / split / c / f"{i}.png")
+    res = build(BuildConfig(source=str(tmp_path / "tree"), subset=300, val=300, copies=1, workers=1,
+                            output=str(tmp_path / "many.h5")), progress=False, log=lambda m: None)
+    with h5py.File(res.path, "r") as f:
+        assert f["labels"].dtype == np.uint16 and f["val/labels"].dtype == np.uint16
+        assert f["test/labels"].dtype == np.uint16
+        assert sorted(set(f["labels"][...].tolist())) == list(range(300))  # one subset image per class
+    with Stream(res.path, batch_size=300, seed=0) as s:
+        assert sorted(s.batch(0, 0).labels.tolist()) == list(range(300))
+    r = cli("inspect", res.path, "--verify", "--sample", 300, cwd=tmp_path)
+    assert r.returncode == 0 and "uint16 labels" in r.stdout and "FAIL" not in r.stdout, r.stdout + r.stderr
