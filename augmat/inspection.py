@@ -236,6 +236,8 @@ def summarize(path: str | Path) -> dict:
         "include_originals": cfg.get("include_originals"),
         "val_rows": info.val_rows,
         "test_rows": info.test_rows,
+        "image_shape": list(info.image_shape),
+        "label_dtype": info.label_dtype.name,
         "rows_per_class": {name: int(classes[i]) if i < len(classes) else 0
                            for i, name in enumerate(info.class_names)},
         "rows_per_op": per_op,
@@ -287,6 +289,8 @@ def format_summary(s: dict) -> str:
         f"written by augmat {s['augmat_version']} (format {s['format']})",
         f"  rows        {s['rows']:,}: {s['copies']} augmented copies of {s['subset']:,} source images{originals}",
         f"  splits      validation {s['val_rows']:,}, test {s['test_rows']:,} (unaugmented)",
+        f"  images      {'x'.join(map(str, s['image_shape']))} uint8, {s['label_dtype']} labels"
+        + (f"; {src['conversions']}" if src.get("conversions") else ""),
         f"  build       seed {s['seed']}, ops {', '.join(cfg.get('ops', []))}, "
         f"shard rows {cfg.get('shard_rows')}",
         f"  source      {src.get('kind')} {src.get('path')} "

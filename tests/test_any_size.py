@@ -63,6 +63,11 @@ def test_build_train_verify_at_64x48(tmp_path, channels):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "finished" and metrics["epochs"] == 1
 
+    r = cli("inspect", "data/odd.h5", cwd=tmp_path)
+    assert f"images      64x48x{channels} uint8, uint8 labels; converted to " in r.stdout, r.stdout
+    r = cli("inspect", "data/odd.h5", "--json", cwd=tmp_path)
+    assert json.loads(r.stdout)["image_shape"] == [64, 48, channels]
+
     r = cli("inspect", "data/odd.h5", "--verify", "--sample", 36, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "64x48x%d images" % channels in r.stdout
