@@ -28,6 +28,7 @@ import argparse
 import os
 import pickle
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from augmat.build import BuildConfig, build  # noqa: E402
+from augmat.store import shards_folder  # noqa: E402
 from augmat.ops import DEFAULT_OPS, OP_NAMES, OPS, apply_ops  # noqa: E402
 from augmat.reference import REFERENCE, apply_one_at_a_time  # noqa: E402
 from augmat.sources import load_source  # noqa: E402
@@ -133,11 +135,14 @@ def section_b(folder: Path, subset: int, copies: int, repeats: int, work: Path,
     for _ in range(repeats):
         for workers in (1, 2):
             out = work / f"w{workers}.h5"
+            shutil.rmtree(shards_folder(out), ignore_errors=True)  # a fresh build: no shard to reuse
+            out.unlink(missing_ok=True)
             r = build(BuildConfig(source=str(folder), subset=subset, copies=copies, workers=workers,
-                                  output=str(out), force=True), progress=False, log=lambda m: None)
+                                  output=str(out)), progress=False, log=lambda m: None)
             prev = best.get(workers)
             if prev is None or r.render_seconds < prev.render_seconds:
                 best[workers] = r
+            shutil.rmtree(shards_folder(out), ignore_errors=True)
             out.unlink()
         disk.append(disk_write_mb_s(work))
     r1, r2 = best[1], best[2]

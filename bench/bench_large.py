@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,14 +72,15 @@ def build_row(engine: str, tree: Path, work: Path, args) -> dict:
     cmd = [PY, "-m", "augmat", "build", "--source", str(tree), "--subset", str(args.subset), "--copies",
            str(args.copies), "--val", str(args.val), "--workers", str(args.workers), "--engine", engine,
            "--output", str(out), "--quiet"]
-    wall, peak, _ = run_measured(cmd)
+    wall, peak, summary = run_measured(cmd)
+    m = re.search(r"rendering ([\d.]+) s at ([\d,]+) images/s", summary)
     shards = list((work / f"large-{engine}.h5.shards").glob("*.h5"))
     nbytes = sum(p.stat().st_size for p in shards) + out.stat().st_size
     import h5py
     with h5py.File(out, "r") as f:
         rows, shape = f["images"].shape[0], f["images"].shape[1:]
     return {"engine": engine, "rows": rows, "shape": shape, "wall": wall, "peak_mib": peak, "bytes": nbytes,
-            "out": out}
+            "out": out, "render_s": float(m.group(1)), "render_rate": float(m.group(2).replace(",", ""))}
 
 
 def seed_way(tree: Path, n: int, size: int) -> tuple[float, float]:
@@ -106,9 +108,10 @@ def seed_way(tree: Path, n: int, size: int) -> tuple[float, float]:
 
 
 STREAM_CHILD = """
-import json, resource, sys, time
+import json, sys, time
+import psutil
 from augmat.stream import Stream
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+base = psutil.Process().memory_info().rss / 2**20  # (ru_maxrss would hold the parent's peak: fork)
 with Stream(sys.argv[1], 128, "shuffle", seed=0) as s:
     s.next_batch()
     t0, n = time.perf_counter(), 0
@@ -116,7 +119,7 @@ with Stream(sys.argv[1], 128, "shuffle", seed=0) as s:
         n += len(s.next_batch().rows)
     dt = time.perf_counter() - t0
     print(json.dumps({"images_per_s": n / dt, "window_rows": s.buffer_rows, "block_rows": s.block_rows,
-                      "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "base_mib": base,
+                      "base_mib": base,
                       "held_mib": s.stats["max_buffered_rows"] * s.info.row_bytes / 2**20}))
 """
 
@@ -162,8 +165,8 @@ def main() -> None:
     rows = [build_row(engine, tree, work, args) for engine in args.engines.split(",")]
     dd.append(dd_mb_per_s(work))
     ref, ours = seed_way(tree, args.seed_images, args.size)
-    _, _, out = run_measured([PY, "-c", STREAM_CHILD, str(rows[0]["out"]), str(args.stream_seconds)])
-    stream = json.loads(out)
+    _, peak, out = run_measured([PY, "-c", STREAM_CHILD, str(rows[0]["out"]), str(args.stream_seconds)])
+    stream = {**json.loads(out), "peak_mib": peak}  # RSS sampled every 20 ms
     _, _, out = run_measured([PY, "-c", STEP_CHILD, str(args.size), "2048"])
     step = json.loads(out)
 
@@ -173,12 +176,14 @@ def main() -> None:
           f"{'made in %.0f s' % made if made > 1 else 'made earlier'})\n")
     print(f"build: --subset {args.subset} --copies {args.copies} --val {args.val} --workers {args.workers}; "
           f"dd if=/dev/zero bs=1M count=512 conv=fdatasync: {', '.join(f'{d:,.0f}' for d in dd)} MB/s\n")
-    print("| engine | rows | image | whole build s | rows/s | MB/s written | of dd (best) | peak memory MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| engine | rows | image | whole build s | rows/s (whole) | render s | rows/s (render) | "
+          "MB/s written (render) | of dd (best) | peak memory MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        mbs = r["bytes"] / r["wall"] / 1e6
+        mbs = r["bytes"] / r["render_s"] / 1e6
         print(f"| {r['engine']} | {r['rows']:,} | {'x'.join(map(str, r['shape']))} | {r['wall']:.1f} | "
-              f"{r['rows'] / r['wall']:,.0f} | {mbs:,.0f} | {mbs / max(dd):.0%} | {r['peak_mib']:,.0f} |")
+              f"{r['rows'] / r['wall']:,.0f} | {r['render_s']:.1f} | {r['render_rate']:,.0f} | {mbs:,.0f} | "
+              f"{mbs / max(dd):.0%} | {r['peak_mib']:,.0f} |")
     if len(rows) == 2:
         print(f"\n{rows[1]['engine']} / {rows[0]['engine']} (whole build): {rows[0]['wall'] / rows[1]['wall']:.2f}x")
     print(f"\nops at {args.size}x{args.size}, {args.seed_images} images, one core: the seed's way "
