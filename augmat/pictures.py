@@ -22,7 +22,7 @@ from .errors import AugmatError
 from .inspection import load_recorded_source, read_picked, source_rows
 from .ops import OPS
 from .plan import ORIGINAL_COPY
-from .sources import load_source
+from .sources import ImageOptions, load_source
 from .store import open_file, read_rows
 
 PAD = 8             # around and between cells, pixels
@@ -219,10 +219,12 @@ def source_index_grid(path, source_index: int, source: str | None = None, scale:
                         f"the original and its {n_copies} copies", scale), note
 
 
-def preview(source: str | None, image: int, magnitudes=PREVIEW_MAGNITUDES, scale: int | None = None) -> Figure:
+def preview(source: str | None, image: int, magnitudes=PREVIEW_MAGNITUDES, scale: int | None = None,
+            size: tuple[int, int] | None = None) -> Figure:
     """The seed article's figure for any source image: every op of the registry (but
-    identity) at each magnitude, beside the original."""
-    src = load_source(source)
+    identity) at each magnitude, beside the original (the source resized to ``size`` first
+    when given, as a build with ``--size`` does)."""
+    src = load_source(source, options=ImageOptions(size=size))
     n = len(src.train_images)
     if not 0 <= image < n:
         raise AugmatError(f"--image {image}: the source has training images 0..{n - 1}")

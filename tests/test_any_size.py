@@ -133,3 +133,14 @@ def test_more_than_256_classes_store_uint16_labels_end_to_end(tmp_path):
         assert sorted(s.batch(0, 0).labels.tolist()) == list(range(300))
     r = cli("inspect", res.path, "--verify", "--sample", 300, cwd=tmp_path)
     assert r.returncode == 0 and "uint16 labels" in r.stdout and "FAIL" not in r.stdout, r.stdout + r.stderr
+
+
+def test_preview_of_a_mixed_tree_takes_size(tmp_path):
+    mixed_tree(tmp_path / "tree")
+    r = cli("preview", "--source", "tree", "-o", "p.png", cwd=tmp_path)
+    assert r.returncode == 1 and "pass --size HxW" in r.stderr and not (tmp_path / "p.png").exists()
+    r = cli("preview", "--source", "tree", "--size", "64x48", "-o", "p.png", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    with Image.open(tmp_path / "p.png") as im:
+        h = im.size[1]
+    assert h > 9 * 128  # nine rows of ops, each image 128 pixels high (64 at scale 2)

@@ -10,8 +10,9 @@ import click
 from ..build import BuildConfig, build, default_workers
 from ..pack import pack
 from ..ops import DEFAULT_OPS, OP_NAMES, OPS
-from ..sources import CROPS, DEFAULT_RESIZE_FILTER, LABEL_MODES, MAX_PIXELS, RESIZE_FILTERS, parse_size
+from ..sources import CROPS, DEFAULT_RESIZE_FILTER, LABEL_MODES, MAX_PIXELS, RESIZE_FILTERS
 from ..store import shards_folder
+from .options import size_callback
 
 
 def _ops(ctx, param, value: str | None):
@@ -24,15 +25,6 @@ def _ops(ctx, param, value: str | None):
     return names
 
 
-def _size(ctx, param, value: str | None):
-    if value is None:
-        return None
-    try:
-        return parse_size(value)
-    except Exception as e:  # noqa: BLE001 - AugmatError with the reason
-        raise click.BadParameter(str(e)) from None
-
-
 @click.command("build")
 @click.option("--subset", type=int, required=True, metavar="N",
               help="Source training images to augment, drawn stratified by class with --seed.")
@@ -42,7 +34,7 @@ def _size(ctx, param, value: str | None):
               help="cifar-10-python.tar.gz or cifar-100-python.tar.gz, their extracted folders, or an "
                    "image tree train/<class>/* [test/<class>/*] (JPEG, PNG, WebP, BMP) as a folder or "
                    ".tar[.gz]. Default: CIFAR-10 from the Keras cache (~/.keras/datasets).")
-@click.option("--size", callback=_size, default=None, metavar="H[xW]",
+@click.option("--size", callback=size_callback, default=None, metavar="H[xW]",
               help="Resize every image to H x W (one number: square) as it is decoded. Without it, all "
                    "images must share one size.")
 @click.option("--resize-filter", type=click.Choice(list(RESIZE_FILTERS)), default=DEFAULT_RESIZE_FILTER,

@@ -13,6 +13,7 @@ from ..inspection import format_summary, read_picked, rows_text, source_rows, su
 from ..inspection import verify as verify_file  # the --verify flag takes the name `verify`
 from ..pictures import PREVIEW_MAGNITUDES, check_writable, preview, samples_grid, save_png, source_index_grid
 from ..store import open_file
+from .options import size_callback
 
 
 def _magnitudes(ctx, param, value: str):
@@ -130,18 +131,21 @@ def _refuse_to_overwrite(grid: str, path: str) -> None:
 
 @click.command("preview")
 @click.option("--source", type=str, default=None, metavar="PATH",
-              help="cifar-10-python.tar.gz, its folder, or a train/<class>/ image folder or .tar.gz. "
+              help="As `augmat build --source`: a CIFAR-10/100 archive or folder, or an image tree. "
                    "Default: CIFAR-10 from the Keras cache.")
 @click.option("--image", type=int, default=0, show_default=True, metavar="I", help="Training image index.")
 @click.option("--magnitudes", callback=_magnitudes, default=",".join(f"{m:g}" for m in PREVIEW_MAGNITUDES),
               show_default=True, help="Magnitudes, one column each.")
 @click.option("--scale", type=int, default=None,
               help="Upscaling (nearest-neighbour). Default: about 96 pixels a side (3 for 32x32).")
+@click.option("--size", callback=size_callback, default=None, metavar="H[xW]",
+              help="Resize the source's images to H x W first, as `augmat build --size` does.")
 @click.option("-o", "--output", type=str, default="transforms.png", show_default=True, metavar="PNG")
-def preview_command(source: str | None, image: int, magnitudes: tuple[float, ...], scale: int | None, output: str) -> None:
+def preview_command(source: str | None, image: int, magnitudes: tuple[float, ...], scale: int | None,
+                    size: tuple[int, int] | None, output: str) -> None:
     """Draw every op at a few magnitudes on one source image (the seed article's figure)."""
     check_writable(output, "-o")
-    fig = preview(source, image, magnitudes, scale)
+    fig = preview(source, image, magnitudes, scale, size=size)
     save_png(fig, output, "-o")
     click.echo(f"wrote {output} ({fig.size[0]}x{fig.size[1]})")
 
