@@ -366,12 +366,23 @@ class _Existing:
     source_sha256: str | None = None
 
 
-def _differences(cfg: BuildConfig, old: dict) -> list[str]:
+IMAGE_FIELDS = ("size", "channels", "resize_filter", "crop", "label_mode")  # decide the source's pixels
+
+
+def _differences(cfg: BuildConfig, old: dict, old_source: dict) -> list[str]:
+    """The options of ``cfg`` that differ from a file's recorded config and source (its
+    image options; the defaults for a file from before them), as flags with the file's values."""
     diffs = []
     for k in BuildConfig.PLAN_FIELDS:
         have = BuildConfig.recorded(old, k)
         if have != getattr(cfg, k):
-            diffs.append(f"--{k} {have if k != 'ops' else ','.join(have or ())}")
+            diffs.append(f"--{k.replace('_', '-')} {have if k != 'ops' else ','.join(have or ())}")
+    had = ImageOptions(**old_source.get("options", {}))
+    for k in IMAGE_FIELDS:
+        if getattr(had, k) != getattr(cfg, k):
+            value = getattr(had, k)
+            diffs.append(f"--{k.replace('_', '-')} " + ("(none)" if value is None else "x".join(map(str, value))
+                                                         if k == "size" else str(value)))
     return diffs
 
 
@@ -400,7 +411,7 @@ def _existing(out: Path, cfg: BuildConfig) -> _Existing:
     if cfg.force:
         return _Existing(names)
     old = info.config
-    diffs = _differences(cfg, old)
+    diffs = _differences(cfg, old, info.source)
     old_copies, old_orig = int(old.get("copies", 0)), bool(old.get("include_originals"))
     if diffs:
         raise AugmatError(f"{out} already exists, built with {', '.join(diffs)}; pass --force to replace it, "

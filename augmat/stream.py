@@ -451,14 +451,13 @@ class Stream:
                     return
                 want = self._want
             try:
-                # Only once the consumer's batch lies in one window: a batch across two holds
-                # both, and a third read now would evict one of them (two are cached).
-                if len(self._pieces(*want)) == 1:
-                    target = self._window_after(*want)
-                    with self._lock:
-                        cached = target in self._windows or target in self._loading
-                    if not cached:
-                        self._window(*target)
+                # After the consumer has cut its batch (see _get_cut_here): the window least
+                # recently used is one it is done with, so reading the next one evicts that.
+                target = self._window_after(*want)
+                with self._lock:
+                    cached = target in self._windows or target in self._loading
+                if not cached:
+                    self._window(*target)
             except BaseException:  # noqa: BLE001 - the consumer raises it when it gets there
                 pass
             done = want

@@ -144,3 +144,23 @@ def test_preview_of_a_mixed_tree_takes_size(tmp_path):
     with Image.open(tmp_path / "p.png") as im:
         h = im.size[1]
     assert h > 9 * 128  # nine rows of ops, each image 128 pixels high (64 at scale 2)
+
+
+def test_more_copies_with_other_image_options_is_refused_before_loading(tmp_path):
+    mixed_tree(tmp_path / "tree")
+    args = ["build", "--source", "tree", "--subset", 18, "--val", 6, "--workers", 1, "-o", "o.h5", "-q"]
+    assert cli(*args, "--size", "64x48", "--copies", 1, cwd=tmp_path).returncode == 0
+    r = cli(*args, "--copies", 2, cwd=tmp_path)  # no --size: the source would load as another one
+    assert r.returncode == 1 and "built with --size 64x48; pass --force" in r.stderr, r.stderr
+    r = cli(*args, "--size", "64x48", "--channels", 1, "--copies", 2, cwd=tmp_path)
+    assert r.returncode == 1 and "built with --channels 3" in r.stderr, r.stderr
+    assert cli(*args, "--size", "64x48", "--copies", 2, cwd=tmp_path).returncode == 0  # the same: extends
+
+
+def test_images_too_small_for_the_seed_cnn_are_one_line(tmp_path):
+    mixed_tree(tmp_path / "tree")
+    assert cli("build", "--source", "tree", "--size", 3, "--subset", 18, "--val", 6, "--copies", 1, "--workers", 1,
+               "-o", "tiny.h5", "-q", cwd=tmp_path).returncode == 0
+    r = cli("train", "tiny.h5", "--epochs", 1, "--batch-size", 6, "--run-dir", "run", cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "needs at least 4x4" in r.stderr, r.stderr

@@ -344,3 +344,18 @@ def test_the_trainer_is_not_a_package_named_train(tiny_h5, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     import augmat_train
     assert Path(augmat_train.__file__).parent.name == "train"
+
+
+def test_the_ctrl_c_handler_is_put_back_and_an_ignored_sigint_stays_ignored():
+    from augmat_train.recorder import CtrlC
+    before = signal.getsignal(signal.SIGINT)
+    with CtrlC() as c:
+        assert signal.getsignal(signal.SIGINT) == c._handler
+    assert signal.getsignal(signal.SIGINT) is before
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a job started in a script's background
+    try:
+        with CtrlC():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

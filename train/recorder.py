@@ -137,6 +137,7 @@ class CtrlC(keras.callbacks.Callback):
         super().__init__()
         self.pressed = False
         self._previous = None
+        self._installed = False
 
     def _handler(self, signum, frame):
         if self.pressed:  # the second Ctrl-C: the user does not want to wait for the step
@@ -145,14 +146,17 @@ class CtrlC(keras.callbacks.Callback):
 
     def __enter__(self):
         import threading
-        if threading.current_thread() is threading.main_thread():
+        # An ignored SIGINT (a run started in the background of a script) stays ignored.
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._installed = True
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        if self._installed:  # None: a handler set from C; Python's own is the closest to it
+            signal.signal(signal.SIGINT, signal.default_int_handler if self._previous is None else self._previous)
+            self._installed, self._previous = False, None
         if self.pressed and exc[0] is None:  # pressed after the last step: still an interruption
             raise KeyboardInterrupt
         return False

@@ -110,6 +110,10 @@ def run(cfg: TrainConfig, log=print, resume: bool = False) -> dict:
     stream = Stream(cfg.file, cfg.batch_size, cfg.order, cfg.seed, mode=cfg.mode,
                     epoch_size=cfg.epoch_size, source=cfg.source, copies_used=cfg.copies_used,
                     buffer_rows=cfg.buffer_rows)
+    if min(stream.info.image_shape[:2]) < 4:
+        stream.close()
+        raise AugmatError(f"{cfg.file}: its images are {stream.info.image_shape[0]}x{stream.info.image_shape[1]}; "
+                          "the seed CNN pools twice by 2 and needs at least 4x4 (build with a larger --size)")
     try:
         x_val, y_val = load_split(cfg.file, "val")
         x_test, y_test = load_split(cfg.file, "test")

@@ -139,7 +139,8 @@ def _refuse_to_overwrite(grid: str, path: str) -> None:
 @click.option("--scale", type=int, default=None,
               help="Upscaling (nearest-neighbour). Default: about 96 pixels a side (3 for 32x32).")
 @click.option("--size", callback=size_callback, default=None, metavar="H[xW]",
-              help="Resize the source's images to H x W first, as `augmat build --size` does.")
+              help="Resize the source's images to H x W first, as `augmat build --size` does (bicubic, "
+                   "center crop, RGB; the ops at the seed's sharpen sigma).")
 @click.option("-o", "--output", type=str, default="transforms.png", show_default=True, metavar="PNG")
 def preview_command(source: str | None, image: int, magnitudes: tuple[float, ...], scale: int | None,
                     size: tuple[int, int] | None, output: str) -> None:
