@@ -40,19 +40,42 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SOURCES = ("numpy", "stream", "online", "seed", "tf.data")
 
 
+def nearly_free_model(image_shape=(32, 32, 3)):
+    """uint8 in, Rescaling, global average pooling, Dense(10): a few thousand FLOPs per
+    image, so that what a ``fit`` on it measures is the input side (here and in
+    feed_gap.py). Imports Keras when called: the backend is chosen by then."""
+    import keras
+    m = keras.Sequential([keras.Input(image_shape, dtype="uint8"), keras.layers.Rescaling(1 / 255),
+                          keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, activation="softmax")])
+    m.compile("adam", "sparse_categorical_crossentropy")
+    return m
+
+
+def epoch_clock():
+    """A Keras callback whose ``times`` are the seconds of each epoch, its asynchronous
+    steps finished."""
+    import keras
+
+    class Clock(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.times: list[float] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            keras.ops.convert_to_numpy(self.model.trainable_variables[0])  # wait for async steps
+            self.times.append(time.perf_counter() - self.t0)
+    return Clock()
+
+
 def one_backend(path: str, images: int, batches: list[int], rounds: int) -> dict:
     import h5py
     import keras
-    import numpy as np
 
     from augmat.reference import apply_one_at_a_time
     from augmat.stream import as_tf_dataset, open_dataset
-
-    def model():
-        m = keras.Sequential([keras.Input((32, 32, 3), dtype="uint8"), keras.layers.Rescaling(1 / 255),
-                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, activation="softmax")])
-        m.compile("adam", "sparse_categorical_crossentropy")
-        return m
 
     with h5py.File(path, "r") as f:
         x, y = f["images"][:images], f["labels"][:images].astype("int32")
@@ -70,24 +93,11 @@ def one_backend(path: str, images: int, batches: list[int], rounds: int) -> dict
             chosen = [ops[k] for k in rng.integers(0, len(ops), batch)]
             yield apply_one_at_a_time(src_x[pick], chosen, rng.random(batch)), src_y[pick]
 
-    class Clock(keras.callbacks.Callback):
-        """Seconds of each epoch, the asynchronous steps finished."""
-        def __init__(self):
-            super().__init__()
-            self.times: list[float] = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            keras.ops.convert_to_numpy(self.model.trainable_variables[0])  # wait for async steps
-            self.times.append(time.perf_counter() - self.t0)
-
     class Side:
         """One input side: its own model, traced and warmed up by one untimed epoch; then
         one timed epoch per call."""
         def __init__(self, fit_args: dict, n: int):
-            self.fit_args, self.n, self.model, self.clock = fit_args, n, model(), Clock()
+            self.fit_args, self.n, self.model, self.clock = fit_args, n, nearly_free_model(), epoch_clock()
             self.model.fit(epochs=1, verbose=0, shuffle=False, **fit_args)
 
         def epoch(self) -> float:

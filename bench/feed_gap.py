@@ -44,25 +44,12 @@ def main() -> None:
 
     import augmat.stream as stream_module
     from augmat.stream import open_dataset
+    from bench_feed import epoch_clock, nearly_free_model  # the same model and clock as bench_feed.py
 
     n = a.images // a.batch * a.batch
     with h5py.File(a.file, "r") as f:
         x, y = f["images"][:n], f["labels"][:n].astype("int32")
         every_image = f["images"][...]
-
-    def model():
-        m = keras.Sequential([keras.Input(x.shape[1:], dtype="uint8"), keras.layers.Rescaling(1 / 255),
-                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, activation="softmax")])
-        m.compile("adam", "sparse_categorical_crossentropy")
-        return m
-
-    class Clock(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            keras.ops.convert_to_numpy(self.model.trainable_variables[0])  # wait for async steps
-            self.seconds = time.perf_counter() - self.t0
 
     class Slices(keras.utils.PyDataset):
         def __init__(self):
@@ -83,7 +70,7 @@ def main() -> None:
     sides, streams = {}, {}
 
     def side(name, fit_args, shuffle=False, reads=real_read):
-        m, clock = model(), Clock()
+        m, clock = nearly_free_model(x.shape[1:]), epoch_clock()
 
         def epoch() -> float:
             stream_module.read_rows = reads
@@ -91,7 +78,7 @@ def main() -> None:
                 m.fit(epochs=1, callbacks=[clock], verbose=0, shuffle=shuffle, **fit_args)
             finally:
                 stream_module.read_rows = real_read
-            return n / clock.seconds
+            return n / clock.times[-1]
         epoch()  # tracing, warm-up
         sides[name] = epoch
 
