@@ -216,18 +216,20 @@ def _content(bc: BuildConfig) -> dict:
     return {k: _listed(getattr(bc, k)) for k in BuildConfig.CONTENT_FIELDS}
 
 
-def _file_matches(path: Path, bc: BuildConfig, source_sha256: str) -> str | None:
-    """None if ``path`` is a complete file of ``bc`` from this source; otherwise why not."""
+def _file_matches(path: Path, bc: BuildConfig, source_sha256: str, any_copies: bool = False) -> str | None:
+    """None if ``path`` is a complete file of ``bc`` from this source; otherwise why not.
+    ``any_copies``: a file of the same images with any number of copies will do."""
     from .store import open_file
     try:
         f, info = open_file(path)
     except AugmatError as e:
         return str(e)
     f.close()
-    recorded = {k: (list(v) if isinstance(v, (list, tuple)) else v)
-                for k, v in ((k, BuildConfig.recorded(info.config, k)) for k in BuildConfig.CONTENT_FIELDS)}
-    if recorded != _content(bc):
-        diff = [k for k in BuildConfig.CONTENT_FIELDS if recorded[k] != _content(bc)[k]]
+    fields = [k for k in BuildConfig.CONTENT_FIELDS if not (any_copies and k == "copies")]
+    recorded = {k: _listed(BuildConfig.recorded(info.config, k)) for k in fields}
+    wanted = {k: _content(bc)[k] for k in fields}
+    if recorded != wanted:
+        diff = [k for k in fields if recorded[k] != wanted[k]]
         return f"built with other options ({', '.join(diff)})"
     if info.source.get("sha256") != source_sha256:
         return "built from another source"
@@ -366,12 +368,13 @@ def run_experiment(cfg: ExperimentConfig, command: str = "", log=print) -> dict:
             continue
         resume = False
         if run_dir.exists():
-            resume, why = _resumable(tc, why)
+            tc, resume, why = _resumable(tc, why, build_config(cfg, run.size), meta["source_sha256"])
             if not resume:
                 log(f"[{i}/{len(runs)}] restarting {run.name}: the earlier attempt was {why}")
                 shutil.rmtree(run_dir)
+        on = f", on {tc.file} (the file it started on)" if tc.file != str(file_path(cfg, run.size)) else ""
         log(f"[{i}/{len(runs)}] {'resuming' if resume else 'training'} {run.name}: {tc.mode}, "
-            f"{cfg.epochs} epochs of {run.size:,} images, seed {run.seed}")
+            f"{cfg.epochs} epochs of {run.size:,} images, seed {run.seed}{on}")
         from augmat_train import run as train_run
         train_run(tc, log=log, resume=resume)
         _clear_session()
@@ -383,15 +386,31 @@ def run_experiment(cfg: ExperimentConfig, command: str = "", log=print) -> dict:
     return results
 
 
-def _resumable(tc, why: str) -> tuple[bool, str]:
+def _resumable(tc, why: str, build: BuildConfig, source_sha256: str) -> tuple[object, bool, str]:
     """Whether an unfinished run's dir can be continued from its last epoch (same options,
-    a checkpoint), and if not, why."""
+    a checkpoint): (the TrainConfig to continue it with, True, why), else (tc, False, why not).
+
+    A run started on another file of the same images (an experiment rerun with a larger
+    --copies builds a new file) continues on the file it started on while that file is
+    there and holds the same images: the same stream as before the stop, so the hours it
+    trained are not thrown away."""
+    from dataclasses import replace
     from augmat_train.rundir import open_run_dir_to_resume
     try:
         open_run_dir_to_resume(tc.run_dir, tc.settled())
-        return True, why
+        return tc, True, why
     except AugmatError as e:
-        return False, f"{why}, and cannot be resumed ({e})"
+        refused = e
+    started_on = ((_read_json(Path(tc.run_dir) / "config.json") or {}).get("config") or {}).get("file")
+    if started_on and started_on != tc.file and Path(started_on).exists() \
+            and _file_matches(Path(started_on), build, source_sha256, any_copies=True) is None:
+        same = replace(tc, file=started_on)
+        try:
+            open_run_dir_to_resume(same.run_dir, same.settled())
+            return same, True, why
+        except AugmatError:
+            pass
+    return tc, False, f"{why}, and cannot be resumed ({refused})"
 
 
 def _clear_session() -> None:

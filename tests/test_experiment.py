@@ -343,3 +343,37 @@ def test_a_run_of_k_copies_from_a_file_of_k_is_kept_for_the_first_k_of_a_bigger_
     _fake_run(on_dir, 0.5, 0.5, 0.6, epochs=2)
     (on_dir / "config.json").write_text(json.dumps({"config": asdict(on), "file": {"build": old_build}}))
     assert finished_run(on_dir, on, build_config(cfg, 1000)) == (True, "")
+
+
+def test_a_stopped_run_continues_on_its_own_file_when_copies_grow(smoke, source, tmp_path):
+    """An experiment stopped mid-run and rerun with a larger --copies trains on a new file
+    (n<N>-c<max K>.h5); the stopped run continues on the file it started on, which holds the
+    same images, instead of being thrown away. A file of other images is not used."""
+    from dataclasses import asdict, replace
+    from augmat.experiment import ExperimentConfig, Run, _resumable, build_config, train_config
+    from augmat.sources import load_source
+    out, first = smoke
+    assert first.exit_code == 0, first.output
+    started_on = out / "data" / "n1000-c2.h5"  # built by the smoke experiment (--copies 2,1)
+    for mode in ("unaugmented", "offline-c2"):
+        old = ExperimentConfig(sizes=(1000,), copies=(2, 1), online=True, epochs=2, val=100, workers=1,
+                               source=str(source), out=str(tmp_path / mode))
+        run = Run(1000, mode, 0, 0)
+        tc_old = replace(train_config(old, run), file=str(started_on)).settled()
+        run_dir = Path(tc_old.run_dir)
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.json").write_text(json.dumps({"config": asdict(tc_old)}))
+        (run_dir / "state.json").write_text(json.dumps({"epochs": 1, "checkpoint": "checkpoint-e0001.keras"}))
+        (run_dir / "checkpoint-e0001.keras").write_bytes(b"")
+        grown = replace(old, copies=(2, 1, 4))  # its file is n1000-c4.h5: built now, other path
+        tc = replace(train_config(grown, run), buffer_rows=tc_old.buffer_rows)
+        assert tc.file != str(started_on)
+        sha = load_source(str(source)).sha256
+        got, resume, _ = _resumable(tc, "not finished", build_config(grown, 1000), sha)
+        assert resume and got == replace(tc, file=str(started_on)), mode
+        # The same file claimed to come from another source: not the same images, not resumed.
+        got, resume, why = _resumable(tc, "not finished", build_config(grown, 1000), "0" * 64)
+        assert not resume and got == tc and "cannot be resumed (--resume: " in why
+        # Another seed renders other images: not resumed either.
+        got, resume, _ = _resumable(tc, "not finished", replace(build_config(grown, 1000), seed=1), sha)
+        assert not resume
