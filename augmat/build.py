@@ -47,7 +47,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import signal
 import sys
 import time
@@ -58,10 +57,11 @@ import numpy as np
 
 from . import __version__
 from .errors import AugmatError
+from .files import atomic_path, check_folder_writable, io_error
 from .ops import DEFAULT_OPS, OP_NAMES, SEED_SHARPEN_SIGMA, apply_ops, rendering_libraries
-from .plan import ORIGINAL_COPY, RowPlan, plan_rows, split_indices
+from .plan import RowPlan, plan_rows, split_indices
 from .sources import DEFAULT_RESIZE_FILTER, MAX_PIXELS, ImageOptions, SourceData, holds_image_files
-from .store import (FORMAT_VERSION, ROW_DATASETS, SHARD_NAME, ShardEntry, fsync_path, open_file, pixel_sha256,
+from .store import (FORMAT_VERSION, SHARD_NAME, ShardEntry, open_file, pixel_sha256,
                     read_manifest, row_layout, shard_name, shards_folder, write_master, write_shard)
 
 SHARD_FORMAT = 1  # what a shard file holds; part of the plan key
@@ -213,16 +213,6 @@ def _expected(spec: dict) -> dict[str, np.ndarray]:
             "copy": np.full(n, spec["copy"], np.int16), "op": spec["op"], "magnitude": spec["magnitude"]}
 
 
-def _io_error(e: Exception) -> OSError | None:
-    """An I/O error as an OSError: h5py reports some as ValueError or RuntimeError with the
-    errno in the message (or as an OSError without errno); None when it is not one."""
-    found = re.search(r"errno = (\d+)", str(e))
-    if found:
-        code = int(found.group(1))
-        return OSError(code, os.strerror(code), getattr(e, "filename", None))
-    return e if isinstance(e, OSError) else None
-
-
 def _kill_self(spec: dict) -> None:
     """The faults that kill the task's process, with the shard's temporary file written."""
     faults, index = spec["faults"], str(spec["index"])
@@ -260,7 +250,7 @@ def render_shard(spec: dict) -> dict:
                                  "first": spec["first"], "shard_format": SHARD_FORMAT},
                                 fault=lambda: _kill_self(spec))
     except (OSError, ValueError, RuntimeError) as e:
-        err = _io_error(e)
+        err = io_error(e)
         if err is None:
             raise
         return {"index": spec["index"], "error": err.errno, "strerror": err.strerror or str(e), "where": str(path)}
@@ -338,17 +328,6 @@ class BuildLock:
 
 
 # --- the main side -------------------------------------------------------------------
-
-def _check_writable(folder: Path) -> None:
-    """Fail before any work if ``folder`` cannot be made or written (nothing is created here)."""
-    existing = folder.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise AugmatError(f"cannot write to {folder}: {existing} is not a folder; choose another -o")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise AugmatError(f"cannot write to {folder}: {existing} is not writable; choose another -o")
-
 
 def _disk_error(e: OSError, where, folder: Path) -> AugmatError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -474,13 +453,10 @@ def _write_subset(path: Path, images: np.ndarray, folder: Path) -> None:
             return
     except (OSError, ValueError, EOFError):
         pass
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}.npy")
     try:
-        np.save(tmp, images)
-        fsync_path(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, keep_suffix=True) as tmp:
+            np.save(tmp, images)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise _disk_error(e, path, folder) from None
 
 
@@ -498,7 +474,7 @@ def build(cfg: BuildConfig, progress: bool = True, log=lambda msg: print(msg, fi
         lock.acquire()
     try:
         existing = _existing(out, cfg)
-        _check_writable(out.parent)
+        check_folder_writable(out.parent)
         from .engines import make_engine
         # Workers start now and warm up while this process reads the source (an image tree's
         # files the local ones then decode themselves). As many as there are shards.
@@ -598,7 +574,7 @@ def _build(cfg: BuildConfig, engine, lock: BuildLock, existing: _Existing, out: 
                      row_layout(src.train_images.shape[1:], src.train_labels.dtype),
                      fault=finish_fault)
     except (OSError, ValueError, RuntimeError) as e:
-        err = _io_error(e)
+        err = io_error(e)
         if err is None:
             raise
         raise _disk_error(err, out, folder) from None

@@ -49,7 +49,8 @@ def warm_up(shard_rows: int) -> None:
     """Render one blank shard through every op, so OpenCV's and Numba's first calls and the
     first shard-sized allocations (which move malloc's mmap threshold) are not paid by the
     first real shard (measured: 30-60 ms instead of 17 ms for 4,096 rows)."""
-    from .ops import IMAGE_SHAPE, OP_NAMES, apply_ops
+    from .ops import OP_NAMES, apply_ops
+    from .store import IMAGE_SHAPE
     rows = min(shard_rows, 4096)
     apply_ops(np.zeros((rows,) + IMAGE_SHAPE, np.uint8), np.arange(rows) % len(OP_NAMES),
               np.full(rows, 0.3, np.float32))

@@ -16,9 +16,10 @@ The story of an experiment:
    N/batch steps), whatever its mode or copies: an offline epoch shows each source image once,
    as copy block ``epoch mod K`` (``order="copies"``). With K >= the number of epochs no copy
    is ever shown twice, which is online augmentation's distribution, drawn ahead of time.
-3. **Train.** :func:`train.run` per run, into ``<out>/runs/<run name>/``. A run whose
+3. **Train.** :func:`augmat_train.run` per run, into ``<out>/runs/<run name>/``. A run whose
    ``metrics.json`` says ``finished`` and whose config matches is kept and skipped; a run that
-   was stopped half-way is started again from scratch.
+   was stopped half-way continues from its last finished epoch (on the file it started on, if
+   a rerun with a larger --copies trains on a new one), or starts again if it cannot.
 4. **Report.** After every run: ``results.json``, ``results.md``, ``curves.png``, ``bars.png``
    and ``copies.png`` (accuracy against K, online and unaugmented as bands) in ``<out>``, so a
    stopped experiment still has the report of what finished. The report answers the question
@@ -45,7 +46,7 @@ from pathlib import Path
 from . import __version__
 from .build import BuildConfig, build, default_workers
 from .errors import AugmatError
-from .files import write_json, write_text_atomic
+from .files import check_folder_writable, save_figure, write_json, write_text_atomic
 from .ops import DEFAULT_OPS, OP_NAMES
 from .stream import ORDERS
 
@@ -308,13 +309,12 @@ def prepare(cfg: ExperimentConfig, command: str = "", log=print) -> tuple[list[R
     run, ``meta`` the report's header (for :func:`write_report`). A finished run with other
     options is refused here, before any file is built or any report rewritten."""
     from .sources import load_source
-    from .build import _check_writable
 
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise AugmatError(f"--out {out} is a file; choose a folder")
-    _check_writable(out)
+    check_folder_writable(out, "--out")
     src = load_source(cfg.source)  # fails now on a bad source; its checksum decides reuse
     n_train = len(src.train_labels)
     biggest = max(cfg.sizes)
@@ -655,14 +655,6 @@ def _colors(modes: list[str]) -> dict[str, str]:
     return {**fixed, **{m: palette[i % len(palette)] for i, m in enumerate(offline)}}
 
 
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def plot_curves(cfg: ExperimentConfig, rows: list[dict], path: Path) -> None:
     """Validation accuracy per epoch of every finished run, one panel per size."""
     import matplotlib
@@ -688,7 +680,7 @@ def plot_curves(cfg: ExperimentConfig, rows: list[dict], path: Path) -> None:
     if with_lines:  # the last panel with runs (a stopped experiment has none in later ones)
         with_lines[-1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path, dpi=90)
 
 
 def plot_bars(cfg: ExperimentConfig, cells: list[dict], path: Path) -> None:
@@ -729,7 +721,7 @@ def plot_bars(cfg: ExperimentConfig, cells: list[dict], path: Path) -> None:
     if axes[1].get_legend_handles_labels()[0]:
         axes[1].legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path, dpi=90)
 
 
 def plot_copies(cfg: ExperimentConfig, cells: list[dict], path: Path) -> None:
@@ -772,4 +764,4 @@ def plot_copies(cfg: ExperimentConfig, cells: list[dict], path: Path) -> None:
     if with_lines:
         with_lines[-1].legend(fontsize=7, loc="best")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path, dpi=90)

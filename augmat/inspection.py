@@ -38,11 +38,11 @@ from .errors import AugmatError
 from .ops import OPS, apply_ops, rendering_libraries
 from .plan import ORIGINAL_COPY
 from .sources import SourceData, load_source, recorded_options
-from .store import (SHARD_NAME, FileInfo, blank_chunks, chunk_counts, chunk_starts, open_file, read_rows, row_chunk,
+from .store import (PROVENANCE, SHARD_NAME, FileInfo, blank_chunks, chunk_counts, chunk_starts, open_file, read_rows, row_chunk,
                     row_parts, shards_folder)
 
 HIST_BINS = 10
-VECTORS = ("labels", "op", "magnitude", "copy", "source_index")
+VECTORS = PROVENANCE + ("source_index",)
 SIDE_VECTORS = ("subset_index", "val/source_index", "val/labels", "test/labels")
 
 
@@ -207,7 +207,7 @@ def summarize(path: str | Path) -> dict:
     """Everything the summary shows, as plain JSON-able values."""
     f, info = open_file(path)
     with f:
-        v = {name: read_rows(f[name]) for name in ("labels", "op", "magnitude", "copy")}
+        v = {name: read_rows(f[name]) for name in PROVENANCE}
         subset_rows = f["subset_index"].shape[0]
         written, expected, zero = image_chunks(f)
         fmt = int(f.attrs["augmat_format"])
@@ -685,3 +685,24 @@ def source_rows(f: h5py.File, info: FileInfo, source_index: int) -> np.ndarray:
     copies = read_picked(f["copy"], rows)
     return rows[np.argsort(np.where(copies == ORIGINAL_COPY, np.iinfo(np.int32).max, copies), kind="stable")]
 
+
+
+def source_copies(path: str | Path, source_index: int, images: bool = False):
+    """One source image's rows (its copies, and its original if stored) in copy order:
+    ``(info, rows, provenance, pixels)``; provenance maps each of :data:`PROVENANCE` to
+    those rows' values, pixels are their images (None unless ``images``)."""
+    f, info = open_file(path)
+    with f:
+        rows = source_rows(f, info, source_index)
+        v = {name: read_picked(f[name], rows) for name in PROVENANCE}
+        pixels = read_picked(f["images"], rows) if images else None
+    return info, rows, v, pixels
+
+
+def source_listing(path: str | Path, source_index: int) -> list[dict]:
+    """One line per row of ``source_index`` (``inspect --source-index``): row, copy, op,
+    magnitude and class."""
+    info, rows, v, _ = source_copies(path, source_index)
+    return [{"row": int(r), "copy": int(v["copy"][i]), "op": info.op_name(v["op"][i]),
+             "magnitude": float(v["magnitude"][i]), "class": info.class_name(v["labels"][i])}
+            for i, r in enumerate(rows)]

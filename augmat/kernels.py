@@ -272,7 +272,6 @@ def _rotate_batch(images, m00, m01, m10, m11, off0, off1, out):
     wx = np.empty(4)
     ry = np.empty(4, np.int64)
     rx = np.empty(4, np.int64)
-    t = np.empty(c_)
     for b in range(b_):
         # spline prefilter of each channel plane along rows (axis 0), then columns
         for i in range(h):

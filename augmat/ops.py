@@ -4,7 +4,7 @@ Each op is a *pure* function ``fn(images, magnitudes) -> images``:
 
 * ``images``: uint8 array of shape (B, H, W, C), never modified in place: any one
   image size per call (CIFAR's 32x32 is only the default of the tools around this
-  module, :data:`IMAGE_SHAPE`), C = 3 (RGB) or 1 (grayscale);
+  module, :data:`augmat.store.IMAGE_SHAPE`), C = 3 (RGB) or 1 (grayscale);
 * ``magnitudes``: float32 array of shape (B,), each in [0, 1];
 * returns a new uint8 array of the same shape.
 
@@ -44,9 +44,6 @@ from . import kernels
 # augmat parallelises across processes, so one thread per process is right.
 cv2.setNumThreads(1)
 
-# CIFAR-10's image shape: the default of the modules that make images (a build's
-# warm-up, the sources). No op depends on it: every op reads the size off its batch.
-IMAGE_SHAPE = (32, 32, 3)
 SEED_SHARPEN_SIGMA = 1.0  # the blur of sharpen (and unsharp), pixels: the seed's gaussian_filter(x, 1)
 
 

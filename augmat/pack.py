@@ -16,13 +16,14 @@ from pathlib import Path
 import h5py
 
 from .errors import AugmatError
-from .store import (ROW_DATASETS, SPLIT_DATASETS, INDEX_DATASETS, create_rows, fsync_path, open_file,
+from .files import atomic_path, check_folder_writable, io_error
+from .store import (ROW_DATASETS, SPLIT_DATASETS, INDEX_DATASETS, create_rows, open_file,
                     pixel_sha256, read_rows, write_array)
 
 
 def pack(path: str | Path, output: str | Path, force: bool = False, progress: bool = True) -> str:
     """Write the sharded file ``path`` as one file ``output``; returns the summary line."""
-    from .build import BuildLock, _check_writable, _io_error
+    from .build import BuildLock
     path, out = Path(path), Path(output)
     f, info = open_file(path)
     with f:
@@ -35,26 +36,19 @@ def pack(path: str | Path, output: str | Path, force: bool = False, progress: bo
             raise AugmatError(f"{out} is a folder; choose a file name for -o")
         if out.exists() and not force:
             raise AugmatError(f"{out} already exists; pass --force to replace it, or choose another -o")
-        _check_writable(out.parent)
+        check_folder_writable(out.parent)
         out.parent.mkdir(parents=True, exist_ok=True)
         lock = BuildLock(out)
         lock.acquire()
-        tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
         try:
-            _write(f, info, tmp, progress)
-            fsync_path(tmp)
-            os.replace(tmp, out)
-            fsync_path(out.parent)
+            with atomic_path(out) as tmp:
+                _write(f, info, tmp, progress)
         except (OSError, ValueError, RuntimeError) as e:
-            tmp.unlink(missing_ok=True)
-            err = _io_error(e)
+            err = io_error(e)
             if err is None:
                 raise
             what = "disk full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else f"cannot write ({err.strerror})"
             raise AugmatError(f"{what} while writing {out}; nothing was written there") from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         finally:
             lock.release()
     return (f"packed {info.rows:,} rows of {path} ({len(info.shards)} shards, each one's SHA-256 checked) "

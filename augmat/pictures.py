@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AugmatError
-from .inspection import load_recorded_source, read_picked, source_rows
+from .files import atomic_path
+from .inspection import load_recorded_source, read_picked, source_copies
 from .ops import OPS
 from .plan import ORIGINAL_COPY
 from .sources import ImageOptions, load_source
-from .store import open_file, read_rows
+from .store import IMAGE_SHAPE, PROVENANCE, open_file, read_rows
 
 PAD = 8             # around and between cells, pixels
 HEADER_W = 104      # the row label column
@@ -58,13 +59,13 @@ def default_scale(image_shape) -> int:
     return max(1, round(TARGET_SIDE / max(image_shape[:2])))
 
 
-def cell_size(scale: int, image_shape=(32, 32, 3)) -> tuple[int, int]:
+def cell_size(scale: int, image_shape=IMAGE_SHAPE) -> tuple[int, int]:
     """(width, height) of one cell: its title lines above the scaled image."""
     h, w = image_shape[0] * scale, image_shape[1] * scale
     return max(w, MIN_CELL_W), TITLE_LINES * LINE_H + h
 
 
-def figure_size(n_rows: int, n_cols: int, scale: int, image_shape=(32, 32, 3)) -> tuple[int, int]:
+def figure_size(n_rows: int, n_cols: int, scale: int, image_shape=IMAGE_SHAPE) -> tuple[int, int]:
     w, h = cell_size(scale, image_shape)
     return PAD + HEADER_W + n_cols * (w + PAD), TITLE_H + n_rows * (h + PAD) + PAD
 
@@ -97,7 +98,7 @@ def render(rows: list[tuple[str, list[Cell]]], title: str, scale: int | None = N
     """Lay out rows of titled cells under a title, each row with a label on its left.
     ``scale`` None: :func:`default_scale` of the images' size (all cells share one size)."""
     from PIL import Image, ImageDraw
-    shape = next((np.shape(c.image) for _, cells in rows for c in cells), (32, 32, 3))
+    shape = next((np.shape(c.image) for _, cells in rows for c in cells), IMAGE_SHAPE)
     scale = default_scale(shape) if scale is None else scale
     if scale < 1:
         raise AugmatError(f"--scale must be at least 1 (got {scale})")
@@ -141,7 +142,8 @@ def check_writable(path: str | os.PathLike, flag: str = "--grid") -> Path:
 def save_png(fig: Figure, path: str | os.PathLike, flag: str = "--grid") -> Path:
     p = check_writable(path, flag)
     try:
-        fig.image.save(p, format="PNG", optimize=True)
+        with atomic_path(p) as tmp:
+            fig.image.save(tmp, format="PNG", optimize=True)
     except OSError as e:
         raise AugmatError(f"{flag} {path}: cannot write it ({e.strerror or e})")
     return p
@@ -165,7 +167,7 @@ def samples_grid(path, columns: int = 8, scale: int | None = None) -> Figure:
         raise AugmatError(f"--columns must be at least 1 (got {columns})")
     f, info = open_file(path)
     with f:
-        v = {name: read_rows(f[name]) for name in ("labels", "op", "magnitude", "copy")}
+        v = {name: read_rows(f[name]) for name in PROVENANCE}
         augmented = v["copy"] != ORIGINAL_COPY
         picks = []
         for code, name in enumerate(info.op_names):
@@ -176,15 +178,11 @@ def samples_grid(path, columns: int = 8, scale: int | None = None) -> Figure:
         images = dict(zip(wanted.tolist(), read_picked(f["images"], wanted)))
     grid = []
     for name, rows in picks:
-        grid.append((name, [Cell(images[int(r)], (_class(info, v["labels"][r]), f"{name} {v['magnitude'][r]:.2f}"),
+        grid.append((name, [Cell(images[int(r)], (info.class_name(v["labels"][r]), f"{name} {v['magnitude'][r]:.2f}"),
                                  int(r)) for r in rows]))
     title = (f"{info.path.name}: {info.rows:,} rows; one row per op, samples ordered by magnitude "
              f"(cell: class, op and magnitude)")
     return render(grid, title, scale)
-
-
-def _class(info, label) -> str:
-    return info.class_names[int(label)] if int(label) < len(info.class_names) else f"class {int(label)}"
 
 
 def source_index_grid(path, source_index: int, source: str | None = None, scale: int | None = None,
@@ -192,12 +190,8 @@ def source_index_grid(path, source_index: int, source: str | None = None, scale:
     """The original of one source image and all its copies. The original comes from its
     stored original row if the file has one, else from the source; returns a note when
     neither is available (the picture then shows the copies only)."""
-    f, info = open_file(path)
-    with f:
-        rows = source_rows(f, info, source_index)
-        v = {name: read_picked(f[name], rows) for name in ("labels", "op", "magnitude", "copy")}
-        images = read_picked(f["images"], rows)
-    label = _class(info, v["labels"][0])
+    info, rows, v, images = source_copies(path, source_index, images=True)
+    label = info.class_name(v["labels"][0])
     cells, note = [], None
     is_original = v["copy"] == ORIGINAL_COPY
     if is_original.any():
@@ -210,8 +204,8 @@ def source_index_grid(path, source_index: int, source: str | None = None, scale:
         except AugmatError as e:
             note = f"the original is not shown: {e}"
     for i in np.flatnonzero(~is_original):
-        op = info.op_names[v["op"][i]] if v["op"][i] < len(info.op_names) else f"op {v['op'][i]}"
-        cells.append(Cell(images[i], (f"copy {v['copy'][i]}", f"{op} {v['magnitude'][i]:.2f}"), int(rows[i])))
+        cells.append(Cell(images[i], (f"copy {v['copy'][i]}", f"{info.op_name(v['op'][i])} {v['magnitude'][i]:.2f}"),
+                          int(rows[i])))
     grid = [(f"source {source_index}" if k == 0 else "", cells[k:k + columns])
             for k in range(0, len(cells), max(columns, 1))]
     n_copies = int((~is_original).sum())

@@ -64,6 +64,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import AugmatError
+from .store import label_dtype
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
@@ -172,14 +173,6 @@ def parse_size(text: str) -> tuple[int, int]:
     if len(size) != 2 or min(size) < 1:
         raise AugmatError(f"size {text!r}: expected HxW (such as 64x64 or 224x160) or one number for a square")
     return size
-
-
-def label_dtype(classes: int) -> np.dtype:
-    """The smallest unsigned integer type that holds labels 0 .. classes-1."""
-    for t in (np.uint8, np.uint16, np.uint32):
-        if classes <= np.iinfo(t).max + 1:
-            return np.dtype(t)
-    raise AugmatError(f"{classes:,} classes: more than augmat's labels can hold")
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ import h5py
 import numpy as np
 
 from .errors import AugmatError
+from .files import atomic_path
 from .ops import EARLIER_DEFINITIONS, SEED_SHARPEN_SIGMA
 
 # 2: rotate and sharpen render the seed's exact numerics (cubic B-spline, wrapped uint8
@@ -73,6 +74,11 @@ ROW_DATASETS = {          # name: (dtype, shape after the row axis); None: the f
     "magnitude": (np.float32, ()),
 }
 CHANNELS = (1, 3)         # grayscale or RGB
+# CIFAR-10's (H, W, C): the default of whatever makes images without a file to ask (a
+# build's warm-up, the seed CNN, pictures); every file records its own image shape.
+IMAGE_SHAPE = (32, 32, 3)
+# The row vectors that say what each image is (with source_index: where it came from).
+PROVENANCE = ("labels", "op", "magnitude", "copy")
 
 
 def label_dtype(classes: int) -> np.dtype:
@@ -94,7 +100,7 @@ def row_layout(image_shape: tuple[int, ...], labels) -> dict[str, tuple[np.dtype
 
 def rows_per_chunk(tail: tuple[int, ...], dtype=np.uint8) -> int:
     """Rows per stored chunk of a row dataset: CHUNK_BYTES of images (256 rows at 32x32x3,
-    9 at 224x224x3), VECTOR_CHUNK rows of a 1-D dataset."""
+    5 at 224x224x3), VECTOR_CHUNK rows of a 1-D dataset."""
     if not tail:
         return VECTOR_CHUNK
     return max(1, CHUNK_BYTES // (int(np.prod(tail)) * np.dtype(dtype).itemsize))
@@ -122,15 +128,6 @@ def pixel_sha256(images: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()
 
 
-def fsync_path(path: Path) -> None:
-    """fsync a file or a folder (a rename is durable once its folder is fsynced)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def shards_folder(path: str | Path) -> Path:
     """Where the shards of the master ``path`` live: ``<path>.shards/`` beside it."""
     path = Path(path)
@@ -150,21 +147,12 @@ def shard_name(copy: int, index: int, key: str) -> str:
 
 @contextmanager
 def written_whole(path: Path, fault=None):
-    """Write an HDF5 file whole or not at all: yields ``<name>.tmp<pid>`` open for writing;
-    on success it is fsynced, renamed to ``path`` and the folder fsynced; on any failure
-    the temporary file is removed. ``fault``: a test hook called before the fsync."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
+    """Write an HDF5 file whole or not at all (:func:`augmat.files.atomic_path`): yields
+    it open for writing under ``<name>.tmp<pid>``. ``fault``: a test hook called before the
+    fsync."""
+    with atomic_path(path, fault=fault) as tmp:
         with h5py.File(tmp, "w") as f:
             yield f
-        if fault:
-            fault()
-        fsync_path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
 
 
 def write_shard(path: Path, data: dict[str, np.ndarray], op_names, attrs: dict, fault=None) -> tuple[int, str]:
@@ -348,13 +336,21 @@ class FileInfo:
     # A sharded master: its manifest and the folder of its shards (() and None: one file).
     shards: tuple[ShardEntry, ...] = ()
     shards_folder: Path | None = None
-    image_shape: tuple[int, int, int] = (32, 32, 3)  # (H, W, C) of every image
+    image_shape: tuple[int, int, int] = IMAGE_SHAPE  # (H, W, C) of every image
     label_dtype: np.dtype = np.dtype(np.uint8)
 
     @property
     def layout(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
         """The row datasets' dtypes and row shapes (:func:`row_layout`)."""
         return row_layout(self.image_shape, self.label_dtype)
+
+    def op_name(self, code) -> str:
+        """The name of op code ``code`` in this file (``op N`` if it names none)."""
+        return self.op_names[int(code)] if int(code) < len(self.op_names) else f"op {int(code)}"
+
+    def class_name(self, label) -> str:
+        """The name of class ``label`` in this file (``class N`` if it names none)."""
+        return self.class_names[int(label)] if int(label) < len(self.class_names) else f"class {int(label)}"
 
     @property
     def sharpen_sigma(self) -> float:

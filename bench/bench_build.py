@@ -113,7 +113,7 @@ def section_a(src, repeats: int) -> list[str]:
         f, s = best_rates([lambda: OPS[name].fn(x[:4096], z),
                            lambda: [REFERENCE[name](im, float(m)) for im, m in zip(x[:1024], z[:1024])]],
                           [4096, 1024], repeats)
-        out.append(f"| {name} | {f:,.0f} | {s:,.0f} | {f / s:.1f}x | {NUMERICS[name]} |")
+        out.append(f"| {name} | {f:,.0f} | {s:,.0f} | {f / s:.1f}x | {NUMERICS.get(name, OPS[name].summary)} |")
     return out, slow
 
 

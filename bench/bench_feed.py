@@ -79,7 +79,6 @@ def one_backend(path: str, images: int, batches: list[int], rounds: int) -> dict
 
     with h5py.File(path, "r") as f:
         x, y = f["images"][:images], f["labels"][:images].astype("int32")
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["op"].attrs["names"]]
         copy = f["copy"][:]
         orig = np.flatnonzero(copy == -1)
         src_x, src_y = f["images"][orig[0]:orig[-1] + 1], f["labels"][orig[0]:orig[-1] + 1].astype("int32")

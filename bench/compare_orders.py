@@ -40,7 +40,7 @@ def main() -> None:
     if a.out:
         with open(a.out, "w") as fh:
             json.dump(results, fh, indent=1)
-    print(f"| order | runs | final val acc (mean, min-max) | test acc (mean, min-max) |")
+    print("| order | runs | final val acc (mean, min-max) | test acc (mean, min-max) |")
     print("| --- | --- | --- | --- |")
     for order in ("copies", "shuffle"):
         rs = [r for r in results if r["order"] == order]

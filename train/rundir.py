@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 
 from augmat.errors import AugmatError
-from augmat.files import write_json, write_text_atomic
+from augmat.files import atomic_path, save_figure, write_json, write_text_atomic
 
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "test_accuracy",
                    "images_per_s", "data_wait_s", "train_s")
@@ -56,6 +55,13 @@ def open_run_dir_to_resume(path: str | Path, cfg) -> tuple[Path, dict]:
         raise AugmatError(f"--resume: {run_dir} holds a run with other options ({', '.join(differ)}); "
                           "resume it with the options it was started with, or choose another --run-dir")
     try:
+        finished = json.loads((run_dir / "metrics.json").read_text()).get("status") == "finished"
+    except (OSError, ValueError, AttributeError):
+        finished = False
+    if finished:
+        raise AugmatError(f"--resume: {run_dir} holds a finished run, nothing to resume (its model is "
+                          "model-final.keras); to train more, start a new run")
+    try:
         state = json.loads((run_dir / "state.json").read_text())
     except (OSError, ValueError):
         raise AugmatError(f"--resume: {run_dir} has no finished epoch to resume from; "
@@ -68,14 +74,11 @@ def open_run_dir_to_resume(path: str | Path, cfg) -> tuple[Path, dict]:
 def save_model(model, path: Path) -> None:
     """``model.save(path)`` under a temporary name in the same folder, then renamed: a run
     stopped during a save keeps the previous model whole (or none), never a broken one."""
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)  # Keras wants the .keras suffix
     try:
-        model.save(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, keep_suffix=True) as tmp:  # Keras wants the .keras suffix
+            model.save(tmp)
     except OSError as e:
         raise AugmatError(f"cannot write {path} ({e.strerror})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_history(run_dir: Path, history: list[dict]) -> None:
@@ -109,10 +112,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=100)
 
 
 def _pct(x) -> str:
