@@ -12,17 +12,7 @@ from ..pack import pack
 from ..ops import DEFAULT_OPS, OP_NAMES, OPS
 from ..sources import CROPS, DEFAULT_RESIZE_FILTER, LABEL_MODES, MAX_PIXELS, RESIZE_FILTERS
 from ..store import shards_folder
-from .options import size_callback
-
-
-def _ops(ctx, param, value: str | None):
-    if value is None:
-        return DEFAULT_OPS
-    names = tuple(v.strip() for v in value.split(",") if v.strip())
-    unknown = [n for n in names if n not in OP_NAMES]
-    if unknown:
-        raise click.BadParameter(f"unknown op {', '.join(unknown)}; choose from {', '.join(OP_NAMES)}")
-    return names
+from .options import ops_callback, size_callback
 
 
 @click.command("build")
@@ -55,7 +45,7 @@ def _ops(ctx, param, value: str | None):
 @click.option("--val", type=int, default=5000, show_default=True, metavar="M",
               help="Further training images kept unaugmented for validation, disjoint from the subset.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
-@click.option("--ops", callback=_ops, default=None, metavar="A,B,..",
+@click.option("--ops", callback=ops_callback, default=None, metavar="A,B,..",
               help="Ops to draw from, comma-separated. Default: the seed's " + ", ".join(DEFAULT_OPS)
               + "; also available: " + ", ".join(n for n in OP_NAMES if not OPS[n].default) + ".")
 @click.option("--include-originals", is_flag=True, help="Also store the N unaugmented subset images.")

@@ -9,8 +9,8 @@ import click
 
 from ..build import default_workers
 from ..errors import AugmatError
-from ..ops import DEFAULT_OPS
 from ..stream import ORDERS
+from .options import ops_callback
 
 
 def _int_list(ctx, param, value: str):
@@ -20,13 +20,6 @@ def _int_list(ctx, param, value: str):
     except ValueError:
         raise AugmatError(f"--{param.name} {value!r}: not a comma-separated list of whole numbers "
                           "(e.g. 10000,20000)") from None
-
-
-def _names(ctx, param, value: str | None):
-    """``rotate,flip_lr`` -> ("rotate", "flip_lr"); the config checks the names."""
-    if value is None:
-        return DEFAULT_OPS
-    return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
 def _cell_counts(ctx, param, value: str | None):
@@ -69,7 +62,7 @@ def _cell_counts(ctx, param, value: str | None):
               help="Seed of the split, the subsets and the rendered copies; repeats train with seed+r.")
 @click.option("--workers", type=int, default=default_workers(), show_default="all cores",
               help="Worker processes that render the files.")
-@click.option("--ops", callback=_names, default=None, metavar="A,B,..", help="Ops to draw from (default: the seed's eight, as for `augmat build`).")
+@click.option("--ops", callback=ops_callback, default=None, metavar="A,B,..", help="Ops to draw from (default: the seed's eight, as for `augmat build`).")
 @click.option("--val", type=int, default=10000, show_default=True, metavar="M",
               help="Unaugmented validation images, the same for every size (the seed's 20% of 50,000).")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Images per gradient step.")

@@ -9,10 +9,9 @@ from pathlib import Path
 import click
 
 from ..errors import AugmatError
-from ..inspection import format_summary, read_picked, rows_text, source_rows, summarize
+from ..inspection import format_summary, rows_text, source_listing, summarize
 from ..inspection import verify as verify_file  # the --verify flag takes the name `verify`
 from ..pictures import PREVIEW_MAGNITUDES, check_writable, preview, samples_grid, save_png, source_index_grid
-from ..store import open_file
 from .options import size_callback
 
 
@@ -20,7 +19,7 @@ def _magnitudes(ctx, param, value: str):
     try:
         return tuple(float(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"expected numbers in [0, 1] separated by commas, got {value!r}")
+        raise AugmatError(f"--magnitudes {value!r}: expected numbers in [0, 1] separated by commas") from None
 
 
 @click.command("inspect")
@@ -72,7 +71,7 @@ def inspect_command(path: str, as_json: bool, verify: bool, sample: int, seed: i
             if not as_json:
                 click.echo(f"wrote {grid} ({fig.size[0]}x{fig.size[1]}): source image {source_index} and its copies")
         else:
-            listing = _source_listing(path, source_index)
+            listing = source_listing(path, source_index)
             out["source_index"] = listing
             if not as_json:
                 for r in listing:
@@ -105,18 +104,6 @@ def inspect_command(path: str, as_json: bool, verify: bool, sample: int, seed: i
             f"{c.name} ({rows_text(c.rows) if c.rows else c.detail})" for c in failed))
 
 
-def _source_listing(path: str, source_index: int) -> list[dict]:
-    f, info = open_file(path)
-    with f:
-        rows = source_rows(f, info, source_index)
-        v = {name: read_picked(f[name], rows) for name in ("labels", "op", "magnitude", "copy")}
-    return [{"row": int(r), "copy": int(v["copy"][i]),
-             "op": info.op_names[v["op"][i]] if v["op"][i] < len(info.op_names) else f"op {v['op'][i]}",
-             "magnitude": float(v["magnitude"][i]),
-             "class": info.class_names[v["labels"][i]] if v["labels"][i] < len(info.class_names) else "?"}
-            for i, r in enumerate(rows)]
-
-
 def _refuse_to_overwrite(grid: str, path: str) -> None:
     """``inspect`` never modifies the file it reads: not even through a --grid path that is it
     (the same path spelled otherwise, a symbolic or a hard link)."""
@@ -141,7 +128,8 @@ def _refuse_to_overwrite(grid: str, path: str) -> None:
 @click.option("--size", callback=size_callback, default=None, metavar="H[xW]",
               help="Resize the source's images to H x W first, as `augmat build --size` does (bicubic, "
                    "center crop, RGB; the ops at the seed's sharpen sigma).")
-@click.option("-o", "--output", type=str, default="transforms.png", show_default=True, metavar="PNG")
+@click.option("-o", "--output", type=str, default="transforms.png", show_default=True, metavar="PNG",
+              help="The PNG file to write (its folder must exist).")
 def preview_command(source: str | None, image: int, magnitudes: tuple[float, ...], scale: int | None,
                     size: tuple[int, int] | None, output: str) -> None:
     """Draw every op at a few magnitudes on one source image (the seed article's figure)."""

@@ -1,10 +1,10 @@
-"""Option parsing that more than one command shares."""
+"""Option parsing that more than one command shares. A callback only splits its value;
+what is wrong with it is an AugmatError (one line, exit status 1), as from the configs."""
 
 from __future__ import annotations
 
-import click
-
 from ..errors import AugmatError
+from ..ops import DEFAULT_OPS
 from ..sources import parse_size
 
 
@@ -15,4 +15,12 @@ def size_callback(ctx, param, value: str | None):
     try:
         return parse_size(value)
     except AugmatError as e:
-        raise click.BadParameter(str(e)) from None
+        raise AugmatError(f"--size: {e}") from None
+
+
+def ops_callback(ctx, param, value: str | None):
+    """``rotate,flip_lr`` -> ("rotate", "flip_lr"), default the seed's eight; the config
+    checks the names against the registry."""
+    if value is None:
+        return DEFAULT_OPS
+    return tuple(v.strip() for v in value.split(",") if v.strip())
