@@ -11,6 +11,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -74,9 +75,11 @@ def test_smoke_trains_every_cell_and_writes_the_report(smoke, source):
     assert res["command"].split("augmat ", 1)[1].startswith("experiment --sizes 1000 --copies 2,1 --online --epochs 2")
     assert sorted(run["name"] for run in res["runs"]) == sorted(RUNS)
 
+    # Every cell learned: its classes differ in colour (conftest.CLASS_RAMPS); 400 test
+    # predictions at chance (10%) average above 15% with probability ~5e-4.
+    assert np.mean([run["test_accuracy"] for run in res["runs"]]) >= 0.15, res["runs"]
     for run in res["runs"]:
         assert run["status"] == "finished" and run["epochs"] == 2
-        assert 0 <= run["final_val_accuracy"] <= 1 and 0 <= run["test_accuracy"] <= 1
         assert run["wall_seconds"] > 0 and run["images_per_second"] > 0 and run["wall_images_per_second"] > 0
         assert len(run["val_accuracy_per_epoch"]) == 2
         # Equal gradient steps: every mode trains epochs of the N = 1000 source images.

@@ -477,7 +477,7 @@ def test_source_index_grid_shows_the_original_and_its_copies(which, request, cif
     if which == "chunky":  # the stored original row is used
         assert copy[cells[0].row] == -1
     listing = run("inspect", path, "--source-index", i).stdout.splitlines()
-    assert len(listing) == len(rows) and all(f"row" in l for l in listing)
+    assert len(listing) == len(rows) and all("row" in l for l in listing)
 
 
 def _chunk_of(path: Path, row: int) -> int:

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from augmat.sources import CIFAR10_CLASSES
 from conftest import write_image_tree
 
@@ -35,9 +37,15 @@ def test_tiny_table_trains_every_cell_and_writes_json(tmp_path):
     assert res["keras_backend"] == "tensorflow" and res["wall_seconds"] > 0
     assert [(row["size"], row["mode"], row["runs"]) for row in res["table"]] == [
         (300, "unaugmented", 1), (300, "offline-c8", 1), (300, "online", 1)]
-    for row in res["table"]:
-        assert 0 <= row["test"] <= 1 and 0 <= row["val"] <= 1 and row["images_per_second"] > 0
     exp = res["experiment"]
+    # The table is the experiment's runs (one per cell here), not numbers of its own. (Whether
+    # training learns is tests/test_train.py's question: 2 epochs of 300 images at the seed's
+    # learning rate are too few to tell.)
+    by_name = {run["name"]: run for run in exp["runs"]}
+    for row in res["table"]:
+        run = by_name[f"n300-{row['mode']}-r0"]
+        assert row["test"] == pytest.approx(run["test_accuracy"]) and row["images_per_second"] > 0
+        assert row["val"] == pytest.approx(run["final_val_accuracy"])
     assert exp["complete"] is True and exp["config"]["epochs"] == 2 and exp["config"]["raw_inputs"] is True
     assert exp["config"]["copies"] == [8] and exp["config"]["online"] is True
     assert all(run["epochs"] == 2 for run in exp["runs"])

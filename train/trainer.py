@@ -23,7 +23,10 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from augmat.errors import AugmatError
+from augmat.store import IMAGE_SHAPE
 from augmat.stream import MODES, ORDERS, Stream, as_keras, load_split
 
 from .rundir import make_run_dir, open_run_dir_to_resume, plot_curves, save_model, table, write_json
@@ -138,7 +141,6 @@ def _train(cfg, stream, val, test, run_dir: Path, t_start: float, log, state: di
     from augmat.kerasenv import accelerators, import_keras
     keras = import_keras()  # without TensorFlow's C++ start-up lines on stderr
 
-    keras.utils.set_random_seed(cfg.seed)  # Python, NumPy and backend seeds: the model init
     dataset = as_keras(stream)
     has_val = len(val[1]) > 0
     first_epoch = state["epochs"] if state else 0
@@ -149,7 +151,7 @@ def _train(cfg, stream, val, test, run_dir: Path, t_start: float, log, state: di
         model = keras.models.load_model(run_dir / state["checkpoint"])
     else:
         model = seed_cnn(1.0 if cfg.raw_inputs else INPUT_SCALE, len(stream.info.class_names),
-                         stream.info.image_shape)
+                         stream.info.image_shape, seed=cfg.seed)
         # Integer labels with the sparse form of categorical cross-entropy: the same loss as the
         # seed's one-hot targets, with 4-byte labels instead of 40-byte rows per image.
         model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
@@ -197,23 +199,36 @@ def _train(cfg, stream, val, test, run_dir: Path, t_start: float, log, state: di
     write_json(run_dir / "metrics.json", metrics)
     for checkpoint in run_dir.glob("checkpoint-e*.keras"):  # finished: model-final.keras has it all
         checkpoint.unlink()
+    (run_dir / "state.json").unlink(missing_ok=True)
     log(table(metrics, run_dir))
     return metrics
 
 
-def seed_cnn(input_scale: float = INPUT_SCALE, classes: int = 10, image_shape=(32, 32, 3)):
+def seed_cnn(input_scale: float = INPUT_SCALE, classes: int = 10, image_shape=IMAGE_SHAPE, seed: int = 0):
     """Conv 32, Conv 32, MaxPool, Conv 64, Conv 64, MaxPool, Dense 256, Dense (10) softmax.
 
-    3x3 'same' ReLU convolutions with RandomNormal(0.05) kernels; no batch norm, no
-    dropout. The input is uint8 of the file's (H, W, C): the first layer casts and
-    rescales, on the device. At other sizes the network is the same; only the first Dense
-    layer grows with the image area (H/4 x W/4 x 64 inputs: 4,096 at 32x32, 36,864 at 96x96)."""
+    3x3 'same' ReLU convolutions with RandomNormal(0.05) kernels, Glorot-uniform dense
+    kernels (Keras's default), zero biases; no batch norm, no dropout. The input is uint8 of
+    the file's (H, W, C): the first layer casts and rescales, on the device. At other sizes
+    the network is the same; only the first Dense layer grows with the image area
+    (H/4 x W/4 x 64 inputs: 4,096 at 32x32, 36,864 at 96x96).
+
+    ``seed`` decides the initial weights, through a seed of its own for each layer's
+    initializer (drawn from ``SeedSequence(seed)``): nothing global is seeded, so building a
+    model changes no other random stream of the process, and the same seed gives the same
+    weights whatever ran before."""
     import keras
     from keras import layers
 
+    layer_seeds = iter(int(s) for s in np.random.SeedSequence(seed).generate_state(6))
+
     def conv(filters: int):
-        return layers.Conv2D(filters, 3, padding="same", activation="relu",
-                             kernel_initializer=keras.initializers.RandomNormal(stddev=CONV_STDDEV))
+        init = keras.initializers.RandomNormal(stddev=CONV_STDDEV, seed=next(layer_seeds))
+        return layers.Conv2D(filters, 3, padding="same", activation="relu", kernel_initializer=init)
+
+    def dense(units: int, activation: str):
+        init = keras.initializers.GlorotUniform(seed=next(layer_seeds))
+        return layers.Dense(units, activation=activation, kernel_initializer=init)
 
     return keras.Sequential([
         keras.Input(tuple(image_shape), dtype="uint8"),
@@ -221,6 +236,6 @@ def seed_cnn(input_scale: float = INPUT_SCALE, classes: int = 10, image_shape=(3
         conv(32), conv(32), layers.MaxPooling2D(2),
         conv(64), conv(64), layers.MaxPooling2D(2),
         layers.Flatten(),
-        layers.Dense(256, activation="relu"),
-        layers.Dense(classes, activation="softmax"),
+        dense(256, "relu"),
+        dense(classes, "softmax"),
     ], name="seed_cnn")
