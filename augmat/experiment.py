@@ -463,7 +463,8 @@ def collect(cfg: ExperimentConfig, runs: list[Run]) -> tuple[list[dict], list[di
         m = _read_json(run_dir / "metrics.json") or {}
         history = _read_json(run_dir / "history.json") or []
         row = {"name": run.name, "size": run.size, "mode": run.mode, "repeat": run.repeat, "seed": run.seed,
-               "run_dir": str(run_dir), "status": m.get("status", "pending")}
+               "run_dir": str(run_dir), "status": m.get("status", "pending"),
+               "val_accuracy_per_epoch": [h.get("val_accuracy") for h in history]}
         if row["status"] == "finished":
             images = m["epochs"] * run.size
             row.update(epochs=m["epochs"], final_val_accuracy=m.get("final_val_accuracy"),
@@ -475,8 +476,7 @@ def collect(cfg: ExperimentConfig, runs: list[Run]) -> tuple[list[dict], list[di
                        wall_seconds=m["wall_seconds"], train_seconds=m["train_seconds"],
                        images_per_second=m["images_per_second"],
                        wall_images_per_second=images / max(m["wall_seconds"], 1e-9),
-                       data_wait_seconds=m.get("data_wait_seconds"),
-                       val_accuracy_per_epoch=[h.get("val_accuracy") for h in history])
+                       data_wait_seconds=m.get("data_wait_seconds"))
         rows.append(row)
     cells = []
     for n in cfg.sizes:
@@ -546,10 +546,40 @@ def copies_answer(cfg: ExperimentConfig, cells: list[dict]) -> list[dict]:
     return answers
 
 
+def budgets(epochs: int) -> list[int]:
+    """The shorter budgets the report reads off the same runs: a quarter, a half and three
+    quarters of ``epochs``, and ``epochs``."""
+    return sorted({max(1, round(epochs * q)) for q in (0.25, 0.5, 0.75)} | {epochs})
+
+
+def by_budget(cfg: ExperimentConfig, rows: list[dict]) -> list[dict]:
+    """Per size and shorter budget E: each cell's validation accuracy after epoch E (mean,
+    sd, runs) and the smallest K within ``MATCH_POINTS`` of online's mean there.
+
+    A run of E epochs is the first E epochs of a longer one: the learning rate is constant
+    and each epoch's batches depend only on the seed and the epoch's index (an offline
+    epoch e shows copy block e mod K), so validation accuracy after epoch E of these runs is
+    what runs of E epochs reach, with no extra training. Runs still going count for the
+    epochs they have finished. (Test accuracy is measured only at the end of a run.)"""
+    out = []
+    for n in cfg.sizes:
+        for e in budgets(cfg.epochs):
+            cells = {}
+            for mode in cfg.modes:
+                vals = [r["val_accuracy_per_epoch"][e - 1] for r in rows if r["size"] == n and r["mode"] == mode
+                        and len(r["val_accuracy_per_epoch"]) >= e and r["val_accuracy_per_epoch"][e - 1] is not None]
+                cells[mode] = _stats(vals)
+            on = cells.get("online")
+            match = [k for k in sorted(cfg.copies) if on and cells[f"offline-c{k}"]
+                     and 100 * (cells[f"offline-c{k}"]["mean"] - on["mean"]) >= -MATCH_POINTS - 1e-9]
+            out.append({"size": n, "epochs": e, "cells": cells, "k": match[0] if match else None})
+    return out
+
+
 def write_report(cfg: ExperimentConfig, runs: list[Run], meta: dict, finished: float | None = None) -> dict:
     out = Path(cfg.out)
     rows, cells = collect(cfg, runs)
-    results = dict(meta, runs=rows, cells=cells, answer=copies_answer(cfg, cells),
+    results = dict(meta, runs=rows, cells=cells, answer=copies_answer(cfg, cells), by_budget=by_budget(cfg, rows),
                    seed_published={str(k): v for k, v in SEED_PUBLISHED.items()},
                    seed_published_epochs=SEED_EPOCHS, updated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                    complete=all(r["status"] == "finished" for r in rows))
@@ -605,6 +635,23 @@ def markdown(cfg: ExperimentConfig, res: dict) -> str:
                   f"{c['epochs']} (the number of epochs) no copy is shown twice, the same distribution as "
                   "online augmentation, drawn ahead of time; the question is how fast accuracy falls as K "
                   "drops below the number of epochs."]
+    if res.get("by_budget") and cfg.online:
+        modes = cfg.modes
+        lines += ["", "### At shorter budgets, from the same runs", "",
+                  "Validation accuracy after epoch E (mean ± sd over the runs that reached it; test accuracy "
+                  "is measured only at a run's end). A run of E epochs is the first E epochs of a longer one "
+                  "(constant learning rate; each epoch's batches depend only on the seed and the epoch's "
+                  "index), so this is what runs of E epochs reach. Last column: the smallest K within "
+                  f"{MATCH_POINTS:g} point of online's mean at that budget.", "",
+                  "| N | epochs | " + " | ".join(modes) + " | smallest K |",
+                  "| ---: | ---: | " + " | ".join("---" for _ in modes) + " | ---: |"]
+        for b in res["by_budget"]:
+            cells = [("-" if not b["cells"][m] else
+                      f"{100 * b['cells'][m]['mean']:.1f}"
+                      + (f" ± {100 * b['cells'][m]['sd']:.1f}" if b["cells"][m]["n"] > 1 else "")
+                      + f" ({b['cells'][m]['n']})") for m in modes]
+            k = b["k"] if b["k"] is not None else ("none" if b["cells"].get("online") else "-")
+            lines.append(f"| {b['size']:,} | {b['epochs']} | " + " | ".join(cells) + f" | {k} |")
     lines += ["", "## Accuracy per size and mode", "",
               "Final-epoch validation accuracy and test accuracy of the final model: mean ± sample sd "
               "(min-max) over runs, then every run's test accuracy in run order; train − val: final-epoch "

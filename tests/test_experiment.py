@@ -380,3 +380,35 @@ def test_a_stopped_run_continues_on_its_own_file_when_copies_grow(smoke, source,
         # Another seed renders other images: not resumed either.
         got, resume, _ = _resumable(tc, "not finished", replace(build_config(grown, 1000), seed=1), sha)
         assert not resume
+
+
+def test_shorter_budgets_are_read_off_the_same_runs(tmp_path):
+    """Validation accuracy after epoch E of every run (an unfinished run for the epochs it
+    finished) answers the question at E epochs: made-up curves with a known answer."""
+    from dataclasses import asdict
+    from augmat.experiment import ExperimentConfig, budgets, plan_runs, write_report
+    assert budgets(60) == [15, 30, 45, 60] and budgets(4) == [1, 2, 3, 4] and budgets(1) == [1]
+    cfg = ExperimentConfig(sizes=(1000,), copies=(1, 8), online=True, epochs=4, out=str(tmp_path),
+                           repeats_for={"online": 2})
+    curves = {"n1000-unaugmented-r0": [0.35, 0.45, 0.45, 0.45], "n1000-offline-c1-r0": [0.30, 0.40, 0.45, 0.50],
+              "n1000-offline-c8-r0": [0.30, 0.395, 0.47, 0.595], "n1000-online-r0": [0.30, 0.40, 0.50, 0.60],
+              "n1000-online-r1": [0.32, 0.42]}  # stopped after epoch 2
+    for name, val in curves.items():
+        _fake_run(tmp_path / "runs" / name, 0.5, val[-1], 0.7, epochs=len(val))
+        (tmp_path / "runs" / name / "history.json").write_text(json.dumps(
+            [{"epoch": e, "val_accuracy": v} for e, v in enumerate(val, 1)]))
+    (tmp_path / "runs" / "n1000-online-r1" / "metrics.json").write_text(json.dumps({"status": "interrupted"}))
+    meta = {"command": "augmat experiment ...", "config": asdict(cfg), "augmat_version": "x", "started": "now",
+            "builds": [], "source_sha256": "0" * 64, "keras_version": "3", "keras_backend": "tensorflow",
+            "device": "CPU only", "python": "3", "host": "h"}
+    res = write_report(cfg, plan_runs(cfg), meta)
+    got = {b["epochs"]: b for b in res["by_budget"]}
+    # Online's mean: 31, 41, 50, 60; within 1 point: K = 1 at epochs 1 (30) and 2 (40), none at
+    # 3 (c1 45, c8 47), K = 8 at 4 (59.5).
+    assert [got[e]["k"] for e in (1, 2, 3, 4)] == [1, 1, None, 8]
+    assert got[2]["cells"]["online"]["n"] == 2 and got[3]["cells"]["online"]["n"] == 1
+    assert got[2]["cells"]["online"]["mean"] == pytest.approx(0.41)
+    md = (tmp_path / "results.md").read_text()
+    assert "### At shorter budgets, from the same runs" in md
+    assert "| 1,000 | 3 | 45.0 (1) | 45.0 (1) | 47.0 (1) | 50.0 (1) | none |" in md
+    assert "| 1,000 | 2 | 45.0 (1) | 40.0 (1) | 39.5 (1) | 41.0 ± 1.4 (2) | 1 |" in md
