@@ -304,7 +304,8 @@ def _augmat(*args, env=None, cwd=None):
 def test_a_killed_run_resumes_to_the_model_of_an_uninterrupted_one(tiny_h5, tmp_path):
     """SIGKILL after epoch 2 of 3 (the process kills itself once the epoch's checkpoint is
     written), then the same command with --resume: the final model is the uninterrupted
-    run's, the first two epochs' history is the same, and the stream went on with epoch 3."""
+    run's, the first two epochs' history is the same, and the stream went on with epoch 3.
+    A run of 2 epochs is the first two epochs of the run of 3."""
     import keras
     args = ["train", tiny_h5, "--epochs", 3, "--batch-size", 32, "--seed", 2, "--order", "copies", "-q"]
     full = _augmat(*args, "--run-dir", tmp_path / "full")
@@ -329,6 +330,16 @@ def test_a_killed_run_resumes_to_the_model_of_an_uninterrupted_one(tiny_h5, tmp_
     for x, y in zip(h_full, h_cut):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-4)
     assert not list((tmp_path / "cut").glob("checkpoint-*"))  # finished: the final model has it all
+    # A run of 2 epochs is the first 2 epochs of the run of 3 (what `augmat experiment`'s
+    # report relies on to answer at shorter budgets from the same runs).
+    short = _augmat(*[a if a != 3 else 2 for a in args], "--run-dir", tmp_path / "short")
+    assert short.returncode == 0, short.stderr[-2000:]
+    h_short = json.loads((tmp_path / "short" / "history.json").read_text())
+    assert [h["epoch"] for h in h_short] == [1, 2]
+    for x, y in zip(h_full, h_short):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-4)
+        assert x["val_loss"] == pytest.approx(y["val_loss"], rel=1e-4)
+        assert x["val_accuracy"] == pytest.approx(y["val_accuracy"], abs=1e-6)
 
 
 def test_resume_refuses_other_options_and_an_empty_run_dir(tiny_h5, tmp_path):
