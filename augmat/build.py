@@ -135,7 +135,7 @@ class BuildConfig:
         object.__setattr__(self, "sharpen_sigma", float(self.sharpen_sigma))
         unknown = [o for o in self.ops if o not in OP_NAMES]
         if unknown:
-            raise AugmatError(f"unknown op {', '.join(unknown)}; choose from {', '.join(OP_NAMES)}")
+            raise AugmatError(f"--ops: unknown op {', '.join(unknown)}; choose from {', '.join(OP_NAMES)}")
         if not self.ops:
             raise AugmatError("--ops is empty; name at least one of " + ", ".join(OP_NAMES))
         if self.copies < 1:

@@ -112,7 +112,7 @@ class ExperimentConfig:
             raise AugmatError(f"unknown --order {self.order}; choose one of {', '.join(ORDERS)}")
         unknown = [o for o in self.ops if o not in OP_NAMES]
         if unknown:
-            raise AugmatError(f"unknown op {', '.join(unknown)}; choose from {', '.join(OP_NAMES)}")
+            raise AugmatError(f"--ops: unknown op {', '.join(unknown)}; choose from {', '.join(OP_NAMES)}")
         if not self.ops:
             raise AugmatError("--ops is empty; name at least one of " + ", ".join(OP_NAMES))
         named = [m for m, _ in self.repeats_for]
@@ -276,7 +276,7 @@ def _read_json(path: Path):
         return None
 
 
-def finished_run(run_dir: Path, tc, build: BuildConfig) -> tuple[bool, str]:
+def finished_run(run_dir: Path, tc, build: BuildConfig, source_sha256: str | None = None) -> tuple[bool, str]:
     """(True, '') if ``run_dir`` holds a finished run of ``tc`` on a file of ``build``;
     (False, why) otherwise. Raises if it holds a finished run with *other* options.
 
@@ -296,6 +296,8 @@ def finished_run(run_dir: Path, tc, build: BuildConfig) -> tuple[bool, str]:
         diff.append("copies")
     diff += [f"file {k}" for k in BuildConfig.CONTENT_FIELDS if k != "copies"
              and _listed(BuildConfig.recorded(built, k)) != _content(build)[k]]
+    if source_sha256 and config.get("file", {}).get("source_sha256") not in (None, source_sha256):
+        diff.append("source")
     if diff:
         raise AugmatError(f"{run_dir} holds a finished run with other options ({', '.join(diff)}); "
                           "choose another --out, or delete that run dir to train it again")
@@ -332,7 +334,7 @@ def prepare(cfg: ExperimentConfig, command: str = "", log=print) -> tuple[list[R
     plans = []
     for run in runs:
         tc, bc = train_config(cfg, run), build_config(cfg, run.size)
-        plans.append((run, tc, *finished_run(Path(tc.run_dir), tc, bc)))
+        plans.append((run, tc, *finished_run(Path(tc.run_dir), tc, bc, sha)))
     log(f"experiment: sizes {', '.join(map(str, cfg.sizes))}; cells {', '.join(cfg.modes)}; "
         f"{_repeats_text(cfg)}; {cfg.epochs} epochs of N images; {len(runs)} runs -> {out}")
     builds = ensure_files(cfg, sha, log)
@@ -386,9 +388,26 @@ def run_experiment(cfg: ExperimentConfig, command: str = "", log=print) -> dict:
     return results
 
 
+def _other_images(saved: dict, build: BuildConfig, source_sha256: str | None) -> str | None:
+    """None if the run dir's ``config.json`` (``saved``) says it trained on a file of the
+    images ``build`` makes (any number of copies) from ``source_sha256``; otherwise what differs."""
+    file = saved.get("file") or {}
+    built = file.get("build")
+    if built is None:
+        return None  # nothing recorded to compare
+    diff = [k for k in BuildConfig.CONTENT_FIELDS if k != "copies"
+            and _listed(BuildConfig.recorded(built, k)) != _content(build)[k]]
+    if diff:
+        return f"a file built with other options ({', '.join(diff)})"
+    if source_sha256 and file.get("source_sha256") not in (None, source_sha256):
+        return "a file built from another source"
+    return None
+
+
 def _resumable(tc, why: str, build: BuildConfig, source_sha256: str) -> tuple[object, bool, str]:
     """Whether an unfinished run's dir can be continued from its last epoch (same options,
-    a checkpoint): (the TrainConfig to continue it with, True, why), else (tc, False, why not).
+    the same images, a checkpoint): (the TrainConfig to continue it with, True, why), else
+    (tc, False, why not).
 
     A run started on another file of the same images (an experiment rerun with a larger
     --copies builds a new file) continues on the file it started on while that file is
@@ -396,20 +415,28 @@ def _resumable(tc, why: str, build: BuildConfig, source_sha256: str) -> tuple[ob
     trained are not thrown away."""
     from dataclasses import replace
     from augmat_train.rundir import open_run_dir_to_resume
+    saved = _read_json(Path(tc.run_dir) / "config.json") or {}
+    other = _other_images(saved, build, source_sha256)
+    if other:
+        return tc, False, f"{why}, and cannot be resumed: it trained on {other}"
     try:
         open_run_dir_to_resume(tc.run_dir, tc.settled())
         return tc, True, why
     except AugmatError as e:
-        refused = e
-    started_on = ((_read_json(Path(tc.run_dir) / "config.json") or {}).get("config") or {}).get("file")
-    if started_on and started_on != tc.file and Path(started_on).exists() \
-            and _file_matches(Path(started_on), build, source_sha256, any_copies=True) is None:
-        same = replace(tc, file=started_on)
-        try:
-            open_run_dir_to_resume(same.run_dir, same.settled())
-            return same, True, why
-        except AugmatError:
-            pass
+        refused = str(e)
+    started_on = (saved.get("config") or {}).get("file")
+    if started_on and started_on != tc.file:
+        bad = "it is gone" if not Path(started_on).exists() else \
+            _file_matches(Path(started_on), build, source_sha256, any_copies=True)
+        if bad:
+            refused = f"the file it started on, {started_on}: {bad}"
+        else:
+            same = replace(tc, file=started_on)
+            try:
+                open_run_dir_to_resume(same.run_dir, same.settled())
+                return same, True, why
+            except AugmatError as e:
+                refused = str(e)
     return tc, False, f"{why}, and cannot be resumed ({refused})"
 
 
@@ -455,13 +482,28 @@ def _stats(values: list[float]) -> dict | None:
     return {"mean": mean, "sd": sd, "min": min(values), "max": max(values), "n": len(values)}
 
 
-def collect(cfg: ExperimentConfig, runs: list[Run]) -> tuple[list[dict], list[dict]]:
+def _same_run(cfg: ExperimentConfig, run: Run, saved: dict, source_sha256: str | None) -> bool:
+    """Whether a run dir's ``config.json`` (``saved``) is a run of ``run`` in this experiment,
+    whatever its number of epochs: one whose history counts, even while it is not finished
+    (a stopped run with other options is trained again when its turn comes)."""
+    had = saved.get("config") or {}
+    want = asdict(train_config(cfg, run))
+    if any(had.get(k) != want[k] for k in _RUN_KEYS if k != "epochs"):
+        return False
+    built = (saved.get("file") or {}).get("build") or {}
+    if run.copies is not None and (had.get("copies_used") or built.get("copies")) != run.copies:
+        return False
+    return _other_images(saved, build_config(cfg, run.size), source_sha256) is None
+
+
+def collect(cfg: ExperimentConfig, runs: list[Run], source_sha256: str | None = None) -> tuple[list[dict], list[dict]]:
     """Per run and per cell, from the run dirs."""
     rows = []
     for run in runs:
         run_dir = Path(cfg.out) / "runs" / run.name
         m = _read_json(run_dir / "metrics.json") or {}
-        history = _read_json(run_dir / "history.json") or []
+        saved = _read_json(run_dir / "config.json") or {}
+        history = (_read_json(run_dir / "history.json") or []) if _same_run(cfg, run, saved, source_sha256) else []
         row = {"name": run.name, "size": run.size, "mode": run.mode, "repeat": run.repeat, "seed": run.seed,
                "run_dir": str(run_dir), "status": m.get("status", "pending"),
                "val_accuracy_per_epoch": [h.get("val_accuracy") for h in history]}
@@ -570,15 +612,22 @@ def by_budget(cfg: ExperimentConfig, rows: list[dict]) -> list[dict]:
                         and len(r["val_accuracy_per_epoch"]) >= e and r["val_accuracy_per_epoch"][e - 1] is not None]
                 cells[mode] = _stats(vals)
             on = cells.get("online")
-            match = [k for k in sorted(cfg.copies) if on and cells[f"offline-c{k}"]
-                     and 100 * (cells[f"offline-c{k}"]["mean"] - on["mean"]) >= -MATCH_POINTS - 1e-9]
-            out.append({"size": n, "epochs": e, "cells": cells, "k": match[0] if match else None})
+            k, at_most, unknown = None, None, False
+            for c in sorted(cfg.copies):
+                cell = cells[f"offline-c{c}"]
+                if cell is None:
+                    unknown = True  # no run of this K has reached epoch E yet
+                elif on and 100 * (cell["mean"] - on["mean"]) >= -MATCH_POINTS - 1e-9:
+                    k, at_most = (None, c) if unknown else (c, None)
+                    break
+            out.append({"size": n, "epochs": e, "cells": cells, "k": k, "k_at_most": at_most,
+                        "undecided": unknown and k is None})
     return out
 
 
 def write_report(cfg: ExperimentConfig, runs: list[Run], meta: dict, finished: float | None = None) -> dict:
     out = Path(cfg.out)
-    rows, cells = collect(cfg, runs)
+    rows, cells = collect(cfg, runs, meta.get("source_sha256"))
     results = dict(meta, runs=rows, cells=cells, answer=copies_answer(cfg, cells), by_budget=by_budget(cfg, rows),
                    seed_published={str(k): v for k, v in SEED_PUBLISHED.items()},
                    seed_published_epochs=SEED_EPOCHS, updated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -635,14 +684,15 @@ def markdown(cfg: ExperimentConfig, res: dict) -> str:
                   f"{c['epochs']} (the number of epochs) no copy is shown twice, the same distribution as "
                   "online augmentation, drawn ahead of time; the question is how fast accuracy falls as K "
                   "drops below the number of epochs."]
-    if res.get("by_budget") and cfg.online:
+    if res.get("by_budget") and cfg.online and cfg.val:
         modes = cfg.modes
         lines += ["", "### At shorter budgets, from the same runs", "",
                   "Validation accuracy after epoch E (mean ± sd over the runs that reached it; test accuracy "
                   "is measured only at a run's end). A run of E epochs is the first E epochs of a longer one "
                   "(constant learning rate; each epoch's batches depend only on the seed and the epoch's "
-                  "index), so this is what runs of E epochs reach. Last column: the smallest K within "
-                  f"{MATCH_POINTS:g} point of online's mean at that budget.", "",
+                  "index), so this is what runs of E epochs reach; runs still going count for the epochs "
+                  "they have finished. Last column: the smallest K within "
+                  f"{MATCH_POINTS:g} point of online's mean validation accuracy at that budget.", "",
                   "| N | epochs | " + " | ".join(modes) + " | smallest K |",
                   "| ---: | ---: | " + " | ".join("---" for _ in modes) + " | ---: |"]
         for b in res["by_budget"]:
@@ -650,7 +700,9 @@ def markdown(cfg: ExperimentConfig, res: dict) -> str:
                       f"{100 * b['cells'][m]['mean']:.1f}"
                       + (f" ± {100 * b['cells'][m]['sd']:.1f}" if b["cells"][m]["n"] > 1 else "")
                       + f" ({b['cells'][m]['n']})") for m in modes]
-            k = b["k"] if b["k"] is not None else ("none" if b["cells"].get("online") else "-")
+            k = (b["k"] if b["k"] is not None else f"<= {b['k_at_most']} (smaller K not run yet)"
+                 if b["k_at_most"] else "none so far" if b["undecided"] and b["cells"].get("online")
+                 else "none" if b["cells"].get("online") else "-")
             lines.append(f"| {b['size']:,} | {b['epochs']} | " + " | ".join(cells) + f" | {k} |")
     lines += ["", "## Accuracy per size and mode", "",
               "Final-epoch validation accuracy and test accuracy of the final model: mean ± sample sd "

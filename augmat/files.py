@@ -6,6 +6,7 @@ fsynced, then renamed, so a run stopped at any point leaves whole files or none.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -45,7 +46,11 @@ def atomic_path(path: Path, keep_suffix: bool = False, fault=None):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_path(path.parent)
+    try:
+        fsync_path(path.parent)
+    except OSError as e:  # the file is in place; some network and FUSE mounts cannot sync a folder
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EACCES):
+            raise
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -53,7 +58,7 @@ def write_text_atomic(path: Path, text: str) -> None:
         with atomic_path(path) as tmp:
             tmp.write_text(text)
     except OSError as e:
-        raise AugmatError(f"cannot write {path} ({e.strerror})") from None
+        raise AugmatError(f"cannot write {path} ({e.strerror or e})") from None
 
 
 def write_json(path: Path, data) -> None:
@@ -67,7 +72,7 @@ def save_figure(fig, path: Path, dpi: int) -> None:
         with atomic_path(path, keep_suffix=True) as tmp:
             fig.savefig(tmp, dpi=dpi)
     except OSError as e:
-        raise AugmatError(f"cannot write {path} ({e.strerror})") from None
+        raise AugmatError(f"cannot write {path} ({e.strerror or e})") from None
     finally:
         plt.close(fig)
 

@@ -317,7 +317,7 @@ def test_unknown_op(tmp_path, cifar_archive):
     r = run_cli("build", "--source", cifar_archive, "--subset", 5, "--ops", "rotate,bogus", cwd=tmp_path)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     line, = r.stderr.strip().splitlines()  # one line, as the README says
-    assert line.startswith("augmat: error: unknown op bogus; choose from identity, rotate")
+    assert line.startswith("augmat: error: --ops: unknown op bogus; choose from identity, rotate")
 
 
 def test_existing_output_is_refused_unless_forced(tmp_path, cifar_archive):

@@ -376,27 +376,36 @@ def test_a_stopped_run_continues_on_its_own_file_when_copies_grow(smoke, source,
         assert resume and got == replace(tc, file=str(started_on)), mode
         # The same file claimed to come from another source: not the same images, not resumed.
         got, resume, why = _resumable(tc, "not finished", build_config(grown, 1000), "0" * 64)
-        assert not resume and got == tc and "cannot be resumed (--resume: " in why
+        assert not resume and got == tc and f"the file it started on, {started_on}: built from another" in why
         # Another seed renders other images: not resumed either.
         got, resume, _ = _resumable(tc, "not finished", replace(build_config(grown, 1000), seed=1), sha)
         assert not resume
+        # A run that trained on other images at today's path (the file was rebuilt with other
+        # options since) is not continued on the new file.
+        (run_dir / "config.json").write_text(json.dumps({"config": asdict(tc), "file": {
+            "build": dict(asdict(build_config(grown, 1000)), seed=5, ops=list(grown.ops))}}))
+        got, resume, why = _resumable(tc, "not finished", build_config(grown, 1000), sha)
+        assert not resume and why.endswith("it trained on a file built with other options (seed)")
 
 
 def test_shorter_budgets_are_read_off_the_same_runs(tmp_path):
     """Validation accuracy after epoch E of every run (an unfinished run for the epochs it
     finished) answers the question at E epochs: made-up curves with a known answer."""
     from dataclasses import asdict
-    from augmat.experiment import ExperimentConfig, budgets, plan_runs, write_report
+    from augmat.experiment import ExperimentConfig, budgets, plan_runs, train_config, write_report
     assert budgets(60) == [15, 30, 45, 60] and budgets(4) == [1, 2, 3, 4] and budgets(1) == [1]
     cfg = ExperimentConfig(sizes=(1000,), copies=(1, 8), online=True, epochs=4, out=str(tmp_path),
                            repeats_for={"online": 2})
     curves = {"n1000-unaugmented-r0": [0.35, 0.45, 0.45, 0.45], "n1000-offline-c1-r0": [0.30, 0.40, 0.45, 0.50],
               "n1000-offline-c8-r0": [0.30, 0.395, 0.47, 0.595], "n1000-online-r0": [0.30, 0.40, 0.50, 0.60],
               "n1000-online-r1": [0.32, 0.42]}  # stopped after epoch 2
+    runs = {run.name: run for run in plan_runs(cfg)}
     for name, val in curves.items():
         _fake_run(tmp_path / "runs" / name, 0.5, val[-1], 0.7, epochs=len(val))
         (tmp_path / "runs" / name / "history.json").write_text(json.dumps(
             [{"epoch": e, "val_accuracy": v} for e, v in enumerate(val, 1)]))
+        (tmp_path / "runs" / name / "config.json").write_text(json.dumps(
+            {"config": asdict(train_config(cfg, runs[name]))}))
     (tmp_path / "runs" / "n1000-online-r1" / "metrics.json").write_text(json.dumps({"status": "interrupted"}))
     meta = {"command": "augmat experiment ...", "config": asdict(cfg), "augmat_version": "x", "started": "now",
             "builds": [], "source_sha256": "0" * 64, "keras_version": "3", "keras_backend": "tensorflow",
@@ -412,3 +421,15 @@ def test_shorter_budgets_are_read_off_the_same_runs(tmp_path):
     assert "### At shorter budgets, from the same runs" in md
     assert "| 1,000 | 3 | 45.0 (1) | 45.0 (1) | 47.0 (1) | 50.0 (1) | none |" in md
     assert "| 1,000 | 2 | 45.0 (1) | 40.0 (1) | 39.5 (1) | 41.0 ± 1.4 (2) | 1 |" in md
+    # A run dir of other options (here K = 1 at another batch size, stopped: it is trained
+    # again when its turn comes) does not count; the smallest K is then known only as a bound.
+    c1 = tmp_path / "runs" / "n1000-offline-c1-r0"
+    (c1 / "metrics.json").write_text(json.dumps({"status": "interrupted"}))
+    (c1 / "config.json").write_text(json.dumps({"config": dict(asdict(train_config(cfg, runs[c1.name])),
+                                                               batch_size=64)}))
+    got = {b["epochs"]: b for b in write_report(cfg, plan_runs(cfg), meta)["by_budget"]}
+    assert got[1]["cells"]["offline-c1"] is None and got[1]["k"] is None and got[1]["k_at_most"] == 8
+    assert got[3]["k"] is None and got[3]["undecided"]
+    md = (tmp_path / "results.md").read_text()
+    assert "| 1,000 | 1 | 35.0 (1) | - | 30.0 (1) | 31.0 ± 1.4 (2) | <= 8 (smaller K not run yet) |" in md
+    assert "| 1,000 | 3 | 45.0 (1) | - | 47.0 (1) | 50.0 (1) | none so far |" in md

@@ -78,7 +78,7 @@ def save_model(model, path: Path) -> None:
         with atomic_path(path, keep_suffix=True) as tmp:  # Keras wants the .keras suffix
             model.save(tmp)
     except OSError as e:
-        raise AugmatError(f"cannot write {path} ({e.strerror})") from None
+        raise AugmatError(f"cannot write {path} ({e.strerror or e})") from None
 
 
 def write_history(run_dir: Path, history: list[dict]) -> None:

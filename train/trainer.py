@@ -130,7 +130,8 @@ def run(cfg: TrainConfig, log=print, resume: bool = False) -> dict:
                           {"config": asdict(cfg), "stream": stream.describe(), "file": {
                               "rows": stream.rows, "sources": stream.sources, "copy_blocks": stream.block_copy,
                               "copies_used": stream.copies_used,
-                              "augmat_version": stream.info.version, "build": stream.info.config}})
+                              "augmat_version": stream.info.version, "build": stream.info.config,
+                              "source_sha256": stream.info.source.get("sha256")}})
         log(stream.describe())
         return _train(cfg, stream, (x_val, y_val), (x_test, y_test), run_dir, t_start, log)
     finally:
