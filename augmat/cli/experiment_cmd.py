@@ -82,8 +82,10 @@ def experiment_command(**options) -> None:
 
     Writes results.md, results.json, curves.png, bars.png and copies.png (test accuracy
     against K, online and unaugmented as bands) into --out after every run; results.md
-    names the smallest K within 1 point of online's mean test accuracy.
-    A stopped experiment resumes: finished runs are kept and skipped. Keras backend: KERAS_BACKEND.
+    names the smallest K within 1 point of online's mean test accuracy, and the same on
+    validation accuracy at a quarter, half and three quarters of --epochs, read off the
+    same runs. A stopped experiment resumes: finished runs are kept and skipped, a stopped
+    run continues from its last epoch. Keras backend: KERAS_BACKEND.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from ..experiment import ExperimentConfig, command_line, run_experiment
