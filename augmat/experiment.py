@@ -226,15 +226,32 @@ def _file_matches(path: Path, bc: BuildConfig, source_sha256: str, any_copies: b
     except AugmatError as e:
         return str(e)
     f.close()
-    fields = [k for k in BuildConfig.CONTENT_FIELDS if not (any_copies and k == "copies")]
-    recorded = {k: _listed(BuildConfig.recorded(info.config, k)) for k in fields}
-    wanted = {k: _content(bc)[k] for k in fields}
-    if recorded != wanted:
-        diff = [k for k in fields if recorded[k] != wanted[k]]
-        return f"built with other options ({', '.join(diff)})"
-    if info.source.get("sha256") != source_sha256:
-        return "built from another source"
-    return None
+    # A file records its source's checksum; one without is from another source.
+    diff = _differences(info.config, info.source.get("sha256") or "", bc, source_sha256, any_copies)
+    options = [k for k in diff if k != "source"]
+    if options:
+        return f"built with other options ({', '.join(options)})"
+    return "built from another source" if diff else None
+
+
+def _differences(built: dict, built_from: str | None, bc: BuildConfig, source_sha256: str | None,
+                 any_copies: bool = True) -> list[str]:
+    """Which of ``bc``'s content fields differ from a recorded build (``built``: a file's
+    build options, or what a run dir's ``config.json`` recorded of its file), the number
+    of copies aside unless ``any_copies`` is False; then "source" if the recorded source
+    checksum ``built_from`` is not ``source_sha256`` (None on either side: not compared)."""
+    diff = [k for k in BuildConfig.CONTENT_FIELDS if not (any_copies and k == "copies")
+            and _listed(BuildConfig.recorded(built, k)) != _content(bc)[k]]
+    if source_sha256 and built_from not in (None, source_sha256):
+        diff.append("source")
+    return diff
+
+
+def _copies_streamed(saved: dict) -> int | None:
+    """How many copy blocks a run dir's run streamed (``config.json``: ``saved``): what it
+    was told to use, else all of its file's."""
+    return (saved.get("config") or {}).get("copies_used") or \
+        ((saved.get("file") or {}).get("build") or {}).get("copies")
 
 
 def ensure_files(cfg: ExperimentConfig, source_sha256: str, log) -> list[dict]:
@@ -291,13 +308,11 @@ def finished_run(run_dir: Path, tc, build: BuildConfig, source_sha256: str | Non
     want = asdict(tc)
     had = config.get("config", {})
     diff = [k for k in _RUN_KEYS if had.get(k) != want[k]]
-    built = config.get("file", {}).get("build") or {}
-    if tc.mode == "offline" and (had.get("copies_used") or built.get("copies")) != (tc.copies_used or build.copies):
+    if tc.mode == "offline" and _copies_streamed(config) != (tc.copies_used or build.copies):
         diff.append("copies")
-    diff += [f"file {k}" for k in BuildConfig.CONTENT_FIELDS if k != "copies"
-             and _listed(BuildConfig.recorded(built, k)) != _content(build)[k]]
-    if source_sha256 and config.get("file", {}).get("source_sha256") not in (None, source_sha256):
-        diff.append("source")
+    file = config.get("file") or {}
+    diff += [k if k == "source" else f"file {k}"
+             for k in _differences(file.get("build") or {}, file.get("source_sha256"), build, source_sha256)]
     if diff:
         raise AugmatError(f"{run_dir} holds a finished run with other options ({', '.join(diff)}); "
                           "choose another --out, or delete that run dir to train it again")
@@ -392,16 +407,13 @@ def _other_images(saved: dict, build: BuildConfig, source_sha256: str | None) ->
     """None if the run dir's ``config.json`` (``saved``) says it trained on a file of the
     images ``build`` makes (any number of copies) from ``source_sha256``; otherwise what differs."""
     file = saved.get("file") or {}
-    built = file.get("build")
-    if built is None:
+    if file.get("build") is None:
         return None  # nothing recorded to compare
-    diff = [k for k in BuildConfig.CONTENT_FIELDS if k != "copies"
-            and _listed(BuildConfig.recorded(built, k)) != _content(build)[k]]
-    if diff:
-        return f"a file built with other options ({', '.join(diff)})"
-    if source_sha256 and file.get("source_sha256") not in (None, source_sha256):
-        return "a file built from another source"
-    return None
+    diff = _differences(file["build"], file.get("source_sha256"), build, source_sha256)
+    options = [k for k in diff if k != "source"]
+    if options:
+        return f"a file built with other options ({', '.join(options)})"
+    return "a file built from another source" if diff else None
 
 
 def _resumable(tc, why: str, build: BuildConfig, source_sha256: str) -> tuple[object, bool, str]:
@@ -490,8 +502,7 @@ def _same_run(cfg: ExperimentConfig, run: Run, saved: dict, source_sha256: str |
     want = asdict(train_config(cfg, run))
     if any(had.get(k) != want[k] for k in _RUN_KEYS if k != "epochs"):
         return False
-    built = (saved.get("file") or {}).get("build") or {}
-    if run.copies is not None and (had.get("copies_used") or built.get("copies")) != run.copies:
+    if run.copies is not None and _copies_streamed(saved) != run.copies:
         return False
     return _other_images(saved, build_config(cfg, run.size), source_sha256) is None
 
