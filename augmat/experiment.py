@@ -319,18 +319,25 @@ def finished_run(run_dir: Path, tc, build: BuildConfig, source_sha256: str | Non
     return True, ""
 
 
-def prepare(cfg: ExperimentConfig, command: str = "", log=print) -> tuple[list[Run], list[tuple], dict]:
+def prepare(cfg: ExperimentConfig, command: str = "", log=print,
+            report_only: bool = False) -> tuple[list[Run], list[tuple], dict]:
     """Check the input, plan every run, build or reuse the files, write the first report.
 
     Returns (runs, plans, meta): ``plans`` is one ``(run, TrainConfig, finished, why)`` per
     run, ``meta`` the report's header (for :func:`write_report`). A finished run with other
-    options is refused here, before any file is built or any report rewritten."""
+    options is refused here, before any file is built or any report rewritten.
+
+    ``report_only``: build nothing; the header keeps what the last report of ``cfg.out``
+    said of its files and of the machine the runs trained on."""
     from .sources import load_source
 
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise AugmatError(f"--out {out} is a file; choose a folder")
+    if report_only and not (out / "runs").is_dir():
+        raise AugmatError(f"--report-only: {out} holds no runs; run the experiment first "
+                          "(the same command without --report-only)")
     check_folder_writable(out, "--out")
     src = load_source(cfg.source)  # fails now on a bad source; its checksum decides reuse
     n_train = len(src.train_labels)
@@ -340,8 +347,9 @@ def prepare(cfg: ExperimentConfig, command: str = "", log=print) -> tuple[list[R
                           f"left after --val {cfg.val} (the source has {n_train}); lower --sizes or --val")
     sha = src.sha256
     del src
-    for sub in ("data", "runs"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    if not report_only:
+        for sub in ("data", "runs"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
 
     runs = plan_runs(cfg)
     # Every run's state first: a finished run with other options is refused here, before
@@ -352,10 +360,17 @@ def prepare(cfg: ExperimentConfig, command: str = "", log=print) -> tuple[list[R
         plans.append((run, tc, *finished_run(Path(tc.run_dir), tc, bc, sha)))
     log(f"experiment: sizes {', '.join(map(str, cfg.sizes))}; cells {', '.join(cfg.modes)}; "
         f"{_repeats_text(cfg)}; {cfg.epochs} epochs of N images; {len(runs)} runs -> {out}")
-    builds = ensure_files(cfg, sha, log)
     meta = {"command": command, "config": asdict(cfg), "augmat_version": __version__,
-            "started": started, "builds": builds, "source_sha256": sha}
-    meta.update(environment())
+            "started": started, "source_sha256": sha}
+    if report_only:
+        last = _read_json(out / "results.json") or {}
+        meta["builds"] = last.get("builds", [])
+        meta["started"] = last.get("started", started)
+        trained_on = {k: last[k] for k in _ENVIRONMENT if k in last}
+        meta.update(trained_on if len(trained_on) == len(_ENVIRONMENT) else environment())
+    else:
+        meta["builds"] = ensure_files(cfg, sha, log)
+        meta.update(environment())
     write_report(cfg, runs, meta)
     return runs, plans, meta
 
@@ -367,14 +382,21 @@ def _repeats_text(cfg: ExperimentConfig) -> str:
     return "runs per cell: " + ", ".join(f"{m} {c}" for m, c in zip(cfg.modes, counts))
 
 
-def run_experiment(cfg: ExperimentConfig, command: str = "", log=print) -> dict:
+def run_experiment(cfg: ExperimentConfig, command: str = "", log=print, report_only: bool = False) -> dict:
     """Build, train every run not finished yet, write the report; returns ``results.json``'s dict.
+    ``report_only``: only write the report of the runs in ``cfg.out`` so far, planned as
+    ``cfg``'s whole sweep (cells not run yet are listed as such); nothing is built or trained.
 
     Raises AugmatError for bad input, KeyboardInterrupt on Ctrl-C (finished runs and the
     report of them stay in ``cfg.out``; the same command resumes)."""
     t0 = time.perf_counter()
     out = Path(cfg.out)
-    runs, plans, meta = prepare(cfg, command, log)
+    runs, plans, meta = prepare(cfg, command, log, report_only)
+    if report_only:
+        done = sum(1 for _, _, finished, _ in plans if finished)
+        log(f"report of {done} finished run(s) of the {len(runs)} planned, nothing trained: "
+            f"{out / 'results.md'}")
+        return json.loads((out / "results.json").read_text())
 
     trained = skipped = 0
     for i, (run, tc, done, why) in enumerate(plans, 1):
@@ -473,8 +495,10 @@ def environment() -> dict:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     device = (", ".join(accel) if accel else "CPU only") + f"; CPU {cpu}, {cores} cores"
-    return {"keras_version": keras.__version__, "keras_backend": backend, "device": device,
-            "python": sys.version.split()[0], "host": platform.node()}
+    return dict(zip(_ENVIRONMENT, (keras.__version__, backend, device, sys.version.split()[0], platform.node())))
+
+
+_ENVIRONMENT = ("keras_version", "keras_backend", "device", "python", "host")
 
 
 # --- the report -------------------------------------------------------------------------

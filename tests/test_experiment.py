@@ -152,6 +152,34 @@ def test_a_stopped_run_is_trained_again_the_rest_kept(smoke, source, tmp_path):
     assert json.loads((copy / "results.json").read_text())["complete"] is True
 
 
+def test_report_only_reports_the_planned_sweep_and_trains_nothing(smoke, source, tmp_path):
+    """--report-only on a copy of the smoke's runs, without its file, planned with one more K:
+    the runs so far are reported as they are, the new cell as not run, nothing is built
+    or trained, and the header keeps the files and machine of the runs."""
+    out, first = smoke
+    assert first.exit_code == 0, first.output
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "data")
+    last = json.loads((copy / "results.json").read_text())
+    args = smoke_args(source, copy)
+    args[args.index("--copies") + 1] = "4,2,1"
+    r = experiment(*args, "--report-only")
+    assert r.exit_code == 0, r.output
+    assert "report of 4 finished run(s) of the 5 planned, nothing trained" in r.output
+    assert "Epoch" not in r.output and not (copy / "data").exists()
+    assert sorted(p.name for p in (copy / "runs").iterdir()) == sorted(RUNS)
+    res = json.loads((copy / "results.json").read_text())
+    assert res["config"]["copies"] == [4, 2, 1] and "--report-only" not in res["command"]
+    assert res["builds"] == last["builds"] and res["device"] == last["device"] and res["started"] == last["started"]
+    assert res["complete"] is False
+    status = {run["name"]: run["status"] for run in res["runs"]}
+    assert status.pop("n1000-offline-c4-r0") != "finished" and set(status.values()) == {"finished"}
+    assert {c["mode"]: c["test"] for c in res["cells"] if c["mode"] != "offline-c4"} == \
+        {c["mode"]: c["test"] for c in last["cells"]}
+    assert "offline-c4" in (copy / "results.md").read_text()
+
+
 def test_a_killed_run_resumes_from_its_last_epoch(source, tmp_path):
     """SIGKILL after the first epoch of the first run; the same command continues that run
     from its checkpoint (not from scratch), then trains the rest."""
@@ -205,6 +233,7 @@ def test_other_options_on_a_finished_out_are_refused(smoke, source):
     (["--sizes", "1150"], r"--sizes 1150 is larger than the 1100 training images left after --val 100"),
     (["--sizes", "200", "--source", "{tmp}/nowhere"], r"--source .*nowhere: no such file or folder"),
     (["--sizes", "200", "--out", "{tmp}/a-file"], r"--out .*a-file is a file; choose a folder"),
+    (["--sizes", "200", "--report-only"], r"--report-only: .*out holds no runs; run the experiment first"),
 ])
 def test_bad_input_is_one_line(args, pattern, source, tmp_path):
     (tmp_path / "a-file").write_text("")

@@ -70,7 +70,10 @@ def _cell_counts(ctx, param, value: str | None):
               help="Offline stream order, as for `augmat train`.")
 @click.option("--raw-inputs", is_flag=True,
               help="Feed raw 0..255 pixels to the first conv, as the seed did (default: rescaled to 0..1).")
-def experiment_command(**options) -> None:
+@click.option("--report-only", is_flag=True,
+              help="Only write the report of the runs in --out so far, planned as the sweep the other "
+                   "options describe (cells not run yet listed as such); nothing is built or trained.")
+def experiment_command(report_only: bool, **options) -> None:
     """Reproduce the seed's table: train the seed CNN unaugmented, on pre-rendered copies
     and (--online) augmented fresh every epoch, for each size, at equal gradient steps.
 
@@ -92,7 +95,7 @@ def experiment_command(**options) -> None:
 
     cfg = ExperimentConfig(**options)
     try:
-        run_experiment(cfg, command=command_line(cfg), log=click.echo)
+        run_experiment(cfg, command=command_line(cfg), log=click.echo, report_only=report_only)
     except KeyboardInterrupt:
         click.echo(f"augmat: interrupted; finished runs and their report are in {cfg.out}: "
                    "rerun the same command to resume", err=True)
