@@ -293,9 +293,14 @@ def _read_json(path: Path):
         return None
 
 
-def finished_run(run_dir: Path, tc, build: BuildConfig, source_sha256: str | None = None) -> tuple[bool, str]:
+_RETRAIN = "choose another --out, or delete that run dir to train it again"
+
+
+def finished_run(run_dir: Path, tc, build: BuildConfig, source_sha256: str | None = None,
+                 advice: str = _RETRAIN) -> tuple[bool, str]:
     """(True, '') if ``run_dir`` holds a finished run of ``tc`` on a file of ``build``;
-    (False, why) otherwise. Raises if it holds a finished run with *other* options.
+    (False, why) otherwise. Raises if it holds a finished run with *other* options (the
+    error ends with ``advice``).
 
     The number of copies is compared as what the run *streamed*, not what its file held:
     an offline run of K copies is the same run on a file of K copies or on the first K of
@@ -314,8 +319,7 @@ def finished_run(run_dir: Path, tc, build: BuildConfig, source_sha256: str | Non
     diff += [k if k == "source" else f"file {k}"
              for k in _differences(file.get("build") or {}, file.get("source_sha256"), build, source_sha256)]
     if diff:
-        raise AugmatError(f"{run_dir} holds a finished run with other options ({', '.join(diff)}); "
-                          "choose another --out, or delete that run dir to train it again")
+        raise AugmatError(f"{run_dir} holds a finished run with other options ({', '.join(diff)}); {advice}")
     return True, ""
 
 
@@ -357,17 +361,24 @@ def prepare(cfg: ExperimentConfig, command: str = "", log=print,
     plans = []
     for run in runs:
         tc, bc = train_config(cfg, run), build_config(cfg, run.size)
-        plans.append((run, tc, *finished_run(Path(tc.run_dir), tc, bc, sha)))
+        advice = "give the options it was trained with, or another --out" if report_only else _RETRAIN
+        plans.append((run, tc, *finished_run(Path(tc.run_dir), tc, bc, sha, advice)))
     log(f"experiment: sizes {', '.join(map(str, cfg.sizes))}; cells {', '.join(cfg.modes)}; "
         f"{_repeats_text(cfg)}; {cfg.epochs} epochs of N images; {len(runs)} runs -> {out}")
     meta = {"command": command, "config": asdict(cfg), "augmat_version": __version__,
             "started": started, "source_sha256": sha}
     if report_only:
-        last = _read_json(out / "results.json") or {}
-        meta["builds"] = last.get("builds", [])
-        meta["started"] = last.get("started", started)
+        # What only the runs' own session knew: the files it built, when it started, how
+        # long it took, the machine it trained on.
+        last = _read_json(out / "results.json")
+        last = last if isinstance(last, dict) else {}
+        meta["builds"] = last.get("builds") or []
+        meta.update({k: last[k] for k in ("started", "experiment_seconds") if last.get(k) is not None})
         trained_on = {k: last[k] for k in _ENVIRONMENT if k in last}
-        meta.update(trained_on if len(trained_on) == len(_ENVIRONMENT) else environment())
+        if len(trained_on) < len(_ENVIRONMENT):
+            log(f"no earlier report in {out}: the report lists no files and names this machine")
+            trained_on = environment()
+        meta.update(trained_on)
     else:
         meta["builds"] = ensure_files(cfg, sha, log)
         meta.update(environment())

@@ -161,7 +161,10 @@ def test_report_only_reports_the_planned_sweep_and_trains_nothing(smoke, source,
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     shutil.rmtree(copy / "data")
-    last = json.loads((copy / "results.json").read_text())
+    # The machine the runs trained on, as only the last report knows it.
+    last = dict(json.loads((copy / "results.json").read_text()), device="the runs' GPU", host="elsewhere",
+                experiment_seconds=4321.0)
+    (copy / "results.json").write_text(json.dumps(last))
     args = smoke_args(source, copy)
     args[args.index("--copies") + 1] = "4,2,1"
     r = experiment(*args, "--report-only")
@@ -171,13 +174,30 @@ def test_report_only_reports_the_planned_sweep_and_trains_nothing(smoke, source,
     assert sorted(p.name for p in (copy / "runs").iterdir()) == sorted(RUNS)
     res = json.loads((copy / "results.json").read_text())
     assert res["config"]["copies"] == [4, 2, 1] and "--report-only" not in res["command"]
-    assert res["builds"] == last["builds"] and res["device"] == last["device"] and res["started"] == last["started"]
+    assert res["builds"] == last["builds"] and res["started"] == last["started"]
+    assert (res["device"], res["host"], res["experiment_seconds"]) == ("the runs' GPU", "elsewhere", 4321.0)
+    assert "the runs' GPU" in (copy / "results.md").read_text()
     assert res["complete"] is False
     status = {run["name"]: run["status"] for run in res["runs"]}
     assert status.pop("n1000-offline-c4-r0") != "finished" and set(status.values()) == {"finished"}
     assert {c["mode"]: c["test"] for c in res["cells"] if c["mode"] != "offline-c4"} == \
         {c["mode"]: c["test"] for c in last["cells"]}
     assert "offline-c4" in (copy / "results.md").read_text()
+
+    # Without an earlier report: no files listed, this machine named.
+    (copy / "results.json").unlink()
+    r = experiment(*args, "--report-only")
+    assert r.exit_code == 0, r.output
+    assert "no earlier report" in r.output
+    res = json.loads((copy / "results.json").read_text())
+    assert res["builds"] == [] and res["device"] != "the runs' GPU"
+
+    # A finished run with other options: refused, with advice that deletes nothing.
+    args[args.index("--epochs") + 1] = "3"
+    r = experiment(*args, "--report-only")
+    line = _one_error_line(r, r"holds a finished run with other options \(epochs\)")
+    assert line.endswith("give the options it was trained with, or another --out")
+    assert sorted(p.name for p in (copy / "runs").iterdir()) == sorted(RUNS)
 
 
 def test_a_killed_run_resumes_from_its_last_epoch(source, tmp_path):
