@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -82,12 +83,22 @@ def table_row(run: Path, metrics: dict) -> str:
             f"{images / train_s:.0f} |")
 
 
+def _table_order(run: Path) -> tuple:
+    """The report's order: by size, then unaugmented, offline by K, online, then repeat."""
+    m = re.fullmatch(r"n(\d+)-(unaugmented|offline-c(\d+)|online)-r(\d+)", run.name)
+    if m is None:
+        return (1, run.name)
+    size, mode, k, repeat = m.groups()
+    rank = {"unaugmented": 0, "online": 2}.get(mode, 1)
+    return (0, int(size), rank, int(k or 0), int(repeat))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path, help="the experiment's --out folder (reports/evidence-60)")
     ap.add_argument("dest", type=Path, help="the tracked folder (docs/evidence/evidence-60)")
     args = ap.parse_args()
-    runs = sorted(p for p in (args.out / "runs").glob("*") if p.is_dir())
+    runs = sorted((p for p in (args.out / "runs").glob("*") if p.is_dir()), key=_table_order)
     if not runs:
         raise SystemExit(f"{args.out / 'runs'} holds no runs: nothing to keep")
     rows, unfinished = [], []

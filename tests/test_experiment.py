@@ -202,7 +202,9 @@ def test_report_only_reports_the_planned_sweep_and_trains_nothing(smoke, source,
 
 def test_a_killed_run_resumes_from_its_last_epoch(source, tmp_path):
     """SIGKILL after the first epoch of the first run; the same command continues that run
-    from its checkpoint (not from scratch), then trains the rest."""
+    from its checkpoint (not from scratch), then trains the rest. In between, the whole
+    --out is lost but for what bench/evidence_snapshot.py kept: that is enough to go on
+    (the file is built again, the run continues from its checkpoint)."""
     import signal
     import subprocess
     import sys
@@ -215,12 +217,32 @@ def test_a_killed_run_resumes_from_its_last_epoch(source, tmp_path):
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     first = out / "runs" / "n1000-unaugmented-r0"
     assert json.loads((first / "state.json").read_text())["epochs"] == 1
+
+    kept = tmp_path / "kept"
+    snapshot = [sys.executable, str(Path(__file__).parents[1] / "bench" / "evidence_snapshot.py"), str(out), str(kept)]
+    s = subprocess.run(snapshot, capture_output=True, text=True, timeout=120, check=True)
+    assert "unfinished: n1000-unaugmented-r0: trained 1 epochs" in s.stdout
+    checkpoint = json.loads((first / "state.json").read_text())["checkpoint"]
+    assert sorted(p.name for p in (kept / "runs" / first.name).iterdir()) == sorted(
+        ["config.json", "history.csv", "history.json", "state.json", checkpoint]
+        + (["metrics.json"] if (first / "metrics.json").exists() else []))
+    shutil.rmtree(out)  # the machine goes away; what was kept is copied back
+    shutil.copytree(kept / "runs", out / "runs")
+
     r = subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resuming n1000-unaugmented-r0" in r.stdout and "after epoch 1 of 2" in r.stdout
     m = json.loads((first / "metrics.json").read_text())
     assert m["status"] == "finished" and m["resumed_after_epoch"] == 1 and m["epochs"] == 2
     assert json.loads((out / "results.json").read_text())["complete"] is True
+
+    # Once finished, the snapshot keeps no checkpoint and prints the run's README row.
+    s = subprocess.run(snapshot, capture_output=True, text=True, timeout=120, check=True)
+    assert s.stdout.startswith("| n1000-unaugmented-r0 | 2 | ") and "unfinished: none" in s.stdout
+    assert f"{100 * m['test_accuracy']:.2f}%" in s.stdout.splitlines()[0]
+    assert sorted(p.name for p in (kept / "runs" / first.name).iterdir()) == \
+        ["config.json", "history.csv", "history.json", "metrics.json"]
+    assert (kept / "results.md").exists() and (kept / "results.json").exists()
 
 
 def test_other_options_on_a_finished_out_are_refused(smoke, source):
