@@ -65,6 +65,16 @@ def write_json(path: Path, data) -> None:
     write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
+def copy_file(src: Path, dst: Path) -> None:
+    """``src`` copied whole to ``dst`` (a stop mid-copy leaves the old ``dst`` as it was)."""
+    import shutil
+    try:
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+    except OSError as e:
+        raise AugmatError(f"cannot copy {src} to {dst} ({e.strerror or e})") from None
+
+
 def save_figure(fig, path: Path, dpi: int) -> None:
     """A matplotlib figure saved whole as ``path`` (PNG), then closed."""
     import matplotlib.pyplot as plt

@@ -43,6 +43,7 @@ from augmat.store import shards_folder  # noqa: E402
 from augmat.ops import DEFAULT_OPS, OP_NAMES, OPS, apply_ops  # noqa: E402
 from augmat.reference import REFERENCE, apply_one_at_a_time  # noqa: E402
 from augmat.sources import load_source  # noqa: E402
+from augmat.files import write_text_atomic  # noqa: E402
 
 NUMERICS = {
     "identity": "a copy",
@@ -224,7 +225,7 @@ def main() -> None:
         report += section_c(args.source, folder, args.subset, (2, 8, 16), work)
     report += ["", f"Load average at end {os.getloadavg()[0]:.2f}."]
     text = "\n".join(report)
-    (work.parent / "bench_build.md").write_text(text + "\n")
+    write_text_atomic(work.parent / "bench_build.md", text + "\n")
     print(text)
 
 

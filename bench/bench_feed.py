@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from augmat.files import write_json
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SOURCES = ("numpy", "stream", "online", "seed", "tf.data")
 
@@ -206,7 +208,7 @@ def main() -> None:
                  f"The seed CNN: (a) is what this device trains on; the stream keeps up (b >= 0.95 a): {verdict}")
               + f" (medians {min(verdicts):.2f}-{max(verdicts):.2f})."]
     Path("data").mkdir(exist_ok=True)
-    Path("data/bench_feed.json").write_text(json.dumps(results, indent=1))
+    write_json(Path("data/bench_feed.json"), results)
     print("\n".join(lines))
 
 

@@ -17,11 +17,12 @@ The file must hold its originals (``augmat build --include-originals``) for ``--
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import time
+
+from augmat.files import write_json
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -124,8 +125,7 @@ def main() -> None:
         print(f"| {name} | {r['median_images_per_s']:,.0f} | {rounds} | "
               f"{100 * (r['median_images_per_s'] / base - 1):+.1f}% |")
     if a.out:
-        with open(a.out, "w") as fh:
-            json.dump(out, fh, indent=1)
+        write_json(a.out, out)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import statistics
 import sys
 import tempfile
 
+from augmat.files import write_json
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -38,8 +40,7 @@ def main() -> None:
                     "best_val_accuracy", "final_val_accuracy", "test_accuracy", "wall_seconds")}})
                 print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     if a.out:
-        with open(a.out, "w") as fh:
-            json.dump(results, fh, indent=1)
+        write_json(a.out, results)
     print("| order | runs | final val acc (mean, min-max) | test acc (mean, min-max) |")
     print("| --- | --- | --- | --- |")
     for order in ("copies", "shuffle"):

@@ -10,7 +10,8 @@ needed to go on elsewhere into a tracked folder:
 - an unfinished run: the same plus ``state.json`` and the checkpoint it names, so that
   ``augmat experiment`` continues it from its last epoch once the folder is copied back
   into ``--out``/runs (older checkpoints of that run in the destination are removed);
-- the report: ``results.json``, ``results.md`` and its plots.
+- the report: ``results.json``, ``results.md`` and its plots, unless the destination's
+  report plans runs that this one does not (a part of the sweep run with fewer cells).
 
 Then it prints one README table row per finished run and the epochs of each unfinished one.
 
@@ -25,8 +26,9 @@ import argparse
 import csv
 import json
 import re
-import shutil
 from pathlib import Path
+
+from augmat.files import copy_file
 
 RUN_FILES = ("config.json", "metrics.json", "history.json", "history.csv")
 REPORT_FILES = ("results.json", "results.md", "*.png")
@@ -37,13 +39,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _copy(src: Path, dst: Path) -> None:
-    """Copy through a temporary name, so that a stop mid-copy leaves the old file whole."""
-    tmp = dst.with_name(dst.name + ".part")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
 
 
 def snapshot_run(run: Path, dest: Path) -> tuple[str, dict]:
@@ -61,7 +56,7 @@ def snapshot_run(run: Path, dest: Path) -> tuple[str, dict]:
     if not finished and state.get("checkpoint") and (run / state["checkpoint"]).exists():
         keep += ["state.json", state["checkpoint"]]
     for name in keep:
-        _copy(run / name, dest / name)
+        copy_file(run / name, dest / name)
     for old in dest.iterdir():  # what an earlier snapshot kept that this one replaces
         if old.name not in keep:
             old.unlink()
@@ -81,6 +76,11 @@ def table_row(run: Path, metrics: dict) -> str:
             f"{pct(metrics['final_val_accuracy'])} | {pct(metrics['test_accuracy'])} | "
             f"{100 * metrics['final_train_accuracy']:.1f}% | {gap:.1f} | {train_s / 60:.0f} | "
             f"{images / train_s:.0f} |")
+
+
+def _planned(folder: Path) -> set:
+    """The names of the runs a folder's report plans (none without a report)."""
+    return {r["name"] for r in _read_json(folder / "results.json").get("runs", [])}
 
 
 def _table_order(run: Path) -> tuple:
@@ -108,9 +108,16 @@ def main() -> None:
             rows.append(table_row(run, metrics))
         else:
             unfinished.append(f"{run.name}: {status}")
-    for pattern in REPORT_FILES:
-        for f in args.out.glob(pattern):
-            _copy(f, args.dest / f.name)
+    narrower = _planned(args.dest) - _planned(args.out)
+    if narrower:
+        # A part of the sweep run with fewer cells writes a report of those cells only:
+        # keep the tracked report of the whole sweep (rewrite it with --report-only).
+        print(f"report not copied: {args.out / 'results.json'} plans fewer runs than the one kept "
+              f"(not {', '.join(sorted(narrower))}); rerun the whole sweep's command with --report-only")
+    else:
+        for pattern in REPORT_FILES:
+            for f in args.out.glob(pattern):
+                copy_file(f, args.dest / f.name)
     print("\n".join(rows))
     print("unfinished:", "; ".join(unfinished) or "none")
 

@@ -89,12 +89,12 @@ def _table(results: dict) -> list[dict]:
 
 
 def _write(path: Path, results: dict, extra: dict) -> None:
-    from augmat.files import write_json
+    from augmat.files import copy_file, write_json
     write_json(path, dict(extra, table=_table(results), experiment=results))
     work = Path(results["config"]["out"])
     for name in ("results.md", "curves.png", "bars.png"):
         if (work / name).exists():
-            shutil.copyfile(work / name, path.with_name(f"{path.stem}.{name}"))
+            copy_file(work / name, path.with_name(f"{path.stem}.{name}"))
 
 
 def _print_table(rows: list[dict], epochs: int) -> None:

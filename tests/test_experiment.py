@@ -244,6 +244,14 @@ def test_a_killed_run_resumes_from_its_last_epoch(source, tmp_path):
         ["config.json", "history.csv", "history.json", "metrics.json"]
     assert (kept / "results.md").exists() and (kept / "results.json").exists()
 
+    # A report that plans fewer runs than the kept one (a part of a sweep) is not copied.
+    wider = json.loads((kept / "results.json").read_text())
+    wider["runs"].append({"name": "n1000-online-r0"})
+    (kept / "results.json").write_text(json.dumps(wider))
+    s = subprocess.run(snapshot, capture_output=True, text=True, timeout=120, check=True)
+    assert "report not copied" in s.stdout and "(not n1000-online-r0)" in s.stdout
+    assert json.loads((kept / "results.json").read_text()) == wider
+
 
 def test_other_options_on_a_finished_out_are_refused(smoke, source):
     out, first = smoke
