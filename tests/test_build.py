@@ -320,6 +320,20 @@ def test_unknown_op(tmp_path, cifar_archive):
     assert line.startswith("augmat: error: --ops: unknown op bogus; choose from identity, rotate")
 
 
+@pytest.mark.parametrize("args,expect", [
+    (["build", "--subset", "abc"], "Invalid value for '--subset': 'abc' is not a valid integer (see {} build -h)"),
+    (["build", "--ops"], "Option '--ops' requires an argument (see {} build -h)"),
+    (["train"], "Missing argument 'FILE' (see {} train -h)"),
+    (["biuld"], "No such command 'biuld'. Did you mean 'build'? (see {} -h)"),
+])
+def test_flags_click_cannot_parse_are_one_line_too(tmp_path, args, expect):
+    """click's own usage errors (four lines of usage and hint by default) are one line like
+    augmat's, with click's exit status for usage errors, naming the help as it was called."""
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert r.stderr.strip().splitlines() == ["augmat: error: " + expect.format("python -m augmat")]
+
+
 def test_existing_output_is_refused_unless_forced(tmp_path, cifar_archive):
     out = tmp_path / "e.h5"
     out.write_bytes(b"precious")

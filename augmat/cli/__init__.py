@@ -2,7 +2,8 @@
 frozen config and calls the library; nothing here does the work itself.
 
 Every user-facing failure is an :class:`~augmat.errors.AugmatError`, printed as one
-line on stderr with exit status 1; Ctrl-C exits with 130. Commands live one per
+line on stderr with exit status 1; a flag click cannot parse is one line too, with
+click's exit status 2; Ctrl-C exits with 130. Commands live one per
 module beside this file and are registered below.
 """
 
@@ -20,10 +21,29 @@ from .. import __version__  # noqa: E402
 from ..errors import AugmatError  # noqa: E402
 
 
+def _usage_error(e: click.UsageError, group: click.Context | None = None) -> None:
+    """A flag click cannot parse, as one line like every other error (exit status 2, as
+    click gives usage errors), naming the help that lists the flags."""
+    where = e.ctx.command_path if e.ctx is not None else "augmat"
+    if group is not None and (e.ctx is None or e.ctx is group) and group.invoked_subcommand:
+        where = f"{group.command_path} {group.invoked_subcommand}"  # click names the group
+    message = e.format_message().rstrip(".")
+    click.echo(f"augmat: error: {message} (see {where} -h)", err=True)
+    sys.exit(e.exit_code)
+
+
 class AugmatGroup(click.Group):
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as e:  # the group's own flags
+            _usage_error(e)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:  # an unknown command, a command's flags
+            _usage_error(e, ctx)
         except AugmatError as e:
             click.echo(f"augmat: error: {e}", err=True)
             sys.exit(1)
