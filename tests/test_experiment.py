@@ -11,7 +11,6 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -75,9 +74,9 @@ def test_smoke_trains_every_cell_and_writes_the_report(smoke, source):
     assert res["command"].split("augmat ", 1)[1].startswith("experiment --sizes 1000 --copies 2,1 --online --epochs 2")
     assert sorted(run["name"] for run in res["runs"]) == sorted(RUNS)
 
-    # Every cell learned: its classes differ in colour (conftest.CLASS_RAMPS); 400 test
-    # predictions at chance (10%) average above 15% with probability ~5e-4.
-    assert np.mean([run["test_accuracy"] for run in res["runs"]]) >= 0.15, res["runs"]
+    # Every cell learned: its classes differ in colour (conftest.CLASS_RAMPS); 100 test
+    # predictions at chance (10%) reach 20% with probability ~2e-3; the cells gave 35-38% here.
+    assert min(run["test_accuracy"] for run in res["runs"]) >= 0.2, res["runs"]
     for run in res["runs"]:
         assert run["status"] == "finished" and run["epochs"] == 2
         assert run["wall_seconds"] > 0 and run["images_per_second"] > 0 and run["wall_images_per_second"] > 0

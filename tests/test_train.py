@@ -49,7 +49,7 @@ def test_two_epochs_fill_the_run_dir(tiny_h5, tmp_path):
     # It learned: the fixture's classes differ in colour (conftest.CLASS_RAMPS), and 50 test
     # images at chance (10%) reach 30% with probability ~1e-4; seeds 4-6 gave 52-58% here.
     assert m["test_accuracy"] >= 0.3 and m["best_epoch"] in (1, 2)
-    assert m["images_per_second"] > 0 and m["data_wait_seconds"] >= 0
+    assert m["images_per_second"] > 0 and 0 <= m["data_wait_seconds"] < m["wall_seconds"]
     assert m["stream"]["rows_read"] >= 2 * 120
     # Keras took the stream's two epochs (and, with TensorFlow, probed two batches of them
     # for their shapes: see test_each_keras_epoch_is_one_stream_epoch).
@@ -162,11 +162,17 @@ def test_each_keras_epoch_is_one_stream_epoch(backend, read_ahead, tiny_h5):
     assert result["stats"]["batches"] == len(seen)
 
 
-def test_online_baseline_runs(tiny_h5, tmp_path):
-    r = train(tiny_h5, "--online", "--epochs", 1, "--batch-size", 20, "--run-dir", tmp_path / "on", "-q")
+def test_online_baseline_learns(tiny_h5, tmp_path):
+    """--online augments the originals in the input thread (reads no rendered rows) and
+    learns: the bound of test_two_epochs_fill_the_run_dir (30% of 50 test images, ~1e-4 at
+    chance). Its freshly drawn rotations and sharpen speckle need more steps than the
+    offline stream: 5 epochs gave 32-54% (TensorFlow) and 34-64% (JAX) over seeds 0-5."""
+    r = train(tiny_h5, "--online", "--epochs", 5, "--batch-size", 32, "--learning-rate", 1e-3, "--seed", 1,
+              "--run-dir", tmp_path / "on", "-q")
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "on" / "metrics.json").read_text())
     assert m["stream"]["augment_seconds"] > 0 and m["stream"]["rows_read"] == 0
+    assert m["test_accuracy"] >= 0.3, m
 
 
 def _damaged(kind: str, tiny_h5: Path, tmp: Path) -> Path:
