@@ -170,13 +170,6 @@ def write_shard(path: Path, data: dict[str, np.ndarray], op_names, attrs: dict, 
     return path.stat().st_size, sha
 
 
-def read_shard_attrs(path: Path) -> dict:
-    """A shard file's attributes (raises OSError if it is not a readable HDF5 file)."""
-    with h5py.File(path, "r") as f:
-        return {k: (v.decode() if isinstance(v, bytes) else v.item() if hasattr(v, "item") else v)
-                for k, v in f.attrs.items()}
-
-
 @dataclass(frozen=True)
 class ShardEntry:
     """One line of a master's shard manifest: the file's name in the shards folder, the

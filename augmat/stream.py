@@ -19,7 +19,7 @@ How a batch is made (offline mode, the default):
    reads copy block ``p mod K``, and the file's other blocks (originals included) are
    never read. One file of 32 copies serves K = 1, 2, 4, ..., 32.
 2. **Read.** A pass is cut into *blocks* of ``block_rows`` contiguous rows (default:
-   12 MiB of images, 4,096 rows at 32x32x3, 455 at 96x96x3) that start on HDF5 chunk boundaries; the blocks are shuffled (seeded by pass) and grouped into
+   12 MiB of images cut to whole chunks: 4,096 rows at 32x32x3, 448 at 96x96x3) that start on HDF5 chunk boundaries; the blocks are shuffled (seeded by pass) and grouped into
    *windows* of at most ``buffer_rows`` rows (default: 48 MiB of images), and each window's rows are permuted (seeded
    by pass and window). A window is read with one h5py call per block: h5py serialises
    every call behind one lock, so few large reads beat many small ones.
@@ -229,7 +229,7 @@ class Stream:
             self.pass_blocks = k
         self._labels = read_rows(f["labels"]).astype(np.int32)
         self._images = f["images"]
-        chunk = row_chunk(self._images)  # a sharded file's images (a virtual dataset) have no chunks
+        chunk = row_chunk(self._images)  # of a sharded file: its shards' chunks
         self.block_rows = max(chunk, block_rows - block_rows % chunk)
         self.buffer_rows = max(buffer_rows, self.block_rows)
 

@@ -3,8 +3,9 @@ frozen config and calls the library; nothing here does the work itself.
 
 Every user-facing failure is an :class:`~augmat.errors.AugmatError`, printed as one
 line on stderr with exit status 1; a flag click cannot parse is one line too, with
-click's exit status 2; Ctrl-C exits with 130. Commands live one per
-module beside this file and are registered below.
+click's exit status 2; Ctrl-C exits with 130. Commands live beside this
+file, a module per area (build and pack, train, inspect and preview, experiment), and
+are registered below.
 """
 
 from __future__ import annotations
@@ -64,17 +65,8 @@ def main() -> None:
     """
 
 
-def _register() -> None:
-    import importlib
-    for module in ("build_cmd", "train_cmd", "inspect_cmd", "experiment_cmd"):
-        try:
-            mod = importlib.import_module(f"{__name__}.{module}")
-        except ModuleNotFoundError as e:  # a command not written yet
-            if e.name != f"{__name__}.{module}":
-                raise
-            continue
-        for cmd in mod.COMMANDS:
-            main.add_command(cmd)
+from . import build_cmd, experiment_cmd, inspect_cmd, train_cmd  # noqa: E402
 
-
-_register()
+for _module in (build_cmd, train_cmd, inspect_cmd, experiment_cmd):
+    for _cmd in _module.COMMANDS:
+        main.add_command(_cmd)

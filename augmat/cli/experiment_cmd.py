@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
@@ -90,7 +89,6 @@ def experiment_command(report_only: bool, **options) -> None:
     same runs. A stopped experiment resumes: finished runs are kept and skipped, a stopped
     run continues from its last epoch. Keras backend: KERAS_BACKEND.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from ..experiment import ExperimentConfig, command_line, run_experiment
 
     cfg = ExperimentConfig(**options)

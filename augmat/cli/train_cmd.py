@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
@@ -55,7 +54,6 @@ def train_command(quiet: bool, resume: bool, mode: str | None, **options) -> Non
     run produces goes to --run-dir: config, history, best and final models, curves,
     metrics.json.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     from augmat_train import TrainConfig, run
 
     cfg = TrainConfig(mode=mode or "offline", verbose=2 if quiet else 1, **options)
