@@ -360,6 +360,27 @@ class Check:
         return f"{self.status}  {self.name:<10} {self.detail}"
 
 
+def verdict(checks: list[Check]) -> str:
+    """The line ``--verify`` ends with: FAILED, PASSED, or PASSED only what it could check
+    (some checks skipped), then the counts."""
+    failed = sum(c.failed for c in checks)
+    skipped = sum(c.status == "SKIP" for c in checks)
+    notes = sum(c.status == "NOTE" for c in checks)
+    word = "FAILED" if failed else "PASSED only what it could check" if skipped else "PASSED"
+    return (f"verify: {word} ({len(checks) - failed - skipped - notes} passed, {failed} failed, "
+            f"{skipped} skipped" + (f", {notes} note)" if notes else ")"))
+
+
+def verification_error(path, checks: list[Check]) -> AugmatError | None:
+    """The error a failed verification ends with (None if nothing failed): each failed
+    check with its rows at fault, or its detail."""
+    failed = [c for c in checks if c.failed]
+    if not failed:
+        return None
+    return AugmatError(f"{path} failed verification: " + "; ".join(
+        f"{c.name} ({rows_text(c.rows) if c.rows else c.detail})" for c in failed))
+
+
 def earlier_definitions_note(fmt: int, renamed) -> str:
     """What a file of an older format means by some op names (see augmat.ops.EARLIER_DEFINITIONS)."""
     pairs = ", ".join(f"{old} (today's op {new})" for old, new in renamed)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import AugmatError
-from ..inspection import format_summary, rows_text, source_listing, summarize
+from ..inspection import format_summary, source_listing, summarize, verdict, verification_error
 from ..inspection import verify as verify_file  # the --verify flag takes the name `verify`
 from ..pictures import PREVIEW_MAGNITUDES, check_writable, preview, samples_grid, save_png, source_index_grid
 from .options import size_callback
@@ -82,26 +82,20 @@ def inspect_command(path: str, as_json: bool, verify: bool, sample: int, seed: i
         save_png(fig, grid)
         if not as_json:
             click.echo(f"wrote {grid} ({fig.size[0]}x{fig.size[1]}): {len(fig.placed)} samples")
-    failed = []
+    checks = []
     if verify:
-        checks = []
         for check in verify_file(path, source, sample, seed):
             checks.append(check)
             if not as_json:
                 click.echo(str(check))
         out["verify"] = [c.to_dict() for c in checks]
-        failed = [c for c in checks if c.failed]
         if not as_json:
-            skipped = sum(c.status == "SKIP" for c in checks)
-            notes = sum(c.status == "NOTE" for c in checks)
-            verdict = "FAILED" if failed else "PASSED only what it could check" if skipped else "PASSED"
-            click.echo(f"verify: {verdict} ({len(checks) - len(failed) - skipped - notes} passed, "
-                       f"{len(failed)} failed, {skipped} skipped" + (f", {notes} note)" if notes else ")"))
+            click.echo(verdict(checks))
     if as_json:
         click.echo(json.dumps(out, indent=1))
-    if failed:
-        raise AugmatError(f"{path} failed verification: " + "; ".join(
-            f"{c.name} ({rows_text(c.rows) if c.rows else c.detail})" for c in failed))
+    error = verification_error(path, checks)
+    if error:
+        raise error
 
 
 def _refuse_to_overwrite(grid: str, path: str) -> None:
