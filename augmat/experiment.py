@@ -418,7 +418,7 @@ def run_experiment(cfg: ExperimentConfig, command: str = "", log=print, report_o
             continue
         resume = False
         if run_dir.exists():
-            tc, resume, why = _resumable(tc, why, build_config(cfg, run.size), meta["source_sha256"])
+            tc, resume, why = resumable(tc, why, build_config(cfg, run.size), meta["source_sha256"])
             if not resume:
                 log(f"[{i}/{len(runs)}] restarting {run.name}: the earlier attempt was {why}")
                 shutil.rmtree(run_dir)
@@ -449,7 +449,7 @@ def _other_images(saved: dict, build: BuildConfig, source_sha256: str | None) ->
     return "a file built from another source" if diff else None
 
 
-def _resumable(tc, why: str, build: BuildConfig, source_sha256: str) -> tuple[object, bool, str]:
+def resumable(tc, why: str, build: BuildConfig, source_sha256: str) -> tuple[object, bool, str]:
     """Whether an unfinished run's dir can be continued from its last epoch (same options,
     the same images, a checkpoint): (the TrainConfig to continue it with, True, why), else
     (tc, False, why not).

@@ -80,8 +80,10 @@ BLOCK_BYTES = 12 * 2**20   # per read (4,096 rows of 32x32x3: 16 chunks of 256 r
 BUFFER_BYTES = 48 * 2**20  # per shuffle window (16,384 rows of 32x32x3); two are held
 PREFETCH_BATCHES = 8       # batches made ahead of the training step
 
-# Independent random streams, SeedSequence(seed, spawn_key=(stream, pass[, window])).
-_BLOCK_STREAM, _ROW_STREAM, _SOURCE_STREAM, _DRAW_STREAM = 0, 1, 2, 3
+# Independent random streams, SeedSequence(seed, spawn_key=(stream, pass[, window])): with
+# the seed they are what a pass's order and online draws are made of (public: tests and
+# other readers rebuild a pass from them).
+BLOCK_STREAM, ROW_STREAM, SOURCE_STREAM, DRAW_STREAM = 0, 1, 2, 3
 _POLL_S = 0.1              # how often a blocked thread checks whether the stream was closed
 
 
@@ -233,6 +235,7 @@ class Stream:
         self.block_rows = max(chunk, block_rows - block_rows % chunk)
         self.buffer_rows = max(buffer_rows, self.block_rows)
 
+        self.allowed_ops = None  # online: the op codes (of the file's op table) it draws from
         if self.mode == "offline":
             self.streamed_rows = self.pass_blocks * n
         else:
@@ -243,7 +246,7 @@ class Stream:
                 unknown = [o for o in names if o not in self.info.op_names]
                 if unknown:
                     raise AugmatError(f"{path}: config names ops {unknown} the file's op table lacks")
-                self._allowed_ops = np.array([self.info.op_names.index(o) for o in names], np.uint8)
+                self.allowed_ops = np.array([self.info.op_names.index(o) for o in names], np.uint8)
         self.epoch_size = int(epoch_size) if epoch_size else self.streamed_rows
         if self.epoch_size < 1:
             raise AugmatError(f"epoch size must be at least 1 (got {epoch_size})")
@@ -291,7 +294,7 @@ class Stream:
             step = self.block_rows  # cut on multiples of block_rows: every read starts on a chunk boundary
             cuts = [lo] + list(range(lo - lo % step + step, hi, step)) + [hi]
             ranges = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-            ranges = [ranges[i] for i in seeded_rng(self.seed, _BLOCK_STREAM, p).permutation(len(ranges))]
+            ranges = [ranges[i] for i in seeded_rng(self.seed, BLOCK_STREAM, p).permutation(len(ranges))]
             windows, window, size = [], [], 0
             for a, b in ranges:  # whole blocks, at most buffer_rows rows per window
                 if window and size + b - a > self.buffer_rows:
@@ -303,10 +306,10 @@ class Stream:
             sizes = [sum(b - a for a, b in w) for w in windows]
             layout = (np.concatenate([[0], np.cumsum(sizes)]), windows)
         else:
-            perm = seeded_rng(self.seed, _SOURCE_STREAM, p).permutation(self.sources)
+            perm = seeded_rng(self.seed, SOURCE_STREAM, p).permutation(self.sources)
             ops = mags = None
             if self.mode == "online":
-                ops, mags = draw_ops(seeded_rng(self.seed, _DRAW_STREAM, p), self.sources, self._allowed_ops)
+                ops, mags = draw_ops(seeded_rng(self.seed, DRAW_STREAM, p), self.sources, self.allowed_ops)
             starts = np.array(list(range(0, self.sources, self.buffer_rows)) + [self.sources])
             layout = (starts, (perm, ops, mags))
         with self._lock:
@@ -357,7 +360,7 @@ class Stream:
         for a, b in ranges:
             read_rows(self._images, a, b, out=images[o:o + b - a])
             o += b - a
-        order = seeded_rng(self.seed, _ROW_STREAM, p, w).permutation(size)
+        order = seeded_rng(self.seed, ROW_STREAM, p, w).permutation(size)
         rows = np.concatenate([np.arange(a, b) for a, b in ranges])[order]
         with self._lock:
             self.stats["read_seconds"] += time.perf_counter() - t0

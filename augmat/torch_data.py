@@ -51,7 +51,7 @@ class AugmatBatches(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def _open(self) -> Stream:
+    def open_stream(self) -> Stream:
         """This process's own stream (a DataLoader worker opens the file itself)."""
         if self._stream is None or self._pid != os.getpid():
             self._stream, self._pid = Stream(self.path, *self._args, **self._options), os.getpid()
@@ -65,7 +65,7 @@ class AugmatBatches(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        stream = self._open()
+        stream = self.open_stream()
         indices = self.mine(worker, workers)
         stream.request_step = indices.step  # the prefetch follows this worker's own sequence
         try:

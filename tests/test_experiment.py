@@ -431,7 +431,7 @@ def test_a_stopped_run_continues_on_its_own_file_when_copies_grow(smoke, source,
     (n<N>-c<max K>.h5); the stopped run continues on the file it started on, which holds the
     same images, instead of being thrown away. A file of other images is not used."""
     from dataclasses import asdict, replace
-    from augmat.experiment import ExperimentConfig, Run, _resumable, build_config, train_config
+    from augmat.experiment import ExperimentConfig, Run, resumable, build_config, train_config
     from augmat.sources import load_source
     out, first = smoke
     assert first.exit_code == 0, first.output
@@ -450,19 +450,19 @@ def test_a_stopped_run_continues_on_its_own_file_when_copies_grow(smoke, source,
         tc = replace(train_config(grown, run), buffer_rows=tc_old.buffer_rows)
         assert tc.file != str(started_on)
         sha = load_source(str(source)).sha256
-        got, resume, _ = _resumable(tc, "not finished", build_config(grown, 1000), sha)
+        got, resume, _ = resumable(tc, "not finished", build_config(grown, 1000), sha)
         assert resume and got == replace(tc, file=str(started_on)), mode
         # The same file claimed to come from another source: not the same images, not resumed.
-        got, resume, why = _resumable(tc, "not finished", build_config(grown, 1000), "0" * 64)
+        got, resume, why = resumable(tc, "not finished", build_config(grown, 1000), "0" * 64)
         assert not resume and got == tc and f"the file it started on, {started_on}: built from another" in why
         # Another seed renders other images: not resumed either.
-        got, resume, _ = _resumable(tc, "not finished", replace(build_config(grown, 1000), seed=1), sha)
+        got, resume, _ = resumable(tc, "not finished", replace(build_config(grown, 1000), seed=1), sha)
         assert not resume
         # A run that trained on other images at today's path (the file was rebuilt with other
         # options since) is not continued on the new file.
         (run_dir / "config.json").write_text(json.dumps({"config": asdict(tc), "file": {
             "build": dict(asdict(build_config(grown, 1000)), seed=5, ops=list(grown.ops))}}))
-        got, resume, why = _resumable(tc, "not finished", build_config(grown, 1000), sha)
+        got, resume, why = resumable(tc, "not finished", build_config(grown, 1000), sha)
         assert not resume and why.endswith("it trained on a file built with other options (seed)")
 
 

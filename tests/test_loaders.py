@@ -73,7 +73,7 @@ def test_torch_ranks_and_workers_cover_every_row_once_per_epoch(medium_h5):
     for rank in range(world):
         ds = AugmatBatches(medium_h5, rank=rank, world_size=world, **OPTS)
         mine = [i for w in range(workers) for i in ds.mine(w, workers)]
-        stream = ds._open()
+        stream = ds.open_stream()
         seen += [r for i in mine for r in stream.batch(0, i).rows.tolist()]
     assert sorted(seen) == sorted(rows[0].tolist()) == list(range(1400))  # every row once
 

@@ -131,15 +131,15 @@ def test_online_draws_are_the_builds_draw_ops(medium_h5, medium):
     from the stream's draw stream of each pass, and renders them with apply_ops."""
     from augmat.ops import apply_ops
     from augmat.plan import draw_ops, seeded_rng
-    from augmat.stream import _DRAW_STREAM, _SOURCE_STREAM
+    from augmat.stream import DRAW_STREAM, SOURCE_STREAM
     originals = medium["images"][medium["copy"] == -1][np.argsort(medium["source_index"][medium["copy"] == -1])]
     with Stream(medium_h5, batch_size=40, seed=3, mode="online", buffer_rows=64) as s:
-        allowed = s._allowed_ops
+        allowed = s.allowed_ops
         for p in range(2):
             batches = list(s.batches())
             rows = np.concatenate([b.rows for b in batches])
-            np.testing.assert_array_equal(rows, seeded_rng(3, _SOURCE_STREAM, p).permutation(200))
-            ops, mags = draw_ops(seeded_rng(3, _DRAW_STREAM, p), 200, allowed)
+            np.testing.assert_array_equal(rows, seeded_rng(3, SOURCE_STREAM, p).permutation(200))
+            ops, mags = draw_ops(seeded_rng(3, DRAW_STREAM, p), 200, allowed)
             want = apply_ops(originals[rows], ops, mags, s.info.op_names)
             np.testing.assert_array_equal(np.concatenate([b.images for b in batches]), want)
 
