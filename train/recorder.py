@@ -46,9 +46,11 @@ class Recorder(keras.callbacks.Callback):
             per_step = (self._eta_marks[-1] - self._eta_marks[0]) / ETA_STEPS
             rate = self.stream.batch_size / max(per_step, 1e-9)
             left = (self.epochs - len(self.history)) * self.stream.epoch_size / rate
-            self.eta_log(f"no accelerator: training runs at ~{rate:,.0f} images/s on this CPU, so the "
-                         f"{self.epochs - len(self.history)} epochs left take about {_duration(left)} "
-                         f"(Ctrl-C stops; the same command with --resume continues)")
+            n = self.epochs - len(self.history)
+            what = "the epoch left takes" if n == 1 else f"the {n} epochs left take"
+            self.eta_log(f"no accelerator: training runs at ~{rate:,.0f} images/s on this CPU, so "
+                         f"{what} about {_duration(left)} (Ctrl-C stops; the same command with --resume "
+                         f"continues)")
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.perf_counter()
