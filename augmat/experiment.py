@@ -35,10 +35,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import shlex
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +45,7 @@ from . import __version__
 from .build import BuildConfig, build, default_workers
 from .errors import AugmatError
 from .files import check_folder_writable, save_figure, write_json, write_text_atomic
+from .kerasenv import ENVIRONMENT_KEYS, environment
 from .ops import DEFAULT_OPS, OP_NAMES
 from .stream import ORDERS
 
@@ -374,8 +373,8 @@ def prepare(cfg: ExperimentConfig, command: str = "", log=print,
         last = last if isinstance(last, dict) else {}
         meta["builds"] = last.get("builds") or []
         meta.update({k: last[k] for k in ("started", "experiment_seconds") if last.get(k) is not None})
-        trained_on = {k: last[k] for k in _ENVIRONMENT if k in last}
-        if len(trained_on) < len(_ENVIRONMENT):
+        trained_on = {k: last[k] for k in ENVIRONMENT_KEYS if k in last}
+        if len(trained_on) < len(ENVIRONMENT_KEYS):
             log(f"no earlier report in {out}: the report lists no files and names this machine")
             trained_on = environment()
         meta.update(trained_on)
@@ -490,28 +489,6 @@ def _clear_session() -> None:
     keras.backend.clear_session()
 
 
-def environment() -> dict:
-    """Keras version and backend, and the device it trains on, in words."""
-    from .kerasenv import accelerators, import_keras
-    keras = import_keras()
-    backend = keras.backend.backend()
-    accel = accelerators(backend)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    device = (", ".join(accel) if accel else "CPU only") + f"; CPU {cpu}, {cores} cores"
-    return dict(zip(_ENVIRONMENT, (keras.__version__, backend, device, sys.version.split()[0], platform.node())))
-
-
-_ENVIRONMENT = ("keras_version", "keras_backend", "device", "python", "host")
-
-
 # --- the report -------------------------------------------------------------------------
 
 def _seed_numbers(size: int, mode: str) -> dict | None:
@@ -564,7 +541,7 @@ def collect(cfg: ExperimentConfig, runs: list[Run], source_sha256: str | None = 
                        wall_seconds=m["wall_seconds"], train_seconds=m["train_seconds"],
                        images_per_second=m["images_per_second"],
                        wall_images_per_second=images / max(m["wall_seconds"], 1e-9),
-                       data_wait_seconds=m.get("data_wait_seconds"))
+                       data_wait_seconds=m.get("data_wait_seconds"), machines=m.get("machines") or [])
         rows.append(row)
     cells = []
     for n in cfg.sizes:
@@ -781,8 +758,9 @@ def markdown(cfg: ExperimentConfig, res: dict) -> str:
                      f"{'-' if r['gap'] is None else format(100 * r['gap'], '.1f')} | "
                      f"{r['wall_seconds']:.0f} | {r['images_per_second']:,.0f} | {r['wall_images_per_second']:,.0f} |")
     lines += ["", "Train images/s: the training steps only; wall images/s: images trained / the run's whole "
-              "wall time (validation every epoch, test, saving, loading included).", "",
-              "## Files", "", "| file | rows | built in | |", "| --- | ---: | ---: | --- |"]
+              "wall time (validation every epoch, test, saving, loading included).", ""]
+    lines += _machines_section(res["runs"])
+    lines += ["## Files", "", "| file | rows | built in | |", "| --- | ---: | ---: | --- |"]
     for b in res["builds"]:
         took = f"{b['seconds']:.0f} s" if b.get("seconds") is not None else "-"
         lines.append(f"| `{b['path']}` | {b['rows']:,} | {took} | {'reused' if b.get('reused') else 'built'} |")
@@ -791,6 +769,41 @@ def markdown(cfg: ExperimentConfig, res: dict) -> str:
               "![final accuracy per size and mode](bars.png)", "",
               "## Config", "", "```json", json.dumps(res["config"], indent=1, sort_keys=True), "```", ""]
     return "\n".join(lines)
+
+
+def _machine_epochs(run: dict) -> dict[str, list[str]]:
+    """Where a finished run trained: machine (device, host) in words -> the run's name, with
+    the epochs it trained there when it was resumed elsewhere; "" for epochs that no machine
+    was recorded for (runs trained before augmat recorded it)."""
+    spans = sorted(run.get("machines") or [], key=lambda m: m["first_epoch"])
+    starts = [m["first_epoch"] for m in spans] + [run["epochs"] + 1]
+    parts = [("", 1, starts[0] - 1)] + [(f"`{m['device']}` (host {m['host']})", a, b - 1)
+                                         for m, a, b in zip(spans, starts, starts[1:])]
+    out: dict[str, list[str]] = {}
+    for where, first, last in parts:
+        if first > last:
+            continue
+        whole = first == 1 and last == run["epochs"]
+        span = "" if whole else f" (epoch {first})" if first == last else f" (epochs {first}-{last})"
+        out.setdefault(where, []).append(run["name"] + span)
+    return out
+
+
+def _machines_section(runs: list[dict]) -> list[str]:
+    """The report's list of the machines the finished runs trained on: a sweep run in parts
+    may span several."""
+    by_machine: dict[str, list[str]] = {}
+    for run in runs:
+        if run["status"] == "finished":
+            for where, names in _machine_epochs(run).items():
+                by_machine.setdefault(where, []).extend(names)
+    if not by_machine:
+        return []
+    lines = ["## Machines", "", "Where each finished run trained (a run resumed on another machine is listed "
+             "under each, with its epochs):", ""]
+    for where, names in sorted(by_machine.items(), key=lambda kv: kv[0] == ""):
+        lines.append(f"- {where or 'not recorded (trained before augmat recorded the machine)'}: {', '.join(names)}")
+    return lines + [""]
 
 
 def _colors(modes: list[str]) -> dict[str, str]:

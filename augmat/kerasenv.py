@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import sys
+from pathlib import Path
 
 
 @contextlib.contextmanager
@@ -57,3 +59,25 @@ def import_keras():
             import tensorflow  # its C++ logging starts here
             tensorflow.config.list_physical_devices()  # and the device probe ("cuInit") here
     return keras
+
+
+ENVIRONMENT_KEYS = ("keras_version", "keras_backend", "device", "python", "host")
+
+
+def environment() -> dict:
+    """Keras version and backend, the device it trains on in words (the accelerators, or
+    CPU only; the CPU's model and cores), Python's version and the host's name."""
+    keras = import_keras()
+    backend = keras.backend.backend()
+    accel = accelerators(backend)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    device = (", ".join(accel) if accel else "CPU only") + f"; CPU {cpu}, {cores} cores"
+    return dict(zip(ENVIRONMENT_KEYS, (keras.__version__, backend, device, sys.version.split()[0], platform.node())))

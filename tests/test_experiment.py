@@ -112,6 +112,9 @@ def test_smoke_trains_every_cell_and_writes_the_report(smoke, source):
         row = next(line for line in md.splitlines() if line.startswith(f"| 1,000 | {mode} |"))
         assert f"{100 * cell['test']['mean']:.1f}%" in row
     assert "![validation accuracy per epoch](curves.png)" in md and "Incomplete" not in md
+    # Every run trained here, as its metrics record: one machine in the report's list.
+    assert "## Machines" in md and f"- `{res['device']}` (host {res['host']}): {RUNS[0]}, " in md
+    assert "not recorded" not in md
     assert "](copies.png)" in md and res["answer"][0]["sentence"] in md
     assert res["answer"][0]["sentence"].startswith("At N = 1,000 and 2 epochs")
     assert "198 epochs fewer (1% of the seed's gradient steps)" in md
@@ -382,6 +385,36 @@ def test_report_answers_the_question_with_every_run_and_the_bands(tmp_path):
     assert "| 9.0 |" in row and "| 2.0 |" in row  # gap, wall minutes
     for name in ("copies.png", "curves.png", "bars.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG
+
+
+def test_report_lists_the_machines_each_run_trained_on(tmp_path):
+    """A sweep run in parts spans machines: the report lists each with its runs, a run
+    resumed on another machine under both with its epochs, and runs that recorded none."""
+    tests = {("unaugmented", 0): 0.54, ("unaugmented", 1): 0.56, ("offline-c1", 0): 0.55}
+    gpu = {"device": "cuda:H200; CPU x, 16 cores", "host": "gpu1"}
+    cpu = {"device": "CPU only; CPU y, 2 cores", "host": "vm"}
+    from augmat.experiment import plan_runs, write_report
+    cfg, _ = _report(tmp_path, False, tests)
+    names = {(r.mode, r.repeat): r.name for r in plan_runs(cfg)}
+    for (mode, repeat), machines in {("unaugmented", 0): [{"first_epoch": 1, **cpu}],
+                                     ("unaugmented", 1): [{"first_epoch": 1, **cpu}, {"first_epoch": 3, **gpu}],
+                                     ("offline-c1", 0): [{"first_epoch": 2, **gpu}]}.items():
+        p = tmp_path / "runs" / names[(mode, repeat)] / "metrics.json"
+        p.write_text(json.dumps(dict(json.loads(p.read_text()), machines=machines)))
+    meta = dict(json.loads((tmp_path / "results.json").read_text()))
+    write_report(cfg, plan_runs(cfg), {k: meta[k] for k in ("command", "config", "augmat_version", "started", "builds",
+                                                              "source_sha256", "keras_version", "keras_backend",
+                                                              "device", "python", "host")})
+    md = (tmp_path / "results.md").read_text()
+    section = md.split("## Machines", 1)[1].split("## Files", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("- ")]
+    assert lines == [
+        f"- `{cpu['device']}` (host vm): {names[('unaugmented', 0)]}, {names[('unaugmented', 1)]} (epochs 1-2)",
+        f"- `{gpu['device']}` (host gpu1): {names[('offline-c1', 0)]} (epochs 2-3), {names[('unaugmented', 1)]} (epoch 3)",
+        f"- not recorded (trained before augmat recorded the machine): {names[('offline-c1', 0)]} (epoch 1)"]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert {r["name"]: r["machines"] for r in res["runs"] if r["status"] == "finished"}[names[("unaugmented", 1)]][1] \
+        == {"first_epoch": 3, **gpu}
 
 
 def test_report_says_when_no_k_matches_and_when_it_cannot_tell(tmp_path):

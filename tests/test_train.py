@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -323,11 +324,19 @@ def test_a_killed_run_resumes_to_the_model_of_an_uninterrupted_one(tiny_h5, tmp_
     assert killed.returncode == -signal.SIGKILL
     state = json.loads((tmp_path / "cut" / "state.json").read_text())
     assert state["epochs"] == 2 and not (tmp_path / "cut" / "metrics.json").exists()
+    assert [m["first_epoch"] for m in state["machines"]] == [1] and state["machines"][0]["host"] == platform.node()
+    # As if the first two epochs had trained on another machine: the resumed run lists both.
+    state["machines"] = [{"first_epoch": 1, "device": "a GPU elsewhere", "host": "elsewhere"}]
+    (tmp_path / "cut" / "state.json").write_text(json.dumps(state))
     resumed = _augmat(*args, "--run-dir", tmp_path / "cut", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout and "after epoch 2 of 3" in resumed.stdout
     m = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert m["status"] == "finished" and m["epochs"] == 3 and m["resumed_after_epoch"] == 2
+    mine = json.loads((tmp_path / "full" / "metrics.json").read_text())["machines"]
+    assert mine == [{"first_epoch": 1, "device": mine[0]["device"], "host": platform.node()}]
+    assert "CPU" in mine[0]["device"] and "cores" in mine[0]["device"]
+    assert m["machines"] == [state["machines"][0], {**mine[0], "first_epoch": 3}]
     a = keras.models.load_model(tmp_path / "full" / "model-final.keras").get_weights()
     b = keras.models.load_model(tmp_path / "cut" / "model-final.keras").get_weights()
     for wa, wb in zip(a, b):

@@ -23,7 +23,7 @@ class Recorder(keras.callbacks.Callback):
     the epoch's logs, so Keras's progress bar shows them too."""
 
     def __init__(self, run_dir: Path, stream, test, eval_every: int, eval_batch: int, monitor: str,
-                 epochs: int, state: dict | None = None, eta_log=None):
+                 epochs: int, state: dict | None = None, eta_log=None, machine: dict | None = None):
         super().__init__()
         self.run_dir, self.stream, self.test = run_dir, stream, test
         self.eval_every, self.eval_batch, self.monitor = eval_every, eval_batch, monitor
@@ -34,6 +34,14 @@ class Recorder(keras.callbacks.Callback):
         self.best_epoch = state.get("best_epoch", 0)
         self.train_seconds = state.get("train_seconds", 0.0)
         self.train_images = state.get("train_images", 0)
+        # Where the epochs trained: a run resumed on another machine lists both, each from
+        # the first epoch it trained ({"first_epoch", "device", "host"}).
+        self.machines: list[dict] = list(state.get("machines", []))
+        if machine is not None:
+            here = {"first_epoch": len(self.history) + 1, **machine}
+            last = self.machines[-1] if self.machines else {}
+            if (last.get("device"), last.get("host")) != (here["device"], here["host"]):
+                self.machines.append(here)
         self._eta_marks: list[float] = []
         self._kill_after = os.environ.get("AUGMAT_FAULT", "")  # tests: kill-train@K
 
@@ -96,7 +104,7 @@ class Recorder(keras.callbacks.Callback):
         save_model(self.model, self.run_dir / name)
         state = {"epochs": epochs, "checkpoint": name, "history": self.history, "best": self.best,
                  "best_epoch": self.best_epoch, "train_seconds": self.train_seconds,
-                 "train_images": self.train_images}
+                 "train_images": self.train_images, "machines": self.machines}
         write_json(self.run_dir / "state.json", state)
         for old in self.run_dir.glob("checkpoint-e*.keras"):
             if old.name != name:
@@ -118,6 +126,7 @@ class Recorder(keras.callbacks.Callback):
             "data_wait_seconds": self.stream.stats["wait_seconds"],
             "stream": {k: v for k, v in self.stream.stats.items() if k != "buffered_rows"},
             "backend": backend,
+            "machines": self.machines,
         }
 
 

@@ -139,7 +139,7 @@ def run(cfg: TrainConfig, log=print, resume: bool = False) -> dict:
 
 
 def _train(cfg, stream, val, test, run_dir: Path, t_start: float, log, state: dict | None = None) -> dict:
-    from augmat.kerasenv import accelerators, import_keras
+    from augmat.kerasenv import accelerators, environment, import_keras
     keras = import_keras()  # without TensorFlow's C++ start-up lines on stderr
 
     dataset = as_keras(stream)
@@ -161,9 +161,11 @@ def _train(cfg, stream, val, test, run_dir: Path, t_start: float, log, state: di
     # --- 4. The record ------------------------------------------------------------------
     from .recorder import CtrlC, Recorder
     on_cpu = not accelerators(keras.backend.backend())  # then say how long the run will take
+    env = environment()  # the machine the epochs from here train on, for the record
     recorder = Recorder(run_dir, stream, test if cfg.eval_every else None, cfg.eval_every,
                         EVAL_BATCH, monitor="val_accuracy" if has_val else "accuracy",
-                        epochs=cfg.epochs, state=state, eta_log=log if on_cpu else None)
+                        epochs=cfg.epochs, state=state, eta_log=log if on_cpu else None,
+                        machine={"device": env["device"], "host": env["host"]})
 
     # --- 5. Training --------------------------------------------------------------------
     status = "finished"
