@@ -36,6 +36,13 @@ Memory is bounded by ``2 * buffer_rows + (prefetch_batches + 1) * batch_size`` r
 whatever the size of the file (two windows cached; ``stats["max_buffered_rows"]``
 records the peak).
 
+``cache=True`` (offline mode) trades that bound for CPU: every block is read from the
+file, and its HDF5 checksums verified, once; later passes cut their batches from the
+rows held in memory (all the rows streamed, ``streamed_rows``). The batches are the
+same either way. It is for files that fit in memory on machines with few cores, where
+re-reading and re-checking the file every epoch takes CPU time from the training loop
+(docs/benchmarks.md, "The feed ceiling").
+
 ``mode="online"`` and ``mode="unaugmented"`` stream the N *source* images instead: the
 file's block of originals (a file built with ``--include-originals``) or, failing that,
 the source the file was built from (``source=``, or the path recorded in the file,
@@ -109,6 +116,7 @@ class _Window:
     order: np.ndarray | None = None   # offline: batch position j takes images[order[j]]
     ops: np.ndarray | None = None     # online: op code and magnitude per position
     mags: np.ndarray | None = None
+    held_rows: int = 0                # rows of images this window alone keeps in memory
 
 
 class _Failure:
@@ -158,7 +166,7 @@ class Stream:
     def __init__(self, path: str | Path, batch_size: int = 128, order: str = "shuffle", seed: int = 0, *,
                  mode: str = "offline", epoch_size: int | None = None, source: str | None = None,
                  copies_used: int | None = None, buffer_rows: int | None = None, block_rows: int | None = None,
-                 prefetch_batches: int = PREFETCH_BATCHES):
+                 prefetch_batches: int = PREFETCH_BATCHES, cache: bool = False):
         if order not in ORDERS:
             raise AugmatError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
         if mode not in MODES:
@@ -172,7 +180,7 @@ class Stream:
         self.prefetch_batches = int(prefetch_batches)
         self.stats = {"rows_read": 0, "reads": 0, "read_seconds": 0.0, "augment_seconds": 0.0,
                       "wait_seconds": 0.0, "batches": 0, "jumps": 0, "windows_read": 0,
-                      "buffered_rows": 0, "max_buffered_rows": 0}
+                      "buffered_rows": 0, "max_buffered_rows": 0, "cached_rows": 0}
         self.error: BaseException | None = None
         self._lock = threading.Condition()   # guards the caches, the prefetch state and stats
         self._stop = threading.Event()
@@ -186,6 +194,9 @@ class Stream:
         self._want = (0, 0)                                  # the consumer's last request
         self._inflight: tuple[int, int] | None = None        # what the prefetcher computes now
         self.request_step = 1                                # see _next_request
+        self.cache = bool(cache) and mode == "offline"       # online/unaugmented hold their sources anyway
+        self._cached: np.ndarray | None = None               # cache: rows [0, streamed_rows), as read
+        self._cached_blocks: set[tuple[int, int]] = set()    # cache: the (first, stop) rows held
 
         self._file, self.info = open_file(path)
         try:
@@ -336,9 +347,9 @@ class Stream:
             with self._lock:
                 while len(self._windows) >= 2:
                     old = self._windows.pop(next(iter(self._windows)))
-                    self._held(-len(old.rows))
+                    self._held(-old.held_rows)
                 self._windows[key] = win
-                self._held(len(win.rows))
+                self._held(win.held_rows)
             return win
         finally:
             with self._lock:
@@ -351,24 +362,43 @@ class Stream:
             a, b = int(starts[w]), int(starts[w + 1])
             sel = perm[a:b]
             return _Window(self._src_labels[sel], sel, ops=None if ops is None else ops[a:b],
-                           mags=None if mags is None else mags[a:b])
+                           mags=None if mags is None else mags[a:b], held_rows=b - a)
         ranges = what[w]
         size = sum(b - a for a, b in ranges)
-        images = np.empty((size,) + self.info.image_shape, np.uint8)
-        t0 = time.perf_counter()
-        o = 0
-        for a, b in ranges:
-            read_rows(self._images, a, b, out=images[o:o + b - a])
-            o += b - a
         order = seeded_rng(self.seed, ROW_STREAM, p, w).permutation(size)
         rows = np.concatenate([np.arange(a, b) for a, b in ranges])[order]
+        t0 = time.perf_counter()
+        if self.cache:
+            # The window is the cache itself: batches gather cached[rows[j:k]]. Blocks not
+            # held yet are read into their place; two threads reading the same block write
+            # the same bytes.
+            with self._lock:
+                if self._cached is None:
+                    self._cached = np.empty((self.streamed_rows,) + self.info.image_shape, np.uint8)
+                todo = [r for r in ranges if r not in self._cached_blocks]
+            for a, b in todo:
+                read_rows(self._images, a, b, out=self._cached[a:b])
+            win = _Window(self._labels[rows], rows, images=self._cached, order=rows, held_rows=0)
+            with self._lock:
+                new = [r for r in todo if r not in self._cached_blocks]
+                self._cached_blocks.update(new)
+                self.stats["cached_rows"] += sum(b - a for a, b in new)
+                self._held(sum(b - a for a, b in new))
+        else:
+            todo = ranges
+            images = np.empty((size,) + self.info.image_shape, np.uint8)
+            o = 0
+            for a, b in ranges:
+                read_rows(self._images, a, b, out=images[o:o + b - a])
+                o += b - a
+            # Permuted lazily: batches gather images[order[j:k]], so the window is never copied whole.
+            win = _Window(self._labels[rows], rows, images=images, order=order, held_rows=size)
         with self._lock:
             self.stats["read_seconds"] += time.perf_counter() - t0
-            self.stats["reads"] += len(ranges)
-            self.stats["rows_read"] += size
+            self.stats["reads"] += len(todo)
+            self.stats["rows_read"] += sum(b - a for a, b in todo)
             self.stats["windows_read"] += 1
-        # Permuted lazily: batches gather images[order[j:k]], so the window is never copied whole.
-        return _Window(self._labels[rows], rows, images=images, order=order)
+        return win
 
     def _held(self, delta: int) -> None:
         """Rows held in windows and prefetched batches (call with the lock held)."""
@@ -626,7 +656,8 @@ class Stream:
                 "online": f"{self.sources:,} source images augmented on the fly",
                 "unaugmented": f"{self.sources:,} source images, unaugmented"}[self.mode]
         order = f", order {self.order}" if self.mode == "offline" else ""
-        return (f"{self.info.path}: {what}{order}; epochs of {self.epoch_size:,} images = "
+        cache = ", held in memory after their first read" if self.cache else ""
+        return (f"{self.info.path}: {what}{order}{cache}; epochs of {self.epoch_size:,} images = "
                 f"{self.num_batches} batches of {self.batch_size}")
 
 
@@ -735,7 +766,8 @@ def open_dataset(path: str | Path, batch_size: int = 128, order: str = "shuffle"
     every source image once, cycling through its copies). Options: ``mode`` (``"offline"``, ``"online"``,
     ``"unaugmented"``), ``epoch_size`` (images per epoch; default: all the rows streamed),
     ``copies_used`` (offline: stream only the first K copy blocks), ``source``, ``buffer_rows``,
-    ``block_rows``, ``prefetch_batches`` (see :class:`Stream`).
+    ``block_rows``, ``prefetch_batches``, ``cache`` (offline: read the file once, then
+    serve from memory; see :class:`Stream`).
     The dataset's ``stream`` attribute is the underlying :class:`Stream`, with its ``stats``;
     ``close()`` stops its threads.
     """

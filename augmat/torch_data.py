@@ -10,6 +10,8 @@
   (as with ``DistributedSampler``). For DistributedDataParallel give every rank its
   ``rank`` and ``world_size``, and an epoch size that is a multiple of
   ``batch_size * world_size`` so that every rank takes as many steps.
+  ``options`` are the :class:`~augmat.stream.Stream`'s; with ``cache=True`` each worker
+  holds the rows it has read in its own memory (up to the whole file per worker).
 * :class:`AugmatRows` (a map-style ``Dataset``): one (image, label) per stored row, read
   from the file on demand, for samplers and batching of the user's own.
 

@@ -7,8 +7,13 @@ The file must hold its originals (``augmat build --include-originals``) for the 
 and seed's-generator sources. For each backend (one fresh interpreter each: Keras picks
 its backend once per process) and batch 128 and 512, one run of ``fit`` on:
 
-(a) numpy: the first ``--images`` rows, in memory;
-(b) stream: ``augmat.stream.open_dataset`` (the HDF5 file, offline);
+(a) numpy: the first ``--images`` rows, in memory, in order (``shuffle=False``: slices);
+(a') numpy shuffled: the same with ``fit``'s default ``shuffle=True`` (a gather per batch,
+    as every training run shuffles);
+(b) stream: ``augmat.stream.open_dataset`` (the HDF5 file, offline), every epoch read
+    from the file with its checksums;
+(b') stream cached: the same with ``cache=True``: the file read once (in the untimed
+    epoch), then batches cut from memory;
 (c) online: the same stream with ``mode="online"`` (augmat's batch ops on the N sources);
 (d) seed: the seed's way, a Python generator augmenting one image at a time with
     ``augmat.reference`` (scipy / scikit-image), as the seed's notebook did;
@@ -45,7 +50,7 @@ import numpy as np
 from augmat.files import write_json
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-SOURCES = ("numpy", "stream", "online", "seed", "tf.data")
+SOURCES = ("numpy", "numpy shuffled", "stream", "stream cached", "online", "seed", "tf.data")
 
 
 def nearly_free_model(image_shape=(32, 32, 3)):
@@ -116,22 +121,24 @@ def one_backend(path: str, images: int, batches: list[int], rounds: int, model: 
     class Side:
         """One input side: its own model, traced and warmed up by one untimed epoch; then
         one timed epoch per call."""
-        def __init__(self, fit_args: dict, n: int):
-            self.fit_args, self.n, self.model, self.clock = fit_args, n, MODELS[model](x.shape[1:]), epoch_clock()
-            self.model.fit(epochs=1, verbose=0, shuffle=False, **fit_args)
+        def __init__(self, fit_args: dict, n: int, shuffle: bool = False):
+            self.fit_args = dict(fit_args, shuffle=shuffle)
+            self.n, self.model, self.clock = n, MODELS[model](x.shape[1:]), epoch_clock()
+            self.model.fit(epochs=1, verbose=0, **self.fit_args)
 
         def epoch(self) -> float:
-            self.model.fit(epochs=1, callbacks=[self.clock], verbose=0, shuffle=False, **self.fit_args)
+            self.model.fit(epochs=1, callbacks=[self.clock], verbose=0, **self.fit_args)
             return self.n / self.clock.times[-1]
 
     out = {}
     for batch in batches:
         steps = images // batch
         n = steps * batch
-        sides = {"numpy": Side(dict(x=x[:n], y=y[:n], batch_size=batch), n)}
+        sides = {"numpy": Side(dict(x=x[:n], y=y[:n], batch_size=batch), n),
+                 "numpy shuffled": Side(dict(x=x[:n], y=y[:n], batch_size=batch), n, shuffle=True)}
         closers = []
-        for name, mode in (("stream", "offline"), ("online", "online")):
-            ds = open_dataset(path, batch_size=batch, seed=0, mode=mode, epoch_size=n)
+        for name, opts in (("stream", {}), ("stream cached", {"cache": True}), ("online", {"mode": "online"})):
+            ds = open_dataset(path, batch_size=batch, seed=0, epoch_size=n, **opts)
             sides[name] = Side(dict(x=ds), n)
             closers.append(ds.close)
         try:
@@ -150,9 +157,11 @@ def one_backend(path: str, images: int, batches: list[int], rounds: int, model: 
             close()
         seed_steps = max(steps // 10, 8)
         seed = Side(dict(x=seed_generator(batch), steps_per_epoch=seed_steps), seed_steps * batch).epoch()
-        ratios = [b / a for a, b in zip(rates["numpy"], rates["stream"])]
+        within = lambda b, a: [q / p for p, q in zip(rates[a], rates[b])]  # noqa: E731  per round
         res = {name: float(np.median(r)) for name, r in rates.items()}
-        res.update({"seed": seed, "rounds": rates, "stream_over_numpy": ratios})
+        res.update({"seed": seed, "rounds": rates, "stream_over_numpy": within("stream", "numpy"),
+                    "cached_over_numpy": within("stream cached", "numpy"),
+                    "cached_over_shuffled": within("stream cached", "numpy shuffled")})
         res.setdefault("tf.data", None)
         out[str(batch)] = res
     from augmat.kerasenv import accelerators
@@ -188,22 +197,22 @@ def main() -> None:
     lines = [f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, load average "
              f"{os.getloadavg()[0]:.1f} at the end; model: {a.model}; device: "
              + "; ".join(f"{r['backend']} {r['device']}" for r in results), "",
-             "| backend | batch | (a) numpy | (b) stream | (c) online | (d) seed's generator | (e) tf.data "
-             "| (b)/(a) median [min-max] | (b)/(d) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| backend | batch | (a) numpy | (a') numpy shuffled | (b) stream | (b') stream cached | (c) online "
+             "| (d) seed's generator | (e) tf.data | (b)/(a) | (b')/(a) | (b')/(a') | (b)/(d) | (b')/(d) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     verdicts = []
     for r in results:
         for batch, v in r["rates"].items():
             f = lambda k: f"{v[k]:,.0f}" if v.get(k) else "-"  # noqa: E731
-            q = v["stream_over_numpy"]
-            med = float(np.median(q))
-            verdicts.append(med)
-            lines.append(f"| {r['backend']} (Keras {r['keras']}) | {batch} | {f('numpy')} | {f('stream')} | "
-                         f"{f('online')} | {f('seed')} | {f('tf.data')} | {med:.2f} [{min(q):.2f}-{max(q):.2f}] | "
-                         f"{v['stream'] / v['seed']:.0f}x |")
+            q = lambda k: f"{np.median(v[k]):.2f} [{min(v[k]):.2f}-{max(v[k]):.2f}]"  # noqa: E731
+            verdicts.append(float(np.median(v["stream_over_numpy"])))
+            lines.append(f"| {r['backend']} (Keras {r['keras']}) | {batch} | {f('numpy')} | {f('numpy shuffled')} | "
+                         f"{f('stream')} | {f('stream cached')} | {f('online')} | {f('seed')} | {f('tf.data')} | "
+                         f"{q('stream_over_numpy')} | {q('cached_over_numpy')} | {q('cached_over_shuffled')} | "
+                         f"{v['stream'] / v['seed']:.1f}x | {v['stream cached'] / v['seed']:.1f}x |")
     verdict = "met" if min(verdicts) >= 0.95 else "missed"
-    lines += ["", f"Rates: median of {a.rounds} timed epochs per side, the sides taking turns; (b)/(a): "
-              "median of the per-round ratios. "
+    lines += ["", f"Rates: median of {a.rounds} timed epochs per side, the sides taking turns; ratios: "
+              "median [min-max] of the per-round ratios. "
               + (f"Goal (b) within 5% of (a): {verdict}" if a.model == "free" else
                  f"The seed CNN: (a) is what this device trains on; the stream keeps up (b >= 0.95 a): {verdict}")
               + f" (medians {min(verdicts):.2f}-{max(verdicts):.2f})."]

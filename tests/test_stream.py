@@ -98,6 +98,28 @@ def test_memory_is_bounded_and_reads_are_few_and_large(medium_h5):
     assert stats["reads"] <= stats["rows_read"] / 64 + 2            # one call per 64-row chunk run
 
 
+@pytest.mark.parametrize("kw", [dict(order="shuffle"), dict(order="copies", epoch_size=300),
+                                dict(order="shuffle", copies_used=3)])
+def test_cache_reads_each_block_once_and_changes_no_batch(medium_h5, medium, kw):
+    kw = dict(batch_size=48, seed=3, buffer_rows=256, block_rows=64, **kw)
+    plain, _ = epochs_of(medium_h5, 4, **kw)
+    cached, s = epochs_of(medium_h5, 4, cache=True, **kw)
+    for a, b in zip(plain, cached):
+        assert [x.index for x in a] == [x.index for x in b]
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x.rows, y.rows)
+            np.testing.assert_array_equal(x.images, y.images)
+            np.testing.assert_array_equal(y.images, medium["images"][y.rows])  # HDF5's rows
+            np.testing.assert_array_equal(y.labels, medium["labels"][y.rows])
+    # Four epochs (at least two passes over every streamed row), and each row read once.
+    assert s.stats["rows_read"] == s.stats["cached_rows"] == s.streamed_rows
+    assert s.stats["reads"] <= s.streamed_rows / 64 + s.pass_blocks  # whole chunk runs, once
+    # Out of order, batch by batch, from a fresh cached stream: the same pure function.
+    with Stream(medium_h5, cache=True, **kw) as c:
+        for e, i in [(3, 2), (0, 5), (3, 2), (1, 0)]:
+            np.testing.assert_array_equal(c.batch(e, i).images, plain[e][i].images)
+
+
 def test_online_draws_fresh_augmentations_from_the_sources(medium_h5, medium):
     originals = medium["images"][medium["copy"] == -1][np.argsort(medium["source_index"][medium["copy"] == -1])]
     labels = medium["labels"][medium["copy"] == -1][np.argsort(medium["source_index"][medium["copy"] == -1])]

@@ -37,7 +37,7 @@ def make_run_dir(path: str | Path) -> Path:
 
 def open_run_dir_to_resume(path: str | Path, cfg) -> tuple[Path, dict]:
     """The run dir of a run to continue, and its last state (``state.json``): it must hold a
-    run of the same config ``cfg`` (a settled TrainConfig; ``verbose`` aside) stopped after
+    run of the same config ``cfg`` (a settled TrainConfig; its ``NOT_IN_RESULT`` aside) stopped after
     at least one epoch. An option the saved config lacks (added to augmat since the run
     started) counts as its default: the run was made with what that default does."""
     import json
@@ -50,7 +50,7 @@ def open_run_dir_to_resume(path: str | Path, cfg) -> tuple[Path, dict]:
         raise AugmatError(f"--resume: {run_dir} holds no run to resume (no config.json); "
                           "start it without --resume") from None
     differ = sorted(k for k in set(saved) | set(config)
-                    if k != "verbose" and saved.get(k, defaults.get(k)) != config.get(k))
+                    if k not in cfg.NOT_IN_RESULT and saved.get(k, defaults.get(k)) != config.get(k))
     if differ:
         raise AugmatError(f"--resume: {run_dir} holds a run with other options ({', '.join(differ)}); "
                           "resume it with the options it was started with, or choose another --run-dir")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, replace
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,11 @@ class TrainConfig:
     buffer_rows: int | None = None  # shuffle window of the stream, in rows (None: 48 MiB of
                                     # images, 16,384 at 32x32x3; config.json records the number)
     verbose: int = 1                # Keras: 1 progress bar, 2 one line per epoch, 0 silent
+    cache: bool = False             # offline: hold the rows in memory after their first read
+
+    # Options that change how a run goes, never what it computes: a run may be resumed
+    # with them changed.
+    NOT_IN_RESULT: ClassVar[frozenset] = frozenset({"verbose", "cache"})
 
     def __post_init__(self):
         if self.order not in ORDERS:
@@ -112,7 +118,7 @@ def run(cfg: TrainConfig, log=print, resume: bool = False) -> dict:
     # Open and check everything before Keras is imported, so bad input fails in a moment.
     stream = Stream(cfg.file, cfg.batch_size, cfg.order, cfg.seed, mode=cfg.mode,
                     epoch_size=cfg.epoch_size, source=cfg.source, copies_used=cfg.copies_used,
-                    buffer_rows=cfg.buffer_rows)
+                    buffer_rows=cfg.buffer_rows, cache=cfg.cache)
     if min(stream.info.image_shape[:2]) < 4:
         stream.close()
         raise AugmatError(f"{cfg.file}: its images are {stream.info.image_shape[0]}x{stream.info.image_shape[1]}; "

@@ -43,6 +43,10 @@ from ..stream import ORDERS
 @click.option("--buffer-rows", type=int, default=None,
               help="Rows in the stream's shuffle window; two windows are held in memory. "
                    "Default: 48 MiB of the file's images (16,384 rows at 32x32x3).")
+@click.option("--cache", is_flag=True,
+              help="Read the file once and hold its rows in memory for the later epochs (needs the "
+                   "file's image bytes in RAM): on a machine with few cores, re-reading and re-checking "
+                   "the file every epoch takes CPU time from training. The batches are the same.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --run-dir, stopped by Ctrl-C, a kill or a lost machine, from its "
                    "last finished epoch (give the same options it was started with).")
