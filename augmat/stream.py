@@ -197,6 +197,7 @@ class Stream:
         self.cache = bool(cache) and mode == "offline"       # online/unaugmented hold their sources anyway
         self._cached: np.ndarray | None = None               # cache: rows [0, streamed_rows), as read
         self._cached_blocks: set[tuple[int, int]] = set()    # cache: the (first, stop) rows held
+        self._fill_lock = threading.Lock()                   # cache: one reader fills it at a time
 
         self._file, self.info = open_file(path)
         try:
@@ -370,20 +371,19 @@ class Stream:
         t0 = time.perf_counter()
         if self.cache:
             # The window is the cache itself: batches gather cached[rows[j:k]]. Blocks not
-            # held yet are read into their place; two threads reading the same block write
-            # the same bytes.
-            with self._lock:
+            # held yet are read into their place, one thread at a time (h5py serialises
+            # its calls anyway), so no block is read twice or gathered half-written.
+            with self._fill_lock:
                 if self._cached is None:
                     self._cached = np.empty((self.streamed_rows,) + self.info.image_shape, np.uint8)
                 todo = [r for r in ranges if r not in self._cached_blocks]
-            for a, b in todo:
-                read_rows(self._images, a, b, out=self._cached[a:b])
+                for a, b in todo:
+                    read_rows(self._images, a, b, out=self._cached[a:b])
+                    self._cached_blocks.add((a, b))
             win = _Window(self._labels[rows], rows, images=self._cached, order=rows, held_rows=0)
             with self._lock:
-                new = [r for r in todo if r not in self._cached_blocks]
-                self._cached_blocks.update(new)
-                self.stats["cached_rows"] += sum(b - a for a, b in new)
-                self._held(sum(b - a for a, b in new))
+                self.stats["cached_rows"] += sum(b - a for a, b in todo)
+                self._held(sum(b - a for a, b in todo))
         else:
             todo = ranges
             images = np.empty((size,) + self.info.image_shape, np.uint8)

@@ -98,7 +98,7 @@ def test_memory_is_bounded_and_reads_are_few_and_large(medium_h5):
     assert stats["reads"] <= stats["rows_read"] / 64 + 2            # one call per 64-row chunk run
 
 
-@pytest.mark.parametrize("kw", [dict(order="shuffle"), dict(order="copies", epoch_size=300),
+@pytest.mark.parametrize("kw", [dict(order="shuffle"), dict(order="copies", epoch_size=400),
                                 dict(order="shuffle", copies_used=3)])
 def test_cache_reads_each_block_once_and_changes_no_batch(medium_h5, medium, kw):
     kw = dict(batch_size=48, seed=3, buffer_rows=256, block_rows=64, **kw)
