@@ -43,17 +43,17 @@ def test_tf_dataset_is_the_keras_stream_epoch_after_epoch(medium_h5):
             np.testing.assert_array_equal(got, want[epoch])
     finally:
         ds.augmat_stream.close()
-    resumed = as_tf_dataset(medium_h5, first_epoch=1, **OPTS)
+    resumed = as_tf_dataset(medium_h5, first_epoch=1, cache=True, **OPTS)  # the stream's options pass
     np.testing.assert_array_equal(np.concatenate([y.numpy() for _, y in resumed]), want[1])
     resumed.augmat_stream.close()
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_torch_batches_are_the_keras_stream_split_across_workers(medium_h5, workers):
+@pytest.mark.parametrize("workers, cache", [(0, False), (2, False), (2, True)])
+def test_torch_batches_are_the_keras_stream_split_across_workers(medium_h5, workers, cache):
     torch = pytest.importorskip("torch")
     from augmat.torch_data import AugmatBatches
     want, _ = keras_epochs(medium_h5, 2, **OPTS)
-    ds = AugmatBatches(medium_h5, **OPTS)
+    ds = AugmatBatches(medium_h5, cache=cache, **OPTS)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
                                          multiprocessing_context="spawn" if workers else None)
     for epoch in range(2):
