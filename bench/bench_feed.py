@@ -17,7 +17,9 @@ its backend once per process) and batch 128 and 512, one run of ``fit`` on:
 (c) online: the same stream with ``mode="online"`` (augmat's batch ops on the N sources);
 (d) seed: the seed's way, a Python generator augmenting one image at a time with
     ``augmat.reference`` (scipy / scikit-image), as the seed's notebook did;
-(e) tf.data: ``augmat.stream.as_tf_dataset`` over the same file as (b).
+(e) tf.data: ``augmat.stream.as_tf_dataset`` over the same file as (b);
+(e') tf.data cached: the same with ``cache=True``: the rows read into memory up front,
+    TensorFlow gathering the batches itself (no Python per batch).
 
 Each source gets its own model and one untimed epoch (tracing, warm-up); then ``--rounds``
 rounds in which every source trains one timed epoch of ``--images`` images in turn, so a
@@ -50,7 +52,8 @@ import numpy as np
 from augmat.files import write_json
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-SOURCES = ("numpy", "numpy shuffled", "stream", "stream cached", "online", "seed", "tf.data")
+SOURCES = ("numpy", "numpy shuffled", "stream", "stream cached", "online", "seed", "tf.data",
+           "tf.data cached")
 
 
 def nearly_free_model(image_shape=(32, 32, 3)):
@@ -141,12 +144,13 @@ def one_backend(path: str, images: int, batches: list[int], rounds: int, model: 
             ds = open_dataset(path, batch_size=batch, seed=0, epoch_size=n, **opts)
             sides[name] = Side(dict(x=ds), n)
             closers.append(ds.close)
-        try:
-            tfd = as_tf_dataset(path, batch_size=batch, seed=0, epoch_size=n)
-            sides["tf.data"] = Side(dict(x=tfd), n)
+        for name, opts in (("tf.data", {}), ("tf.data cached", {"cache": True})):
+            try:
+                tfd = as_tf_dataset(path, batch_size=batch, seed=0, epoch_size=n, **opts)
+            except ImportError:
+                break
+            sides[name] = Side(dict(x=tfd), n)
             closers.append(tfd.augmat_stream.close)
-        except ImportError:
-            pass
         # Rounds: every side one epoch in turn, so a slow spell of this shared machine
         # hits all of them alike; a ratio is taken within each round.
         rates = {name: [] for name in sides}
@@ -162,7 +166,10 @@ def one_backend(path: str, images: int, batches: list[int], rounds: int, model: 
         res.update({"seed": seed, "rounds": rates, "stream_over_numpy": within("stream", "numpy"),
                     "cached_over_numpy": within("stream cached", "numpy"),
                     "cached_over_shuffled": within("stream cached", "numpy shuffled")})
+        if "tf.data cached" in rates:
+            res["tf_cached_over_shuffled"] = within("tf.data cached", "numpy shuffled")
         res.setdefault("tf.data", None)
+        res.setdefault("tf.data cached", None)
         out[str(batch)] = res
     from augmat.kerasenv import accelerators
     return {"backend": keras.backend.backend(), "keras": keras.__version__, "model": model,
@@ -198,17 +205,20 @@ def main() -> None:
              f"{os.getloadavg()[0]:.1f} at the end; model: {a.model}; device: "
              + "; ".join(f"{r['backend']} {r['device']}" for r in results), "",
              "| backend | batch | (a) numpy | (a') numpy shuffled | (b) stream | (b') stream cached | (c) online "
-             "| (d) seed's generator | (e) tf.data | (b)/(a) | (b')/(a) | (b')/(a') | (b)/(d) | (b')/(d) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| (d) seed's generator | (e) tf.data | (e') tf.data cached | (b)/(a) | (b')/(a) | (b')/(a') | (e')/(a') "
+             "| (b)/(d) | (b')/(d) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+             "| ---: |"]
     verdicts = []
     for r in results:
         for batch, v in r["rates"].items():
             f = lambda k: f"{v[k]:,.0f}" if v.get(k) else "-"  # noqa: E731
-            q = lambda k: f"{np.median(v[k]):.2f} [{min(v[k]):.2f}-{max(v[k]):.2f}]"  # noqa: E731
+            q = lambda k: f"{np.median(v[k]):.2f} [{min(v[k]):.2f}-{max(v[k]):.2f}]" if k in v else "-"  # noqa: E731
             verdicts.append(float(np.median(v["stream_over_numpy"])))
             lines.append(f"| {r['backend']} (Keras {r['keras']}) | {batch} | {f('numpy')} | {f('numpy shuffled')} | "
                          f"{f('stream')} | {f('stream cached')} | {f('online')} | {f('seed')} | {f('tf.data')} | "
-                         f"{q('stream_over_numpy')} | {q('cached_over_numpy')} | {q('cached_over_shuffled')} | "
+                         f"{f('tf.data cached')} | {q('stream_over_numpy')} | {q('cached_over_numpy')} | "
+                         f"{q('cached_over_shuffled')} | {q('tf_cached_over_shuffled')} | "
                          f"{v['stream'] / v['seed']:.1f}x | {v['stream cached'] / v['seed']:.1f}x |")
     verdict = "met" if min(verdicts) >= 0.95 else "missed"
     lines += ["", f"Rates: median of {a.rounds} timed epochs per side, the sides taking turns; ratios: "

@@ -43,9 +43,35 @@ def test_tf_dataset_is_the_keras_stream_epoch_after_epoch(medium_h5):
             np.testing.assert_array_equal(got, want[epoch])
     finally:
         ds.augmat_stream.close()
-    resumed = as_tf_dataset(medium_h5, first_epoch=1, cache=True, **OPTS)  # the stream's options pass
+    resumed = as_tf_dataset(medium_h5, first_epoch=1, **OPTS)
     np.testing.assert_array_equal(np.concatenate([y.numpy() for _, y in resumed]), want[1])
     resumed.augmat_stream.close()
+
+
+@pytest.mark.parametrize("kw", [dict(order="shuffle"), dict(order="copies", epoch_size=300),
+                                dict(order="shuffle", copies_used=2, epoch_size=250)])
+def test_cached_tf_dataset_cuts_the_streams_batches_in_tensorflow(medium_h5, kw):
+    """With cache=True TensorFlow gathers the batches from the rows in memory: batch for
+    batch the images and labels of the uncached stream, epoch after epoch and resumed."""
+    pytest.importorskip("tensorflow")
+    opts = {**OPTS, **kw}
+    ds = as_tf_dataset(medium_h5, cache=True, **opts)
+    try:
+        assert ds.augmat_stream.stats["rows_read"] == ds.augmat_stream.streamed_rows  # read at once
+        with Stream(medium_h5, **opts) as plain:
+            for epoch in range(3):
+                got = [(x.numpy(), y.numpy()) for x, y in ds]
+                assert len(got) == plain.num_batches
+                for i, (x, y) in enumerate(got):
+                    want = plain.batch(epoch, i)
+                    np.testing.assert_array_equal(x, want.images)
+                    np.testing.assert_array_equal(y, want.labels)
+            resumed = as_tf_dataset(medium_h5, first_epoch=2, cache=True, **opts)
+            x, _ = next(iter(resumed))
+            resumed.augmat_stream.close()
+            np.testing.assert_array_equal(x.numpy(), plain.batch(2, 0).images)
+    finally:
+        ds.augmat_stream.close()
 
 
 @pytest.mark.parametrize("workers, cache", [(0, False), (2, False), (2, True)])
