@@ -39,7 +39,8 @@ records the peak).
 ``cache=True`` (offline mode) trades that bound for CPU: every block is read from the
 file, and its HDF5 checksums verified, once; later passes cut their batches from the
 rows held in memory (all the rows streamed, ``streamed_rows``). The batches are the
-same either way. It is for files that fit in memory on machines with few cores, where
+same either way (a stream whose rows would take more than 80% of the memory available
+is refused when opened). It is for files that fit in memory on machines with few cores, where
 re-reading and re-checking the file every epoch takes CPU time from the training loop
 (docs/benchmarks.md, "The feed ceiling").
 
@@ -135,6 +136,19 @@ _OPEN_STREAMS: "weakref.WeakSet[Stream]" = weakref.WeakSet()
 def _close_open_streams() -> None:
     for stream in list(_OPEN_STREAMS):
         stream.close()
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give without swapping (Linux's MemAvailable),
+    or None where it does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def default_buffer_rows(path: str | Path) -> int:
@@ -268,6 +282,14 @@ class Stream:
                               "lower --batch-size")
         self.num_batches = math.ceil(self.epoch_size / self.batch_size)
         self.last_batch_size = self.epoch_size - (self.num_batches - 1) * self.batch_size
+        if self.cache:
+            need, free = self.streamed_rows * self.info.row_bytes, available_memory()
+            if free is not None and need > 0.8 * free:
+                raise AugmatError(
+                    f"--cache holds the {self.streamed_rows:,} rows streamed from {path} in memory, "
+                    f"{need / 2**30:.2f} GiB, but this machine has {free / 2**30:.2f} GiB available: "
+                    "drop --cache (the stream then holds two windows, ~96 MiB), or stream fewer "
+                    "copies with --use-copies")
 
     def _source_images(self, source) -> tuple[np.ndarray, np.ndarray]:
         """The N source images, in subset order: the file's originals, or its source."""

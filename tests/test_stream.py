@@ -120,6 +120,21 @@ def test_cache_reads_each_block_once_and_changes_no_batch(medium_h5, medium, kw)
             np.testing.assert_array_equal(c.batch(e, i).images, plain[e][i].images)
 
 
+def test_cache_larger_than_the_memory_left_is_refused_at_once(medium_h5, monkeypatch):
+    import augmat.stream
+    row = 32 * 32 * 3
+    monkeypatch.setattr(augmat.stream, "available_memory", lambda: int(700 * row / 0.8))  # room for 700 rows
+    with pytest.raises(AugmatError, match=r"--cache holds the 1,400 rows .* available: drop --cache"):
+        Stream(medium_h5, cache=True)
+    with pytest.raises(AugmatError, match="--cache holds the 800 rows"):
+        Stream(medium_h5, cache=True, copies_used=4)
+    with Stream(medium_h5, cache=True, copies_used=3):  # 600 rows fit
+        pass
+    Stream(medium_h5).close()  # without the cache the memory left does not matter
+    monkeypatch.setattr(augmat.stream, "available_memory", lambda: None)  # unknown: not checked
+    Stream(medium_h5, cache=True).close()
+
+
 def test_online_draws_fresh_augmentations_from_the_sources(medium_h5, medium):
     originals = medium["images"][medium["copy"] == -1][np.argsort(medium["source_index"][medium["copy"] == -1])]
     labels = medium["labels"][medium["copy"] == -1][np.argsort(medium["source_index"][medium["copy"] == -1])]
