@@ -175,6 +175,12 @@ class Stream:
 
     Use :func:`open_dataset` to get the Keras-ready form. Close it (or use it as a context
     manager) to stop its threads and close the file.
+
+    ``stats``: ``reads``, ``rows_read``, ``read_seconds`` (h5py calls on the file, rows and
+    seconds), ``windows_read`` (uncached windows read), ``cached_rows`` (rows the cache
+    holds), ``buffered_rows`` and its peak ``max_buffered_rows`` (rows held in memory:
+    windows, prefetched batches and the cache), ``augment_seconds`` (online), ``batches``,
+    ``wait_seconds`` and ``jumps`` (what the consumer asked of :meth:`get`).
     """
 
     def __init__(self, path: str | Path, batch_size: int = 128, order: str = "shuffle", seed: int = 0, *,
@@ -208,7 +214,7 @@ class Stream:
         self._want = (0, 0)                                  # the consumer's last request
         self._inflight: tuple[int, int] | None = None        # what the prefetcher computes now
         self.request_step = 1                                # see _next_request
-        self.cache = bool(cache) and mode == "offline"       # online/unaugmented hold their sources anyway
+        self.cache = bool(cache)                             # offline only (checked in _prepare)
         self._cached: np.ndarray | None = None               # cache: rows [0, streamed_rows), as read
         self._cached_blocks: set[tuple[int, int]] = set()    # cache: the (first, stop) rows held
         self._fill_lock = threading.Lock()                   # cache: one reader fills it at a time
@@ -282,6 +288,9 @@ class Stream:
                               "lower --batch-size")
         self.num_batches = math.ceil(self.epoch_size / self.batch_size)
         self.last_batch_size = self.epoch_size - (self.num_batches - 1) * self.batch_size
+        if self.cache and self.mode != "offline":
+            raise AugmatError(f"--cache applies to offline training; --{self.mode} holds its "
+                              f"{n:,} source images in memory already")
         if self.cache:
             need, free = self.streamed_rows * self.info.row_bytes, available_memory()
             if free is not None and need > 0.8 * free:
@@ -391,23 +400,20 @@ class Stream:
         t0 = time.perf_counter()
         if self.cache:
             # The window is the cache itself: batches gather cached[rows[j:k]].
-            todo = self._fill_cache(ranges)
-            win = _Window(self._labels[rows], rows, images=self._cached, order=rows, held_rows=0)
-        else:
-            todo = ranges
-            images = np.empty((len(rows),) + self.info.image_shape, np.uint8)
-            o = 0
-            for a, b in ranges:
-                read_rows(self._images, a, b, out=images[o:o + b - a])
-                o += b - a
-            # Permuted lazily: batches gather images[order[j:k]], so the window is never copied whole.
-            win = _Window(self._labels[rows], rows, images=images, order=order, held_rows=len(rows))
+            self._fill_cache(ranges)
+            return _Window(self._labels[rows], rows, images=self._cached, order=rows, held_rows=0)
+        images = np.empty((len(rows),) + self.info.image_shape, np.uint8)
+        o = 0
+        for a, b in ranges:
+            read_rows(self._images, a, b, out=images[o:o + b - a])
+            o += b - a
         with self._lock:
             self.stats["read_seconds"] += time.perf_counter() - t0
-            self.stats["reads"] += len(todo)
-            self.stats["rows_read"] += sum(b - a for a, b in todo)
+            self.stats["reads"] += len(ranges)
+            self.stats["rows_read"] += len(rows)
             self.stats["windows_read"] += 1
-        return win
+        # Permuted lazily: batches gather images[order[j:k]], so the window is never copied whole.
+        return _Window(self._labels[rows], rows, images=images, order=order, held_rows=len(rows))
 
     def _window_rows(self, p: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         """Offline window ``w`` of pass ``p`` without its images: (order, rows), position
@@ -417,36 +423,47 @@ class Stream:
         order = seeded_rng(self.seed, ROW_STREAM, p, w).permutation(sum(b - a for a, b in ranges))
         return order, np.concatenate([np.arange(a, b) for a, b in ranges])[order]
 
-    def _fill_cache(self, ranges) -> list[tuple[int, int]]:
-        """Read the blocks of ``ranges`` the cache lacks into their place; returns them.
-        One thread at a time (h5py serialises its calls anyway): no block is read twice
-        or gathered half-written."""
+    def _fill_cache(self, ranges) -> None:
+        """Read the blocks of ``ranges`` the cache lacks into their place. One thread at a
+        time (h5py serialises its calls anyway): no block is read twice or gathered
+        half-written. Each block read counts at once (reads, rows_read, cached_rows), even
+        if a later one fails."""
         with self._fill_lock:
             if self._cached is None:
                 self._cached = np.empty((self.streamed_rows,) + self.info.image_shape, np.uint8)
-            todo = [r for r in ranges if r not in self._cached_blocks]
-            for a, b in todo:
+            for a, b in ranges:
+                if (a, b) in self._cached_blocks:
+                    continue
+                t0 = time.perf_counter()
                 read_rows(self._images, a, b, out=self._cached[a:b])
                 self._cached_blocks.add((a, b))
-        with self._lock:
-            self.stats["cached_rows"] += sum(b - a for a, b in todo)
-            self._held(sum(b - a for a, b in todo))
-        return todo
+                with self._lock:
+                    self.stats["read_seconds"] += time.perf_counter() - t0
+                    self.stats["reads"] += 1
+                    self.stats["rows_read"] += b - a
+                    self.stats["cached_rows"] += b - a
+                    self._held(b - a)
 
     def cached_images(self) -> np.ndarray:
         """A cached offline stream's images, rows ``[0, streamed_rows)`` of the file, every
         block read now if not yet (each once): what :meth:`epoch_rows` indexes."""
         if not self.cache:
             raise AugmatError("cached_images() needs a stream opened with cache=True (offline mode)")
-        t0 = time.perf_counter()
         # Every block lies in pass 0 (shuffle) or in one of the first pass_blocks passes (copies).
-        todo = [r for p in range(self.pass_blocks if self.order == "copies" else 1)
-                for window in self._layout(p)[1] for r in self._fill_cache(window)]
-        with self._lock:
-            self.stats["read_seconds"] += time.perf_counter() - t0
-            self.stats["reads"] += len(todo)
-            self.stats["rows_read"] += sum(b - a for a, b in todo)
+        for p in range(self.pass_blocks if self.order == "copies" else 1):
+            for window in self._layout(p)[1]:
+                self._fill_cache(window)
         return self._cached
+
+    def _release_cache(self) -> None:
+        """Forget the cached rows (their memory goes back once no one holds the array); a
+        later window reads its blocks again."""
+        with self._fill_lock:
+            self._cached, held = None, sum(b - a for a, b in self._cached_blocks)
+            self._cached_blocks = set()
+        with self._lock:
+            self.stats["cached_rows"] -= held
+            self._held(-held)
 
     def epoch_rows(self, epoch: int) -> np.ndarray:
         """The file rows of epoch ``epoch`` (offline mode), in batch order, without reading
@@ -797,7 +814,10 @@ def as_tf_dataset(path: str | Path, batch_size: int = 128, order: str = "shuffle
     """A ``tf.data.Dataset`` of (uint8 images, int32 labels) batches of a built file, with
     prefetch: the same batches, in the same order, as :func:`open_dataset` for the same
     seed and options. Iterating it the k-th time yields stream epoch ``first_epoch + k``
-    (what ``model.fit`` does once per epoch; ``first_epoch`` for a resumed run). The
+    (``first_epoch`` for a resumed run): under the TensorFlow backend ``model.fit`` iterates
+    it once per epoch; under JAX Keras starts one more iteration first, to build the model,
+    so its training begins at stream epoch ``first_epoch + 1`` (there, use
+    :func:`open_dataset`, which a probe does not move on). The
     dataset's ``augmat_stream`` attribute is the :class:`Stream` (its ``stats``; ``close()``).
     ``prefetch``: batches tf.data keeps ready (default: tf.data.AUTOTUNE).
 
@@ -814,7 +834,10 @@ def as_tf_dataset(path: str | Path, batch_size: int = 128, order: str = "shuffle
             return next(epochs)
 
     if stream.cache:
+        # TensorFlow copies the rows into its own tensor: the stream's array is let go, so
+        # they are held once (twice only for the moment of the copy).
         images = tf.convert_to_tensor(stream.cached_images())
+        stream._release_cache()
         labels = tf.convert_to_tensor(stream._labels[:stream.streamed_rows])
 
         def epoch_rows():

@@ -82,12 +82,15 @@ def test_torch_batches_are_the_keras_stream_split_across_workers(medium_h5, work
     ds = AugmatBatches(medium_h5, cache=cache, **OPTS)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
                                          multiprocessing_context="spawn" if workers else None)
-    for epoch in range(2):
-        ds.set_epoch(epoch)
-        batches = list(loader)
-        assert batches[0][0].dtype == torch.uint8 and batches[0][1].dtype == torch.int64
-        got = np.concatenate([y.numpy() for _, y in batches])
-        np.testing.assert_array_equal(got, want[epoch])  # same rows, same order
+    with Stream(medium_h5, **OPTS) as plain:
+        for epoch in range(2):
+            ds.set_epoch(epoch)
+            batches = list(loader)
+            assert batches[0][0].dtype == torch.uint8 and batches[0][1].dtype == torch.int64
+            got = np.concatenate([y.numpy() for _, y in batches])
+            np.testing.assert_array_equal(got, want[epoch])  # same rows, same order
+            for i, (x, _) in enumerate(batches):  # and the same pixels, cached or not
+                np.testing.assert_array_equal(x.numpy(), plain.batch(epoch, i).images)
 
 
 def test_torch_ranks_and_workers_cover_every_row_once_per_epoch(medium_h5):

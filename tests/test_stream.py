@@ -99,11 +99,12 @@ def test_memory_is_bounded_and_reads_are_few_and_large(medium_h5):
 
 
 @pytest.mark.parametrize("kw", [dict(order="shuffle"), dict(order="copies", epoch_size=400),
-                                dict(order="shuffle", copies_used=3)])
+                                dict(order="shuffle", copies_used=3),
+                                dict(order="copies", copies_used=3, epoch_size=130)])  # epochs across passes
 def test_cache_reads_each_block_once_and_changes_no_batch(medium_h5, medium, kw):
     kw = dict(batch_size=48, seed=3, buffer_rows=256, block_rows=64, **kw)
-    plain, _ = epochs_of(medium_h5, 4, **kw)
-    cached, s = epochs_of(medium_h5, 4, cache=True, **kw)
+    plain, _ = epochs_of(medium_h5, 5, **kw)
+    cached, s = epochs_of(medium_h5, 5, cache=True, **kw)
     for a, b in zip(plain, cached):
         assert [x.index for x in a] == [x.index for x in b]
         for x, y in zip(a, b):
@@ -111,13 +112,43 @@ def test_cache_reads_each_block_once_and_changes_no_batch(medium_h5, medium, kw)
             np.testing.assert_array_equal(x.images, y.images)
             np.testing.assert_array_equal(y.images, medium["images"][y.rows])  # HDF5's rows
             np.testing.assert_array_equal(y.labels, medium["labels"][y.rows])
-    # Four epochs (at least two passes over every streamed row), and each row read once.
+    # Five epochs (every streamed row at least twice), and each row read once.
     assert s.stats["rows_read"] == s.stats["cached_rows"] == s.streamed_rows
+    assert s.stats["windows_read"] == 0  # no window of its own: every batch from the cache
     assert s.stats["reads"] <= s.streamed_rows / 64 + s.pass_blocks  # whole chunk runs, once
     # Out of order, batch by batch, from a fresh cached stream: the same pure function.
     with Stream(medium_h5, cache=True, **kw) as c:
         for e, i in [(3, 2), (0, 5), (3, 2), (1, 0)]:
+            i %= c.num_batches
             np.testing.assert_array_equal(c.batch(e, i).images, plain[e][i].images)
+
+
+def test_cached_batches_from_threads_at_once_are_the_plain_ones(medium_h5):
+    """Four threads asking for batches in different orders while the prefetch thread reads:
+    every batch is the uncached stream's, every row read once."""
+    import threading
+    kw = dict(batch_size=32, order="shuffle", seed=9, buffer_rows=192, block_rows=64)
+    with Stream(medium_h5, **kw) as plain:
+        want = {(e, i): plain.batch(e, i).images for e in range(3) for i in range(plain.num_batches)}
+    keys = sorted(want)
+    errors = []
+    with Stream(medium_h5, cache=True, **kw) as s:
+        def ask(order):
+            try:
+                for k in order:
+                    got = s.get(*k) if k[1] % 2 else s.batch(*k)
+                    np.testing.assert_array_equal(got.images, want[k])
+            except BaseException as e:  # reported by the main thread
+                errors.append(e)
+        shuffled = [keys[j] for j in np.random.default_rng(1).permutation(len(keys))]
+        threads = [threading.Thread(target=ask, args=(o,))
+                   for o in (keys, keys[::-1], keys[1::2] + keys[::2], shuffled)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[0]
+        assert s.stats["rows_read"] == s.stats["cached_rows"] == s.streamed_rows
 
 
 def test_cache_larger_than_the_memory_left_is_refused_at_once(medium_h5, monkeypatch):
@@ -131,6 +162,8 @@ def test_cache_larger_than_the_memory_left_is_refused_at_once(medium_h5, monkeyp
     with Stream(medium_h5, cache=True, copies_used=3):  # 600 rows fit
         pass
     Stream(medium_h5).close()  # without the cache the memory left does not matter
+    with pytest.raises(AugmatError, match="--cache applies to offline training; --online holds"):
+        Stream(medium_h5, cache=True, mode="online")
     monkeypatch.setattr(augmat.stream, "available_memory", lambda: None)  # unknown: not checked
     Stream(medium_h5, cache=True).close()
 

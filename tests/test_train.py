@@ -335,6 +335,7 @@ def test_a_killed_run_resumes_to_the_model_of_an_uninterrupted_one(tiny_h5, tmp_
     assert "resuming" in resumed.stdout and "after epoch 2 of 3" in resumed.stdout
     m = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert m["status"] == "finished" and m["epochs"] == 3 and m["resumed_after_epoch"] == 2
+    assert m["stream"]["cached_rows"] == m["stream"]["rows_read"] > 0  # the resumed part cached
     mine = json.loads((tmp_path / "full" / "metrics.json").read_text())["machines"]
     assert mine == [{"first_epoch": 1, "device": mine[0]["device"], "host": platform.node()}]
     assert "CPU" in mine[0]["device"] and "cores" in mine[0]["device"]
