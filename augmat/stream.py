@@ -397,11 +397,11 @@ class Stream:
                            mags=None if mags is None else mags[a:b], held_rows=b - a)
         ranges = what[w]
         order, rows = self._window_rows(p, w)
-        t0 = time.perf_counter()
         if self.cache:
             # The window is the cache itself: batches gather cached[rows[j:k]].
             self._fill_cache(ranges)
             return _Window(self._labels[rows], rows, images=self._cached, order=rows, held_rows=0)
+        t0 = time.perf_counter()
         images = np.empty((len(rows),) + self.info.image_shape, np.uint8)
         o = 0
         for a, b in ranges:
@@ -479,7 +479,7 @@ class Stream:
         return np.concatenate(out)
 
     def _held(self, delta: int) -> None:
-        """Rows held in windows and prefetched batches (call with the lock held)."""
+        """Rows held in windows, prefetched batches and the cache (call with the lock held)."""
         self.stats["buffered_rows"] += delta
         self.stats["max_buffered_rows"] = max(self.stats["max_buffered_rows"], self.stats["buffered_rows"])
 
