@@ -46,11 +46,11 @@ def _died(where: str) -> AugmatError:
 # --- the worker side of the local engine ------------------------------------------------
 
 def warm_up(shard_rows: int) -> None:
-    """Render one blank shard through every op, so OpenCV's and Numba's first calls and the
+    """Render one blank shard through every op, so OpenCV's first calls and the
     first shard-sized allocations (which move malloc's mmap threshold) are not paid by the
     first real shard (measured: 30-60 ms instead of 17 ms for 4,096 rows). At the default
     image shape: workers warm up while the source loads, before its shape is known, and
-    the compiled kernels do not depend on it."""
+    nothing warmed depends on it."""
     from .ops import OP_NAMES, apply_ops
     from .store import IMAGE_SHAPE
     rows = min(shard_rows, 4096)

@@ -291,10 +291,9 @@ EARLIER_DEFINITIONS: dict[int, dict[str, str]] = {
 
 def rendering_libraries() -> dict[str, str]:
     """The versions that decide the rendered pixels (a build records them in its file)."""
-    import numba
     import scipy
     return {"opencv": cv2.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
-            "numba": numba.__version__}
+            "kernels": kernels.KERNELS_REVISION}
 
 
 def apply_ops(images: np.ndarray, op_codes: np.ndarray, magnitudes: np.ndarray,

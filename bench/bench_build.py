@@ -47,11 +47,11 @@ from augmat.files import write_text_atomic  # noqa: E402
 
 NUMERICS = {
     "identity": "a copy",
-    "rotate": "scipy's cubic B-spline with prefilter, redone in Numba (augmat/kernels.py)",
+    "rotate": "scipy's cubic B-spline with prefilter, redone in C (augmat/_ckernels.c)",
     "flip_lr": "whole pixels: one cv2.flip over the chosen images",
     "translate_x": "whole pixels: slice copies per shift",
     "translate_y": "whole pixels: slice copies per shift",
-    "sharpen": "scipy's uint8 Gaussian (3 passes) and the wrapped difference, redone in Numba",
+    "sharpen": "scipy's uint8 Gaussian (3 passes) and the wrapped difference, redone in C",
     "contrast": "exact per-level lookup table (cv2.LUT)",
     "brightness": "exact per-level lookup table (cv2.LUT)",
     "unsharp": "not default: float32 Gaussian sigma 1 (OpenCV sepFilter2D), addWeighted",

@@ -1,0 +1,526 @@
+/* The seed's two scipy.ndimage computations for a batch of uint8 images, in C.
+ *
+ * augmat/kernels.py explains what these compute and why (scipy's own arithmetic:
+ * ni_splines.c, ni_interpolation.c, ni_filters.c); this file only makes it fast.
+ * Each output value is computed with exactly the operations scipy uses, in scipy's
+ * order, on float64. What is new is that independent values are computed side by
+ * side in vector registers: the channels of a rotated pixel, the lines of a blur pass.
+ * Lane-wise IEEE arithmetic gives the same bits as scalar arithmetic, so long as no
+ * multiply-add is fused: setup.py compiles this file with -ffp-contract=off (and
+ * never -ffast-math), as scipy's own wheels are built.
+ *
+ * The vectors are GCC's generic vector extension (also clang's): on x86-64 they become
+ * SSE2 or, in the clones that target_clones below asks for, AVX2 and AVX-512 code
+ * chosen at run time for the processor; elsewhere, whatever the target offers.
+ *
+ * Arrays arrive through the buffer protocol as C-contiguous memory; augmat/kernels.py
+ * checks shapes and types before calling, and the GIL is released while they run.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef double v4d __attribute__((vector_size(32)));
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#else
+#define CLONES
+#endif
+
+/* ---- rotate: scipy's cubic B-spline, prefilter and 4x4 interpolation -------------- */
+
+static const double POLE = -0.267949192431122706472553658494127633; /* sqrt(3) - 2 */
+
+/* ni_splines.c apply_filter, order 3, mirror boundary, along axis 0 of an (n, m)
+ * float64 array in place: m independent lines, each with scipy's own sequence of
+ * operations (the loops over e only run the lines side by side). */
+CLONES
+static void spline_filter_axis0(double *c, Py_ssize_t n, Py_ssize_t m, double z)
+{
+    if (n <= 1)
+        return;
+    const double gain = (1.0 - z) * (1.0 - 1.0 / z);
+    for (Py_ssize_t k = 0; k < n * m; k++)
+        c[k] *= gain;
+    const double z_n_1 = pow(z, (double)(n - 1)); /* causal init, mirror */
+    double *first = c, *last = c + (n - 1) * m;
+    for (Py_ssize_t e = 0; e < m; e++)
+        first[e] = first[e] + z_n_1 * last[e];
+    double z_i = z;
+    for (Py_ssize_t i = 1; i < n - 1; i++) {
+        const double *ci = c + i * m, *cr = c + (n - 1 - i) * m;
+        for (Py_ssize_t e = 0; e < m; e++)
+            first[e] += z_i * (ci[e] + z_n_1 * cr[e]);
+        z_i *= z;
+    }
+    const double denom = 1 - z_n_1 * z_n_1;
+    for (Py_ssize_t e = 0; e < m; e++)
+        first[e] /= denom;
+    for (Py_ssize_t i = 1; i < n; i++) {
+        double *ci = c + i * m;
+        const double *cp = ci - m;
+        for (Py_ssize_t e = 0; e < m; e++)
+            ci[e] += z * cp[e];
+    }
+    const double *before = c + (n - 2) * m; /* anticausal init, mirror */
+    const double zz_1 = z * z - 1;
+    for (Py_ssize_t e = 0; e < m; e++)
+        last[e] = (z * before[e] + last[e]) * z / zz_1;
+    for (Py_ssize_t i = n - 2; i >= 0; i--) {
+        double *ci = c + i * m;
+        const double *cn = ci + m;
+        for (Py_ssize_t e = 0; e < m; e++)
+            ci[e] = z * (cn[e] - ci[e]);
+    }
+}
+
+/* ni_interpolation.c's index mirroring for the spline's taps past an edge. */
+static inline Py_ssize_t mirror(Py_ssize_t idx, Py_ssize_t n)
+{
+    if (n <= 1)
+        return 0;
+    const Py_ssize_t s2 = 2 * n - 2;
+    if (idx < 0) {
+        idx = s2 * ((-idx) / s2) + idx; /* -idx > 0: C's division is Python's here */
+        return idx <= 1 - n ? idx + s2 : -idx;
+    }
+    if (idx >= n) {
+        idx -= s2 * (idx / s2);
+        if (idx >= n)
+            idx = s2 - idx;
+    }
+    return idx;
+}
+
+/* x / y, correctly rounded as the division is, without dividing: the product with
+ * inv = 1 / y (rounded to nearest), then one correction with fused multiply-adds
+ * (Markstein's theorem: with such an inv and a quotient within one ulp, the remainder
+ * x - q y is exact and q + r inv rounds to x / y, barring overflow and subnormal
+ * quotients, which these never are: spline weights of 0..4 / 6, a d / (1 + a) with
+ * |a| <= 1/4, s / max <= 1). Checked beside real divisions on 720 million random
+ * quotients (x / 6 and x / max), and by the tests against scipy. Divisions are what the
+ * spline weights and the sharpen's scaling waited for. fma is one instruction in the
+ * x86-64-v3/v4 clones; elsewhere libm's, slower and just as exact. */
+static inline double div_by(double x, double y, double inv)
+{
+    const double q = x * inv;
+    return fma(fma(-q, y, x), inv, q);
+}
+
+static inline double div6(double x) { return div_by(x, 6.0, 1.0 / 6.0); }
+
+/* ni_splines.c get_spline_interpolation_weights, order 3, for n positions side by
+ * side: the fraction x = v - floor(v); weight k of position j goes to wt[k * n + j]. */
+static inline void spline_weights(const double *restrict v, const double *restrict fv,
+                                  double *restrict wt, Py_ssize_t n)
+{
+    for (Py_ssize_t j = 0; j < n; j++) {
+        const double x = v[j] - fv[j], z = 1.0 - x;
+        const double w1 = div6(x * x * (x - 2.0) * 3.0 + 4.0);
+        const double w2 = div6(z * z * (z - 2.0) * 3.0 + 4.0);
+        const double w0 = div6(z * z * z);
+        wt[j] = w0;
+        wt[n + j] = w1;
+        wt[2 * n + j] = w2;
+        wt[3 * n + j] = 1.0 - w0 - w1 - w2;
+    }
+}
+
+typedef double v8d __attribute__((vector_size(64)));
+typedef long long v8l __attribute__((vector_size(64)));
+typedef int v8i __attribute__((vector_size(32)));
+
+/* ni_interpolation.c CASE_INTERP_OUT_UINT, t > 0 ? t + 0.5 : 0 clamped to 255 and
+ * truncated, for eight values: for t in (-0.5, 0], t + 0.5 truncates to 0 as 0 does. */
+static inline v8i to_uint8_v8(v8d t)
+{
+    const v8d zero = {0}, top = {255, 255, 255, 255, 255, 255, 255, 255};
+    t = t + 0.5;
+    t = (v8d)((v8l)t & (t > zero));
+    const v8l below = t < top;
+    t = (v8d)(((v8l)t & below) | ((v8l)top & ~below));
+    return __builtin_convertvector(t, v8i);
+}
+
+static inline uint8_t to_uint8(double t)
+{
+    t = t > 0 ? t + 0.5 : 0.0;
+    return (uint8_t)(t < 255.0 ? t : 255.0);
+}
+
+/* One image (h, w, c): spline coefficients, then every output pixel's 4x4 sum.
+ * rows: h*w*cp doubles, cp = 4 when c == 3 (the fourth lane of an RGB pixel is
+ * filtered along and never read). coef: (w + 3) * (h + 3) * cp doubles, the
+ * coefficients columns first, with scipy's mirrored border around them (one column or
+ * row before, two after: every tap of a pixel inside the source lands in it, so the
+ * gather reads without mirroring). Both 64-byte aligned. row_buf: 14 w doubles and
+ * 3 w indices. */
+CLONES
+static void rotate_one(const uint8_t *img, uint8_t *out, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c,
+                       double m00, double m01, double m10, double m11, double off0, double off1,
+                       double *rows, double *coef, double *row_buf)
+{
+    const Py_ssize_t cp = c == 3 ? 4 : c, hp = h + 3, col = hp * cp;
+    /* the prefilter of each channel plane along rows (axis 0), then along columns */
+    if (c == 3)
+        for (Py_ssize_t k = 0; k < h * w; k++) {
+            const v4d px = {img[3 * k], img[3 * k + 1], img[3 * k + 2], 0.0};
+            *(v4d *)(rows + 4 * k) = px;
+        }
+    else
+        for (Py_ssize_t k = 0; k < h * w * c; k++)
+            rows[k] = img[k];
+    spline_filter_axis0(rows, h, w * cp, POLE);
+    double *inner = coef + col + cp; /* (column 0, row 0) of the padded coefficients */
+    for (Py_ssize_t i = 0; i < h; i++)
+        for (Py_ssize_t j = 0; j < w; j++) {
+            double *dst = inner + j * col + i * cp;
+            const double *src = rows + (i * w + j) * cp;
+            if (c == 3)
+                *(v4d *)dst = *(const v4d *)src;
+            else
+                for (Py_ssize_t ch = 0; ch < c; ch++)
+                    dst[ch] = src[ch];
+        }
+    /* along columns: the w columns lie col doubles apart, so filter them as lines of a
+     * (w, col) array (the border rows ride along, unread); the border is filled after */
+    spline_filter_axis0(inner - cp, w, col, POLE);
+    const Py_ssize_t pad_rows[3] = {-1, h, h + 1}, pad_cols[3] = {-1, w, w + 1};
+    for (Py_ssize_t j = 0; j < w; j++) /* rows -1, h, h + 1 of each column */
+        for (int k = 0; k < 3; k++) {
+            double *dst = inner + j * col + pad_rows[k] * cp;
+            const double *src = inner + j * col + mirror(pad_rows[k], h) * cp;
+            for (Py_ssize_t ch = 0; ch < cp; ch++)
+                dst[ch] = src[ch];
+        }
+    for (int k = 0; k < 3; k++) /* then columns -1, w, w + 1, border rows included */
+        memcpy(inner + pad_cols[k] * col - cp, inner + mirror(pad_cols[k], w) * col - cp, col * sizeof(double));
+
+    /* Per output row, first what every pixel of it needs, computed side by side (the
+     * compiler vectorises these loops): where it reads, its fraction and its eight spline
+     * weights; then each pixel's 4x4 sum. */
+    double *yy = row_buf, *xx = yy + w, *fy = xx + w, *fx = fy + w, *wy = fx + w, *wx = wy + 4 * w;
+    Py_ssize_t *base = (Py_ssize_t *)(wx + 4 * w), *inside = base + w;
+    for (Py_ssize_t i = 0; i < h; i++) {
+        for (Py_ssize_t j = 0; j < w; j++) {
+            yy[j] = i * m00 + j * m01 + off0;
+            xx[j] = i * m10 + j * m11 + off1;
+        }
+        for (Py_ssize_t j = 0; j < w; j++) {
+            fy[j] = floor(yy[j]);
+            fx[j] = floor(xx[j]);
+        }
+        spline_weights(yy, fy, wy, w);
+        spline_weights(xx, fx, wx, w);
+        /* the offset in coef of each pixel's first tap (row floor(y) - 1, column
+         * floor(x) - 1); a pixel outside the source reads offset 0 and is 0 */
+        for (Py_ssize_t j = 0; j < w; j++) {
+            const double y = yy[j], x = xx[j];
+            inside[j] = (y >= 0) & (y <= h - 1) & (x >= 0) & (x <= w - 1); /* no NaN here */
+            base[j] = ((Py_ssize_t)fx[j] * col + (Py_ssize_t)fy[j] * cp) * inside[j];
+        }
+        uint8_t *o = out + i * w * c;
+        Py_ssize_t j = 0;
+        if (c == 3)
+            /* Two pixels to a vector, each pixel's three channels side by side in one half
+             * of its eight lanes, and two such vectors at once: every lane adds (coefficient
+             * x row weight) x column weight over the 16 taps in scipy's order (row-major
+             * over p, q), as scipy does for one channel plane. The two accumulators let
+             * the processor overlap two chains of dependent additions. */
+            for (; j + 3 < w; j += 4) {
+                if (!(inside[j] | inside[j + 1] | inside[j + 2] | inside[j + 3])) {
+                    memset(o + 3 * j, 0, 12);
+                    continue;
+                }
+                v8d wq0[4], wq1[4];
+                for (int q = 0; q < 4; q++) {
+                    const double *wxq = wx + q * w + j;
+                    wq0[q] = (v8d){wxq[0], wxq[0], wxq[0], wxq[0], wxq[1], wxq[1], wxq[1], wxq[1]};
+                    wq1[q] = (v8d){wxq[2], wxq[2], wxq[2], wxq[2], wxq[3], wxq[3], wxq[3], wxq[3]};
+                }
+                v8d acc0 = {0}, acc1 = {0};
+                for (int p = 0; p < 4; p++) {
+                    const double *wyp = wy + p * w + j;
+                    const v8d wp0 = {wyp[0], wyp[0], wyp[0], wyp[0], wyp[1], wyp[1], wyp[1], wyp[1]};
+                    const v8d wp1 = {wyp[2], wyp[2], wyp[2], wyp[2], wyp[3], wyp[3], wyp[3], wyp[3]};
+                    const double *l0 = coef + base[j] + p * cp, *l1 = coef + base[j + 1] + p * cp;
+                    const double *l2 = coef + base[j + 2] + p * cp, *l3 = coef + base[j + 3] + p * cp;
+                    for (int q = 0; q < 4; q++) {
+                        const Py_ssize_t d = q * col;
+                        const v8d t0 = __builtin_shufflevector(*(const v4d *)(l0 + d), *(const v4d *)(l1 + d),
+                                                               0, 1, 2, 3, 4, 5, 6, 7);
+                        const v8d t1 = __builtin_shufflevector(*(const v4d *)(l2 + d), *(const v4d *)(l3 + d),
+                                                               0, 1, 2, 3, 4, 5, 6, 7);
+                        acc0 += t0 * wp0 * wq0[q];
+                        acc1 += t1 * wp1 * wq1[q];
+                    }
+                }
+                const v8i v0 = to_uint8_v8(acc0), v1 = to_uint8_v8(acc1);
+                uint8_t *oj = o + 3 * j;
+                for (int ch = 0; ch < 3; ch++) {
+                    oj[ch] = inside[j] ? v0[ch] : 0;
+                    oj[3 + ch] = inside[j + 1] ? v0[4 + ch] : 0;
+                    oj[6 + ch] = inside[j + 2] ? v1[ch] : 0;
+                    oj[9 + ch] = inside[j + 3] ? v1[4 + ch] : 0;
+                }
+            }
+        for (; j < w; j++) /* any channel count, and the last pixels of an RGB row */
+            for (Py_ssize_t ch = 0; ch < c; ch++) {
+                double acc = 0.0;
+                for (int p = 0; p < 4; p++)
+                    for (int q = 0; q < 4; q++)
+                        acc += coef[base[j] + p * cp + q * col + ch] * wy[p * w + j] * wx[q * w + j];
+                o[j * c + ch] = inside[j] ? to_uint8(acc) : 0; /* outside: mode 'constant', cval 0 */
+            }
+    }
+}
+
+static void *aligned_doubles(Py_ssize_t n)
+{
+    size_t bytes = ((size_t)n * sizeof(double) + 63) & ~(size_t)63;
+    return aligned_alloc(64, bytes ? bytes : 64);
+}
+
+/* rotate(images, out, m00, m01, m10, m11, off0, off1, b, h, w, c) */
+static PyObject *py_rotate(PyObject *self, PyObject *args)
+{
+    Py_buffer img, out, m[6];
+    Py_ssize_t b, h, w, c;
+    if (!PyArg_ParseTuple(args, "y*w*y*y*y*y*y*y*nnnn", &img, &out, &m[0], &m[1], &m[2], &m[3],
+                          &m[4], &m[5], &b, &h, &w, &c))
+        return NULL;
+    const Py_ssize_t cp = c == 3 ? 4 : c;
+    double *rows = aligned_doubles(h * w * cp), *coef = aligned_doubles((w + 3) * (h + 3) * cp);
+    double *row_buf = aligned_doubles(14 * w + 2 * w); /* Py_ssize_t is 8 bytes, as double */
+    int ok = rows && coef && row_buf;
+    if (ok) /* the border rows are filtered along before they are first filled */
+        memset(coef, 0, (size_t)((w + 3) * (h + 3) * cp) * sizeof(double));
+    if (ok) {
+        const double *mm[6];
+        for (int k = 0; k < 6; k++)
+            mm[k] = (const double *)m[k].buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t k = 0; k < b; k++)
+            rotate_one((const uint8_t *)img.buf + k * h * w * c, (uint8_t *)out.buf + k * h * w * c,
+                       h, w, c, mm[0][k], mm[1][k], mm[2][k], mm[3][k], mm[4][k], mm[5][k], rows, coef, row_buf);
+        Py_END_ALLOW_THREADS
+    }
+    free(rows);
+    free(coef);
+    free(row_buf);
+    PyBuffer_Release(&img);
+    PyBuffer_Release(&out);
+    for (int k = 0; k < 6; k++)
+        PyBuffer_Release(&m[k]);
+    if (!ok)
+        return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* ---- sharpen: the seed's uint8 Gaussian blur, then its wrapped difference ----------- */
+
+/* t[e] = scipy's symmetric correlation (ni_filters.c) at one output position, for the
+ * lines e = 0..m-1 side by side: the centre sample times its weight, then the pairs
+ * from the outermost in. tap[k] (k = 0..2r) points at the m samples the k-th tap reads. */
+static inline __attribute__((always_inline)) void correlate(const double *const *tap, const double *wt, int r, Py_ssize_t m, double *t)
+{
+    const double *centre = tap[r];
+    const double wr = wt[r];
+    for (Py_ssize_t e = 0; e < m; e++)
+        t[e] = centre[e] * wr;
+    for (int k = 0; k < r; k++) {
+        const double *lo = tap[k], *hi = tap[2 * r - k];
+        const double wk = wt[k];
+        for (Py_ssize_t e = 0; e < m; e++)
+            t[e] += (lo[e] + hi[e]) * wk;
+    }
+}
+
+/* scipy's gaussian_filter of one (h, w, c) uint8 image over axes 0, 1, 2 in turn, each
+ * pass truncated to whole numbers as scipy's uint8 output does, into blur (h, w, c).
+ * ext_*: for each axis, the sample each of its n + 2r extended positions reads (scipy's
+ * 'reflect', read off scipy by kernels.py). Scratch: a, t (h*w*c doubles each), pad
+ * ((w + 2r) * c doubles), planes (c * h * w doubles). */
+CLONES
+static void blur_one(const uint8_t *img, uint8_t *blur, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c,
+                     const double *wt, int r, const int64_t *ext_h, const int64_t *ext_w,
+                     const int64_t *ext_c, double *a, double *t, double *pad, double *planes)
+{
+    const Py_ssize_t row = w * c, hw = h * w;
+    const double *tap[2 * r + 1];
+    /* axis 0: lines run down the columns; an output row is a weighted sum of whole rows */
+    for (Py_ssize_t k = 0; k < h * row; k++)
+        a[k] = img[k];
+    for (Py_ssize_t q = 0; q < h; q++) {
+        for (int k = 0; k <= 2 * r; k++)
+            tap[k] = a + ext_h[q + k] * row;
+        double *tq = t + q * row;
+        correlate(tap, wt, r, row, tq);
+        for (Py_ssize_t e = 0; e < row; e++)
+            tq[e] = floor(tq[e]); /* t >= 0: C's (npy_ubyte)t */
+    }
+    /* axis 1: along each row; the row extended by its reflected border, so that tap k
+     * of every output pixel is one shifted contiguous read */
+    for (int k = 0; k <= 2 * r; k++)
+        tap[k] = pad + k * c;
+    for (Py_ssize_t i = 0; i < h; i++) {
+        const double *src = t + i * row;
+        for (Py_ssize_t e = 0; e < row; e++)
+            pad[r * c + e] = src[e];
+        for (Py_ssize_t p = 0; p < r; p++)
+            for (Py_ssize_t ch = 0; ch < c; ch++) {
+                pad[p * c + ch] = src[ext_w[p] * c + ch];
+                pad[(w + r + p) * c + ch] = src[ext_w[w + r + p] * c + ch];
+            }
+        double *ti = a + i * row;
+        correlate(tap, wt, r, row, ti);
+        if (c == 3) /* the loop the compiler can vectorise: three fixed strides */
+            for (Py_ssize_t j = 0; j < w; j++) {
+                planes[i * w + j] = floor(ti[3 * j]);
+                planes[hw + i * w + j] = floor(ti[3 * j + 1]);
+                planes[2 * hw + i * w + j] = floor(ti[3 * j + 2]);
+            }
+        else
+            for (Py_ssize_t j = 0; j < w; j++)
+                for (Py_ssize_t ch = 0; ch < c; ch++)
+                    planes[ch * hw + i * w + j] = floor(ti[j * c + ch]);
+    }
+    /* axis 2: across the channel planes */
+    for (Py_ssize_t q = 0; q < c; q++) {
+        for (int k = 0; k <= 2 * r; k++)
+            tap[k] = planes + ext_c[q + k] * hw;
+        correlate(tap, wt, r, hw, t + q * hw);
+    }
+    if (c == 3)
+        for (Py_ssize_t p = 0; p < hw; p++) {
+            blur[3 * p] = (uint8_t)(int)t[p];
+            blur[3 * p + 1] = (uint8_t)(int)t[hw + p];
+            blur[3 * p + 2] = (uint8_t)(int)t[2 * hw + p];
+        }
+    else
+        for (Py_ssize_t p = 0; p < hw; p++)
+            for (Py_ssize_t ch = 0; ch < c; ch++)
+                blur[p * c + ch] = (uint8_t)t[ch * hw + p];
+}
+
+/* The seed's arithmetic on float64 for one image of n values: s = x + a (x - blur) / (1 + a)
+ * with x - blur wrapped modulo 256 (uint8), then shifted up by -min if min < 0, scaled by
+ * 255 / max if max > 255 (as 255 * (s / max)), clipped and truncated. Written so that the
+ * compiler vectorises each loop: the minimum and maximum kept per lane of eight (exact in
+ * any order: no NaN, and s is never -0.0); the maximum after the shift taken as the
+ * shifted maximum (rounding is monotonic, so max(s - lo) = max(s) - lo exactly); the
+ * divisions by max as div_by. */
+CLONES
+static void sharpen_combine(const uint8_t *restrict x, const uint8_t *restrict blur, double a, Py_ssize_t n,
+                            uint8_t *restrict out, double *restrict s)
+{
+    /* a * d / (1 + a) for the wrapped difference d, as the division rounds it */
+    const double one_a = 1.0 + a, inv_one_a = 1.0 / one_a;
+    for (Py_ssize_t p = 0; p < n; p++) {
+        const double d = (uint8_t)(x[p] - blur[p]);
+        s[p] = x[p] + div_by(a * d, one_a, inv_one_a);
+    }
+    v8d lo8, hi8;
+    for (int l = 0; l < 8; l++) {
+        lo8[l] = INFINITY;
+        hi8[l] = -INFINITY;
+    }
+    Py_ssize_t p = 0;
+    for (; p + 8 <= n; p += 8) {
+        v8d v;
+        memcpy(&v, s + p, sizeof v);
+        const v8l below = v < lo8, above = v > hi8;
+        lo8 = (v8d)(((v8l)v & below) | ((v8l)lo8 & ~below));
+        hi8 = (v8d)(((v8l)v & above) | ((v8l)hi8 & ~above));
+    }
+    double lo = lo8[0], hi = hi8[0];
+    for (int l = 1; l < 8; l++) {
+        lo = lo8[l] < lo ? lo8[l] : lo;
+        hi = hi8[l] > hi ? hi8[l] : hi;
+    }
+    for (; p < n; p++) {
+        lo = s[p] < lo ? s[p] : lo;
+        hi = s[p] > hi ? s[p] : hi;
+    }
+    const double shift = lo < 0 ? lo : 0.0; /* s - 0.0 is s: no shift */
+    hi = hi - shift;
+    if (hi > 255) {
+        const double inv = 1.0 / hi;
+        for (Py_ssize_t p = 0; p < n; p++) {
+            double v = 255.0 * div_by(s[p] - shift, hi, inv);
+            v = v > 0.0 ? v : 0.0;
+            out[p] = (uint8_t)(int)(v < 255.0 ? v : 255.0);
+        }
+    } else {
+        for (Py_ssize_t p = 0; p < n; p++) {
+            double v = s[p] - shift;
+            v = v > 0.0 ? v : 0.0;
+            out[p] = (uint8_t)(int)(v < 255.0 ? v : 255.0);
+        }
+    }
+}
+
+/* blur(images, out, weights, ext_h, ext_w, ext_c, b, h, w, c, a)
+ * a: None for the blur alone into out; else float64 (b,) and out gets the sharpen. */
+static PyObject *py_blur(PyObject *self, PyObject *args)
+{
+    Py_buffer img, out, wt, eh, ew, ec;
+    Py_ssize_t b, h, w, c;
+    PyObject *a_obj;
+    if (!PyArg_ParseTuple(args, "y*w*y*y*y*y*nnnnO", &img, &out, &wt, &eh, &ew, &ec, &b, &h, &w, &c, &a_obj))
+        return NULL;
+    Py_buffer a = {0};
+    int sharpen = a_obj != Py_None, ok = 1;
+    if (sharpen && PyObject_GetBuffer(a_obj, &a, PyBUF_SIMPLE) < 0)
+        ok = 0;
+    const int r = (int)((wt.len / (Py_ssize_t)sizeof(double) - 1) / 2);
+    const Py_ssize_t n = h * w * c;
+    double *sa = NULL, *st = NULL, *spad = NULL, *splanes = NULL, *ss = NULL;
+    uint8_t *bl = NULL;
+    if (ok) {
+        sa = aligned_doubles(n);
+        st = aligned_doubles(n);
+        spad = aligned_doubles((w + 2 * r) * c);
+        splanes = aligned_doubles(n);
+        ss = aligned_doubles(n);
+        bl = malloc(n);
+        ok = sa && st && spad && splanes && ss && bl;
+        if (!ok)
+            PyErr_NoMemory();
+    }
+    if (ok) {
+        const double *wts = wt.buf, *av = sharpen ? a.buf : NULL;
+        const int64_t *xh = eh.buf, *xw = ew.buf, *xc = ec.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t k = 0; k < b; k++) {
+            const uint8_t *x = (const uint8_t *)img.buf + k * n;
+            uint8_t *o = (uint8_t *)out.buf + k * n;
+            blur_one(x, sharpen ? bl : o, h, w, c, wts, r, xh, xw, xc, sa, st, spad, splanes);
+            if (sharpen)
+                sharpen_combine(x, bl, av[k], n, o, ss);
+        }
+        Py_END_ALLOW_THREADS
+    }
+    free(sa); free(st); free(spad); free(splanes); free(ss); free(bl);
+    if (sharpen && a.obj)
+        PyBuffer_Release(&a);
+    PyBuffer_Release(&img); PyBuffer_Release(&out); PyBuffer_Release(&wt);
+    PyBuffer_Release(&eh); PyBuffer_Release(&ew); PyBuffer_Release(&ec);
+    if (!ok)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"rotate", py_rotate, METH_VARARGS, "scipy.ndimage.rotate's cubic spline for a batch (see augmat/kernels.py)"},
+    {"blur", py_blur, METH_VARARGS, "scipy's uint8 gaussian_filter for a batch, or the seed's sharpen (see augmat/kernels.py)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ckernels", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__ckernels(void) { return PyModule_Create(&module); }

@@ -1,0 +1,13 @@
+"""The one compiled part of augmat: the seed's scipy arithmetic for a batch
+(augmat/_ckernels.c; augmat/kernels.py says what it computes). Everything else about
+the package is in pyproject.toml.
+
+-ffp-contract=off: no fused multiply-adds the source does not ask for, so every value
+rounds as in scipy (never -ffast-math). -fno-math-errno and -fno-trapping-math only let
+floor() and the like become single vector instructions; they change no value."""
+
+from setuptools import Extension, setup
+
+# GCC or Clang (the kernels use their vector extension).
+flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-Wno-psabi"]
+setup(ext_modules=[Extension("augmat._ckernels", ["augmat/_ckernels.c"], extra_compile_args=flags)])
