@@ -219,14 +219,6 @@ def unsharp(images: np.ndarray, magnitudes: np.ndarray, sharpen_sigma: float = S
     return out
 
 
-def _apply_luts(images: np.ndarray, luts: np.ndarray) -> np.ndarray:
-    """Map each image's pixels through its own 256-entry table (luts: (B, 256) uint8)."""
-    out = np.empty_like(images)
-    for i in range(len(images)):
-        cv2.LUT(images[i], luts[i], dst=out[i])
-    return out
-
-
 _LEVELS = np.arange(256, dtype=np.float64) / 255.0
 
 
@@ -235,7 +227,7 @@ def contrast(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
     whose uint8 result truncates). Exact per-level table, no interpolation."""
     gain = 1.0 + 10.0 * magnitudes.astype(np.float64)[:, None]
     luts = (1.0 / (1.0 + np.exp(gain * (0.5 - _LEVELS[None, :])))) * 255.0
-    return _apply_luts(images, luts.astype(np.uint8))
+    return kernels.apply_luts(images, luts.astype(np.uint8))
 
 
 def brightness(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
@@ -243,7 +235,7 @@ def brightness(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
     gamma < 1 brightens, z = 0.5 gives gamma 1, the identity."""
     gamma = 0.25 + 1.5 * magnitudes.astype(np.float64)[:, None]
     luts = np.minimum(np.rint(255.0 * _LEVELS[None, :] ** gamma), 255)
-    return _apply_luts(images, luts.astype(np.uint8))
+    return kernels.apply_luts(images, luts.astype(np.uint8))
 
 
 @dataclass(frozen=True)
