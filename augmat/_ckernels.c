@@ -1,4 +1,5 @@
-/* The seed's two scipy.ndimage computations for a batch of uint8 images, in C.
+/* augmat's compiled loops: the seed's two scipy.ndimage computations for a batch of
+ * uint8 images (most of this file), per-image lookup tables, and HDF5's Fletcher-32.
  *
  * augmat/kernels.py explains what these compute and why (scipy's own arithmetic:
  * ni_splines.c, ni_interpolation.c, ni_filters.c); this file only makes it fast.
@@ -552,9 +553,72 @@ static PyObject *py_lut(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ---- HDF5's Fletcher-32, for chunks augmat writes itself ------------------------------ */
+
+/* H5_checksum_fletcher32 (HDF5's H5checksum.c), operation for operation: big-endian 16-bit
+ * words, the two sums folded every 360 words, an odd last byte as the high half of a word,
+ * a final fold (the blocks' sums regrouped, which modular addition allows: the same
+ * 32 bits). The chunk plus these 4 bytes (little-endian) is what HDF5's fletcher32
+ * filter stores. */
+CLONES
+static uint32_t fletcher32(const uint8_t *data, size_t n)
+{
+    size_t len = n / 2;
+    uint32_t sum1 = 0, sum2 = 0;
+    while (len) {
+        const uint32_t tlen = len > 360 ? 360 : (uint32_t)len;
+        len -= tlen;
+        /* HDF5 adds word i to sum1, then sum1 to sum2, one word at a time; all of it is
+         * addition modulo 2^32, so the block's sums may be regrouped (and vectorised):
+         * sum1 gains the words' sum, sum2 gains tlen times the old sum1 plus each word
+         * times the number of additions it takes part in, tlen - i. Same bits. */
+        uint32_t s = 0, t = 0;
+        for (uint32_t i = 0; i < tlen; i++) {
+            const uint32_t word = ((uint32_t)data[2 * i] << 8) | data[2 * i + 1];
+            s += word;
+            t += (tlen - i) * word;
+        }
+        data += 2 * (size_t)tlen;
+        sum2 += tlen * sum1 + t;
+        sum1 += s;
+        sum1 = (sum1 & 0xffff) + (sum1 >> 16);
+        sum2 = (sum2 & 0xffff) + (sum2 >> 16);
+    }
+    if (n % 2) {
+        sum1 += (uint32_t)(((uint16_t)*data) << 8);
+        sum2 += sum1;
+        sum1 = (sum1 & 0xffff) + (sum1 >> 16);
+        sum2 = (sum2 & 0xffff) + (sum2 >> 16);
+    }
+    sum1 = (sum1 & 0xffff) + (sum1 >> 16);
+    sum2 = (sum2 & 0xffff) + (sum2 >> 16);
+    return (sum2 << 16) | sum1;
+}
+
+/* fletcher32(buffer, n): the checksum of the buffer's first n bytes. */
+static PyObject *py_fletcher32(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "y*n", &buf, &n))
+        return NULL;
+    if (n < 0 || n > buf.len) {
+        PyBuffer_Release(&buf);
+        PyErr_SetString(PyExc_ValueError, "n is past the end of the buffer");
+        return NULL;
+    }
+    uint32_t sum;
+    Py_BEGIN_ALLOW_THREADS
+    sum = fletcher32(buf.buf, (size_t)n);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&buf);
+    return PyLong_FromUnsignedLong((unsigned long)sum);
+}
+
 static PyMethodDef methods[] = {
     {"rotate", py_rotate, METH_VARARGS, "scipy.ndimage.rotate's cubic spline for a batch (see augmat/kernels.py)"},
     {"lut", py_lut, METH_VARARGS, "each image of a batch through its own 256-entry table (see augmat/kernels.py)"},
+    {"fletcher32", py_fletcher32, METH_VARARGS, "HDF5's Fletcher-32 of the first n bytes of a buffer"},
     {"blur", py_blur, METH_VARARGS, "scipy's uint8 gaussian_filter for a batch, or the seed's sharpen (see augmat/kernels.py)"},
     {NULL, NULL, 0, NULL},
 };

@@ -119,8 +119,31 @@ def create_rows(f: h5py.File, name: str, n: int, dtype, tail=(), chunk_rows: int
 def write_array(f: h5py.File, name: str, data: np.ndarray) -> h5py.Dataset:
     ds = create_rows(f, name, len(data), data.dtype, data.shape[1:])
     if len(data):
-        ds[...] = data
+        write_chunks(ds, data)
     return ds
+
+
+def write_chunks(ds: h5py.Dataset, data: np.ndarray) -> None:
+    """Write the whole of a dataset made by :func:`create_rows`, chunk by chunk, as the
+    bytes HDF5's own write stores: each chunk whole (the last one's rows past the end as
+    zeros, the fill value), followed by its Fletcher-32 (little-endian), handed to HDF5
+    with ``write_direct_chunk``. HDF5 computes that checksum in a scalar loop and copies
+    each chunk through its chunk cache; augmat's vectorised checksum
+    (:func:`augmat.kernels.fletcher32`) and one copy make a 4,096-row shard's pixels
+    several times cheaper to write. HDF5 checks the checksum on every read, and the tests
+    compare the stored chunks with HDF5's own write byte for byte."""
+    from .kernels import fletcher32
+    rows = ds.chunks[0]
+    data = np.ascontiguousarray(data, dtype=ds.dtype)
+    size = rows * data[0].nbytes
+    buf = np.zeros(size + 4, np.uint8)
+    for a in range(0, len(data), rows):
+        part = data[a:a + rows].reshape(-1).view(np.uint8)
+        buf[:len(part)] = part
+        if len(part) < size:
+            buf[len(part):size] = 0
+        buf[size:] = np.frombuffer(fletcher32(buf[:size]).to_bytes(4, "little"), np.uint8)
+        ds.id.write_direct_chunk((a,) + (0,) * (data.ndim - 1), buf)
 
 
 def pixel_sha256(images: np.ndarray) -> str:

@@ -135,3 +135,42 @@ def test_a_master_written_to_a_full_disk_leaves_nothing(tmp_path):
         write_master(tmp_path / "m.h5", {}, {}, [ShardEntry("x.h5", 0, 0, 1, "0")], OP_NAMES,
                      row_layout((32, 32, 3), np.uint8), fault=full)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("shape,dtype", [((600, 32, 32, 3), np.uint8),   # 256-row chunks, a partial last one
+                                         ((70, 33, 17, 1), np.uint8),    # odd bytes per row
+                                         ((4097,), np.uint8), ((1000,), np.int16), ((9,), np.int32),
+                                         ((5000,), np.float32), ((3,), np.uint8)])
+def test_chunks_are_the_bytes_hdf5s_own_filtered_write_stores(tmp_path, shape, dtype):
+    """augmat writes each chunk with its own Fletcher-32 (write_direct_chunk): the stored
+    chunks must be byte for byte those HDF5's fletcher32 filter stores for the same data
+    (the checksum, and the partial last chunk's padding), and HDF5 must read them back,
+    checking every checksum as it does."""
+    from augmat.store import create_rows, write_array
+    rng = np.random.default_rng(len(shape) + shape[0])
+    data = (rng.integers(0, 256, shape) if dtype == np.uint8 else rng.normal(0, 1e4, shape)).astype(dtype)
+    data.reshape(-1)[:7] = np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 3e38  # all-ones words
+    with h5py.File(tmp_path / "ours.h5", "w") as f:
+        write_array(f, "x", data)
+    with h5py.File(tmp_path / "hdf5.h5", "w") as f:
+        create_rows(f, "x", len(data), data.dtype, data.shape[1:])[...] = data
+    with h5py.File(tmp_path / "ours.h5", "r") as a, h5py.File(tmp_path / "hdf5.h5", "r") as b:
+        ours, theirs = a["x"], b["x"]
+        assert ours.fletcher32 and ours.chunks == theirs.chunks
+        assert ours.id.get_num_chunks() == theirs.id.get_num_chunks() > 0
+        for k in range(theirs.id.get_num_chunks()):
+            offset = theirs.id.get_chunk_info(k).chunk_offset
+            assert ours.id.read_direct_chunk(offset) == theirs.id.read_direct_chunk(offset), f"chunk {offset}"
+        np.testing.assert_array_equal(ours[...], data)
+
+
+def test_a_chunk_with_a_wrong_checksum_is_refused_by_hdf5(tmp_path):
+    """The other side of the test above: HDF5 itself refuses a chunk whose stored
+    Fletcher-32 does not match, so a wrong checksum of ours could not pass unseen."""
+    from augmat.store import write_array
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        ds = write_array(f, "x", np.arange(600, dtype=np.int16))
+        mask, raw = ds.id.read_direct_chunk((0,))
+        ds.id.write_direct_chunk((0,), raw[:-4] + bytes([raw[-4] ^ 1]) + raw[-3:])
+    with h5py.File(tmp_path / "x.h5", "r") as f, pytest.raises(OSError):
+        f["x"][...]
