@@ -8,6 +8,9 @@ floor() and the like become single vector instructions; they change no value."""
 
 from setuptools import Extension, setup
 
-# GCC or Clang (the kernels use their vector extension).
-flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-Wno-psabi"]
+# GCC or Clang (the kernels use their vector extension). -Wno-psabi, -Wno-maybe-uninitialized:
+# GCC 12 notes that AVX vectors change the ABI of functions that pass them (none leave the
+# file), and takes the rotation's weight vectors, set in a loop of four, for unset.
+flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-Wno-psabi",
+         "-Wno-maybe-uninitialized"]
 setup(ext_modules=[Extension("augmat._ckernels", ["augmat/_ckernels.c"], extra_compile_args=flags)])

@@ -286,6 +286,19 @@ static void *aligned_doubles(Py_ssize_t n)
     return aligned_alloc(64, bytes ? bytes : 64);
 }
 
+/* Whether every buffer holds at least the bytes the sizes say; else a ValueError (a
+ * wrong call from Python must not read or write past an array). */
+static int sizes_ok(int n, const Py_buffer *const *buf, const Py_ssize_t *need, const char *what)
+{
+    for (int k = 0; k < n; k++)
+        if (need[k] < 0 || buf[k]->len < need[k]) {
+            PyErr_Format(PyExc_ValueError, "%s: argument %d holds %zd bytes, %zd needed", what, k,
+                         buf[k]->len, need[k]);
+            return 0;
+        }
+    return 1;
+}
+
 /* rotate(images, out, m00, m01, m10, m11, off0, off1, b, h, w, c) */
 static PyObject *py_rotate(PyObject *self, PyObject *args)
 {
@@ -294,10 +307,19 @@ static PyObject *py_rotate(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*w*y*y*y*y*y*y*nnnn", &img, &out, &m[0], &m[1], &m[2], &m[3],
                           &m[4], &m[5], &b, &h, &w, &c))
         return NULL;
-    const Py_ssize_t cp = c == 3 ? 4 : c;
-    double *rows = aligned_doubles(h * w * cp), *coef = aligned_doubles((w + 3) * (h + 3) * cp);
-    double *row_buf = aligned_doubles(14 * w + 2 * w); /* Py_ssize_t is 8 bytes, as double */
-    int ok = rows && coef && row_buf;
+    const Py_ssize_t cp = c == 3 ? 4 : c, bytes = b * h * w * c, per_image = b * (Py_ssize_t)sizeof(double);
+    const Py_buffer *bufs[8] = {&img, &out, &m[0], &m[1], &m[2], &m[3], &m[4], &m[5]};
+    const Py_ssize_t need[8] = {bytes, bytes, per_image, per_image, per_image, per_image, per_image, per_image};
+    int valid = b >= 0 && h > 0 && w > 0 && c > 0 && sizes_ok(8, bufs, need, "rotate");
+    if (!valid && !PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "rotate: needs b >= 0 images of h, w, c > 0");
+    double *rows = NULL, *coef = NULL, *row_buf = NULL;
+    if (valid) {
+        rows = aligned_doubles(h * w * cp);
+        coef = aligned_doubles((w + 3) * (h + 3) * cp);
+        row_buf = aligned_doubles(14 * w + 2 * w); /* Py_ssize_t is 8 bytes, as double */
+    }
+    int ok = valid && rows && coef && row_buf;
     if (ok) /* the border rows are filtered along before they are first filled */
         memset(coef, 0, (size_t)((w + 3) * (h + 3) * cp) * sizeof(double));
     if (ok) {
@@ -317,6 +339,8 @@ static PyObject *py_rotate(PyObject *self, PyObject *args)
     PyBuffer_Release(&out);
     for (int k = 0; k < 6; k++)
         PyBuffer_Release(&m[k]);
+    if (!valid)
+        return NULL;
     if (!ok)
         return PyErr_NoMemory();
     Py_RETURN_NONE;
@@ -489,8 +513,18 @@ static PyObject *py_blur(PyObject *self, PyObject *args)
     int sharpen = a_obj != Py_None, ok = 1;
     if (sharpen && PyObject_GetBuffer(a_obj, &a, PyBUF_SIMPLE) < 0)
         ok = 0;
-    const int r = (int)((wt.len / (Py_ssize_t)sizeof(double) - 1) / 2);
-    const Py_ssize_t n = h * w * c;
+    const Py_ssize_t taps = wt.len / (Py_ssize_t)sizeof(double);
+    const int r = (int)((taps - 1) / 2);
+    const Py_ssize_t n = h * w * c, d = sizeof(double);
+    if (ok) {
+        const Py_buffer *bufs[6] = {&img, &out, &eh, &ew, &ec, &a};
+        const Py_ssize_t need[6] = {b * n, b * n, (h + 2 * r) * d, (w + 2 * r) * d, (c + 2 * r) * d, b * d};
+        ok = sizes_ok(sharpen ? 6 : 5, bufs, need, "blur");
+        if (ok && !(b >= 0 && h > 0 && w > 0 && c > 0 && taps % 2 == 1)) {
+            PyErr_SetString(PyExc_ValueError, "blur: needs b >= 0 images of h, w, c > 0 and an odd number of weights");
+            ok = 0;
+        }
+    }
     double *sa = NULL, *st = NULL, *spad = NULL, *splanes = NULL, *ss = NULL;
     uint8_t *bl = NULL;
     if (ok) {
@@ -537,6 +571,16 @@ static PyObject *py_lut(PyObject *self, PyObject *args)
     Py_ssize_t b, n;
     if (!PyArg_ParseTuple(args, "y*w*y*nn", &img, &out, &tab, &b, &n))
         return NULL;
+    const Py_buffer *bufs[3] = {&img, &out, &tab};
+    const Py_ssize_t need[3] = {b * n, b * n, 256 * b};
+    if (b < 0 || n < 0 || !sizes_ok(3, bufs, need, "lut")) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "lut: needs b, n >= 0");
+        PyBuffer_Release(&img);
+        PyBuffer_Release(&out);
+        PyBuffer_Release(&tab);
+        return NULL;
+    }
     const uint8_t *x = img.buf, *t = tab.buf;
     uint8_t *o = out.buf;
     Py_BEGIN_ALLOW_THREADS

@@ -190,7 +190,10 @@ def section_c(source: str, folder: Path, subset: int, copies_list, work: Path) -
     for src, copies in [(source, 8)] + [(str(folder), c) for c in copies_list]:
         cmd = augmat + ["--source", src, "--subset", str(subset), "--copies", str(copies),
                         "-o", str(work / "c.h5")]
+        # a whole build each time: --force alone would reuse the shards an earlier command rendered
+        shutil.rmtree(shards_folder(work / "c.h5"), ignore_errors=True)
         wall, peak, out = run_measured(cmd)
+        out = out.replace("\n", "; ")  # one table row
         shown = "augmat build --source " + ("<JPEG archive>" if src == source else "<decoded python folder>")
         rows.append(f"| `{shown} --subset {subset} --copies {copies}` | {wall:.1f} | {peak:,.0f} | {out} |")
     (work / "c.h5").unlink(missing_ok=True)

@@ -71,3 +71,25 @@ def test_wrong_input_is_refused_before_the_kernel_reads_it():
         kernels.seed_rotate(np.zeros((2, 4, 4, 3), np.uint8), np.zeros(3))
     with pytest.raises(ValueError, match="one value per image"):
         kernels.seed_sharpen(np.zeros((2, 4, 4, 3), np.uint8), np.zeros(1))
+
+
+def test_the_c_functions_refuse_buffers_shorter_than_the_sizes_they_are_given():
+    """A wrong call into the compiled module is a ValueError, never a read or write past
+    an array (the wrappers above always pass the right sizes)."""
+    from augmat import _ckernels
+    x = np.zeros((2, 4, 4, 3), np.uint8)
+    short, one = np.zeros((1, 4, 4, 3), np.uint8), np.zeros(1)
+    p = np.zeros(2)
+    with pytest.raises(ValueError, match="rotate"):
+        _ckernels.rotate(x, short, p, p, p, p, p, p, 2, 4, 4, 3)
+    with pytest.raises(ValueError, match="rotate"):
+        _ckernels.rotate(x, np.empty_like(x), p, p, p, one, p, p, 2, 4, 4, 3)
+    w, (eh, ew, ec) = kernels._blur_plan((4, 4, 3), 1.0)
+    with pytest.raises(ValueError, match="blur"):
+        _ckernels.blur(x, np.empty_like(x), w, eh, ew, ec, 2, 4, 4, 3, one)
+    with pytest.raises(ValueError, match="blur"):
+        _ckernels.blur(x, np.empty_like(x), w, eh, ew[:3], ec, 2, 4, 4, 3, None)
+    with pytest.raises(ValueError, match="lut"):
+        _ckernels.lut(x, np.empty_like(x), np.zeros((1, 256), np.uint8), 2, 48)
+    with pytest.raises(ValueError, match="past the end"):
+        _ckernels.fletcher32(b"abc", 4)
