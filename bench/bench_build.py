@@ -52,8 +52,8 @@ NUMERICS = {
     "translate_x": "whole pixels: slice copies per shift",
     "translate_y": "whole pixels: slice copies per shift",
     "sharpen": "scipy's uint8 Gaussian (3 passes) and the wrapped difference, redone in C",
-    "contrast": "exact per-level lookup table (cv2.LUT)",
-    "brightness": "exact per-level lookup table (cv2.LUT)",
+    "contrast": "exact per-level lookup table, applied in one C call per batch",
+    "brightness": "exact per-level lookup table, applied in one C call per batch",
     "unsharp": "not default: float32 Gaussian sigma 1 (OpenCV sepFilter2D), addWeighted",
     "rotate_bilinear": "not default: bilinear, OpenCV warpAffine",
 }
