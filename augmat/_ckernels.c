@@ -207,9 +207,9 @@ static void rotate_one(const uint8_t *img, uint8_t *out, Py_ssize_t h, Py_ssize_
     double *yy = row_buf, *xx = yy + w, *fy = xx + w, *fx = fy + w, *wy = fx + w, *wx = wy + 4 * w;
     Py_ssize_t *base = (Py_ssize_t *)(wx + 4 * w), *inside = base + w;
     for (Py_ssize_t i = 0; i < h; i++) {
-        for (Py_ssize_t j = 0; j < w; j++) {
-            yy[j] = i * m00 + j * m01 + off0;
-            xx[j] = i * m10 + j * m11 + off1;
+        for (Py_ssize_t j = 0; j < w; j++) { /* scipy's order: the offset first, then row, column */
+            yy[j] = off0 + i * m00 + j * m01;
+            xx[j] = off1 + i * m10 + j * m11;
         }
         for (Py_ssize_t j = 0; j < w; j++) {
             fy[j] = floor(yy[j]);
@@ -520,10 +520,20 @@ static PyObject *py_blur(PyObject *self, PyObject *args)
         const Py_buffer *bufs[6] = {&img, &out, &eh, &ew, &ec, &a};
         const Py_ssize_t need[6] = {b * n, b * n, (h + 2 * r) * d, (w + 2 * r) * d, (c + 2 * r) * d, b * d};
         ok = sizes_ok(sharpen ? 6 : 5, bufs, need, "blur");
-        if (ok && !(b >= 0 && h > 0 && w > 0 && c > 0 && taps % 2 == 1)) {
+        if (ok && !(b >= 0 && h > 0 && w > 0 && c > 0 && taps % 2 == 1 && r <= 4096)) {
             PyErr_SetString(PyExc_ValueError, "blur: needs b >= 0 images of h, w, c > 0 and an odd number of weights");
             ok = 0;
         }
+        /* every extended position must read a sample of its axis */
+        const int64_t *ext[3] = {eh.buf, ew.buf, ec.buf};
+        const Py_ssize_t len[3] = {h, w, c};
+        for (int k = 0; ok && k < 3; k++)
+            for (Py_ssize_t p = 0; ok && p < len[k] + 2 * r; p++)
+                if (ext[k][p] < 0 || ext[k][p] >= len[k]) {
+                    PyErr_Format(PyExc_ValueError, "blur: boundary table %d reads sample %lld of %zd", k,
+                                 (long long)ext[k][p], len[k]);
+                    ok = 0;
+                }
     }
     double *sa = NULL, *st = NULL, *spad = NULL, *splanes = NULL, *ss = NULL;
     uint8_t *bl = NULL;
