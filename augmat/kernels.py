@@ -30,7 +30,9 @@ pixel's coordinate summed offset first as scipy 1.17's C code does (an earlier o
 coordinate that lands on the image's last row on the other side of the edge test: a
 whole pixel off, seen on small images at tiny angles). The tests hold the rotation to
 scipy bit for bit; only a libm whose ``pow`` (in the prefilter) differs from the one scipy
-calls could move a value across a rounding tie.
+calls could move a value across a rounding tie. Checked on x86-64, where scipy's wheels do
+not fuse multiply-adds either; on a platform whose scipy was compiled with contraction
+(GCC's default on aarch64) the two could differ in the last bit.
 
 The C file is compiled when augmat is installed (``setup.py``; GCC or Clang), with
 clones for AVX2 and AVX-512 picked at run time on x86-64.
