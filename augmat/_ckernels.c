@@ -105,30 +105,52 @@ static inline Py_ssize_t mirror(Py_ssize_t idx, Py_ssize_t n)
  * |a| <= 1/4, s / max <= 1). Checked beside real divisions on 720 million random
  * quotients (x / 6 and x / max), and by the tests against scipy. Divisions are what the
  * spline weights and the sharpen's scaling waited for. fma is one instruction in the
- * x86-64-v3/v4 clones; elsewhere libm's, slower and just as exact. */
+ * x86-64-v3/v4 clones; where the processor has none, the callers divide instead
+ * (``quotient``, ``hardware_fma``). */
 static inline double div_by(double x, double y, double inv)
 {
     const double q = x * inv;
     return fma(fma(-q, y, x), inv, q);
 }
 
-static inline double div6(double x) { return div_by(x, 6.0, 1.0 / 6.0); }
+/* Whether this processor multiply-adds in hardware (set when the module loads). Without
+ * it libm's fma is a slow exact emulation, so there the kernels divide (the same bits). */
+static int hardware_fma = 1, detected_fma = 1;
+
+/* x / y: by div_by where fma is an instruction, else by dividing; ``fused`` is a constant
+ * at every call, so each caller's loop is compiled both ways and picks one per call. */
+static inline __attribute__((always_inline)) double quotient(double x, double y, double inv, const int fused)
+{
+    return fused ? div_by(x, y, inv) : x / y;
+}
 
 /* ni_splines.c get_spline_interpolation_weights, order 3, for n positions side by
  * side: the fraction x = v - floor(v); weight k of position j goes to wt[k * n + j]. */
-static inline void spline_weights(const double *restrict v, const double *restrict fv,
-                                  double *restrict wt, Py_ssize_t n)
+static inline __attribute__((always_inline)) void spline_weights_(const double *restrict v,
+                                                                   const double *restrict fv,
+                                                                   double *restrict wt, Py_ssize_t n,
+                                                                   const int fused)
 {
+    const double inv6 = 1.0 / 6.0;
     for (Py_ssize_t j = 0; j < n; j++) {
         const double x = v[j] - fv[j], z = 1.0 - x;
-        const double w1 = div6(x * x * (x - 2.0) * 3.0 + 4.0);
-        const double w2 = div6(z * z * (z - 2.0) * 3.0 + 4.0);
-        const double w0 = div6(z * z * z);
+        const double w1 = quotient(x * x * (x - 2.0) * 3.0 + 4.0, 6.0, inv6, fused);
+        const double w2 = quotient(z * z * (z - 2.0) * 3.0 + 4.0, 6.0, inv6, fused);
+        const double w0 = quotient(z * z * z, 6.0, inv6, fused);
         wt[j] = w0;
         wt[n + j] = w1;
         wt[2 * n + j] = w2;
         wt[3 * n + j] = 1.0 - w0 - w1 - w2;
     }
+}
+
+static inline void spline_weights(const double *restrict v, const double *restrict fv,
+                                  double *restrict wt, Py_ssize_t n)
+{
+    if (hardware_fma)
+        spline_weights_(v, fv, wt, n, 1);
+    else
+        spline_weights_(v, fv, wt, n, 0);
 }
 
 typedef double v8d __attribute__((vector_size(64)));
@@ -450,15 +472,15 @@ static void blur_one(const uint8_t *img, uint8_t *blur, Py_ssize_t h, Py_ssize_t
  * any order: no NaN, and s is never -0.0); the maximum after the shift taken as the
  * shifted maximum (rounding is monotonic, so max(s - lo) = max(s) - lo exactly); the
  * divisions by max as div_by. */
-CLONES
-static void sharpen_combine(const uint8_t *restrict x, const uint8_t *restrict blur, double a, Py_ssize_t n,
-                            uint8_t *restrict out, double *restrict s)
+static inline __attribute__((always_inline)) void sharpen_combine_(
+    const uint8_t *restrict x, const uint8_t *restrict blur, double a, Py_ssize_t n,
+    uint8_t *restrict out, double *restrict s, const int fused)
 {
     /* a * d / (1 + a) for the wrapped difference d, as the division rounds it */
     const double one_a = 1.0 + a, inv_one_a = 1.0 / one_a;
     for (Py_ssize_t p = 0; p < n; p++) {
         const double d = (uint8_t)(x[p] - blur[p]);
-        s[p] = x[p] + div_by(a * d, one_a, inv_one_a);
+        s[p] = x[p] + quotient(a * d, one_a, inv_one_a, fused);
     }
     v8d lo8, hi8;
     for (int l = 0; l < 8; l++) {
@@ -487,7 +509,7 @@ static void sharpen_combine(const uint8_t *restrict x, const uint8_t *restrict b
     if (hi > 255) {
         const double inv = 1.0 / hi;
         for (Py_ssize_t p = 0; p < n; p++) {
-            double v = 255.0 * div_by(s[p] - shift, hi, inv);
+            double v = 255.0 * quotient(s[p] - shift, hi, inv, fused);
             v = v > 0.0 ? v : 0.0;
             out[p] = (uint8_t)(int)(v < 255.0 ? v : 255.0);
         }
@@ -498,6 +520,16 @@ static void sharpen_combine(const uint8_t *restrict x, const uint8_t *restrict b
             out[p] = (uint8_t)(int)(v < 255.0 ? v : 255.0);
         }
     }
+}
+
+CLONES
+static void sharpen_combine(const uint8_t *restrict x, const uint8_t *restrict blur, double a, Py_ssize_t n,
+                            uint8_t *restrict out, double *restrict s)
+{
+    if (hardware_fma)
+        sharpen_combine_(x, blur, a, n, out, s, 1);
+    else
+        sharpen_combine_(x, blur, a, n, out, s, 0);
 }
 
 /* blur(images, out, weights, ext_h, ext_w, ext_c, b, h, w, c, a)
@@ -669,7 +701,25 @@ static PyObject *py_fletcher32(PyObject *self, PyObject *args)
     return PyLong_FromUnsignedLong((unsigned long)sum);
 }
 
+/* uses_fma([flag]): whether the kernels divide with fused multiply-adds here; a flag of
+ * False makes them divide (the tests compare both ways; True is refused where the
+ * processor has no fma). Returns the setting before the call. */
+static PyObject *py_uses_fma(PyObject *self, PyObject *args)
+{
+    int flag = -1, before = hardware_fma;
+    if (!PyArg_ParseTuple(args, "|p", &flag))
+        return NULL;
+    if (flag == 1 && !detected_fma) {
+        PyErr_SetString(PyExc_ValueError, "this processor has no fused multiply-add");
+        return NULL;
+    }
+    if (flag >= 0)
+        hardware_fma = flag;
+    return PyBool_FromLong(before);
+}
+
 static PyMethodDef methods[] = {
+    {"uses_fma", py_uses_fma, METH_VARARGS, "whether the kernels divide with fused multiply-adds ([flag] sets it)"},
     {"rotate", py_rotate, METH_VARARGS, "scipy.ndimage.rotate's cubic spline for a batch (see augmat/kernels.py)"},
     {"lut", py_lut, METH_VARARGS, "each image of a batch through its own 256-entry table (see augmat/kernels.py)"},
     {"fletcher32", py_fletcher32, METH_VARARGS, "HDF5's Fletcher-32 of the first n bytes of a buffer"},
@@ -679,4 +729,11 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ckernels", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__ckernels(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__ckernels(void)
+{
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+    __builtin_cpu_init();
+    hardware_fma = detected_fma = __builtin_cpu_supports("fma");
+#endif
+    return PyModule_Create(&module);
+}

@@ -112,3 +112,23 @@ def test_the_c_functions_refuse_buffers_shorter_than_the_sizes_they_are_given():
         _ckernels.lut(x, np.empty_like(x), np.zeros((1, 256), np.uint8), 2, 48)
     with pytest.raises(ValueError, match="past the end"):
         _ckernels.fletcher32(b"abc", 4)
+
+
+def test_dividing_and_multiply_adding_give_the_same_bits():
+    """Where the processor has fused multiply-adds the kernels replace their divisions by
+    a multiplication and an exact correction; elsewhere they divide. Both ways must give
+    scipy's pixels (this machine runs the division way too, by asking for it)."""
+    from augmat import _ckernels
+    x = np.repeat(_images((32, 32, 3), n=6, seed=3), 9, axis=0)
+    z = np.tile(np.float32([0.0, 0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0]), 6)
+    angles = (z.astype(np.float64) - 0.5) * 120
+    before = _ckernels.uses_fma(False)
+    try:
+        divided = kernels.seed_rotate(x, angles), kernels.seed_sharpen(x, z)
+    finally:
+        _ckernels.uses_fma(before)
+    fused = kernels.seed_rotate(x, angles), kernels.seed_sharpen(x, z)
+    for a, b in zip(divided, fused):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(divided[0], np.stack([ndimage.rotate(im, a, reshape=False)
+                                                        for im, a in zip(x, angles)]))
