@@ -36,17 +36,18 @@ typedef double v4d __attribute__((vector_size(32)));
 
 static const double POLE = -0.267949192431122706472553658494127633; /* sqrt(3) - 2 */
 
+/* scipy's gain of the order-3 spline filter, (1 - z)(1 - 1/z): its first step
+ * multiplies every sample by it (rotate_one does so as it copies them in). */
+static inline double spline_gain(double z) { return (1.0 - z) * (1.0 - 1.0 / z); }
+
 /* ni_splines.c apply_filter, order 3, mirror boundary, along axis 0 of an (n, m)
- * float64 array in place: m independent lines, each with scipy's own sequence of
- * operations (the loops over e only run the lines side by side). */
+ * float64 array in place, after the gain: m independent lines, each with scipy's own
+ * sequence of operations (the loops over e only run the lines side by side). */
 CLONES
 static void spline_filter_axis0(double *c, Py_ssize_t n, Py_ssize_t m, double z)
 {
     if (n <= 1)
         return;
-    const double gain = (1.0 - z) * (1.0 - 1.0 / z);
-    for (Py_ssize_t k = 0; k < n * m; k++)
-        c[k] *= gain;
     const double z_n_1 = pow(z, (double)(n - 1)); /* causal init, mirror */
     double *first = c, *last = c + (n - 1) * m;
     for (Py_ssize_t e = 0; e < m; e++)
@@ -189,14 +190,16 @@ static void rotate_one(const uint8_t *img, uint8_t *out, Py_ssize_t h, Py_ssize_
 {
     const Py_ssize_t cp = c == 3 ? 4 : c, hp = h + 3, col = hp * cp;
     /* the prefilter of each channel plane along rows (axis 0), then along columns */
+    /* (a line of one sample is left as it is: scipy filters nothing, not even the gain) */
+    const double gain_h = h > 1 ? spline_gain(POLE) : 1.0, gain_w = w > 1 ? spline_gain(POLE) : 1.0;
     if (c == 3)
         for (Py_ssize_t k = 0; k < h * w; k++) {
             const v4d px = {img[3 * k], img[3 * k + 1], img[3 * k + 2], 0.0};
-            *(v4d *)(rows + 4 * k) = px;
+            *(v4d *)(rows + 4 * k) = px * gain_h;
         }
     else
         for (Py_ssize_t k = 0; k < h * w * c; k++)
-            rows[k] = img[k];
+            rows[k] = img[k] * gain_h;
     spline_filter_axis0(rows, h, w * cp, POLE);
     double *inner = coef + col + cp; /* (column 0, row 0) of the padded coefficients */
     for (Py_ssize_t i = 0; i < h; i++)
@@ -204,10 +207,10 @@ static void rotate_one(const uint8_t *img, uint8_t *out, Py_ssize_t h, Py_ssize_
             double *dst = inner + j * col + i * cp;
             const double *src = rows + (i * w + j) * cp;
             if (c == 3)
-                *(v4d *)dst = *(const v4d *)src;
+                *(v4d *)dst = *(const v4d *)src * gain_w;
             else
                 for (Py_ssize_t ch = 0; ch < c; ch++)
-                    dst[ch] = src[ch];
+                    dst[ch] = src[ch] * gain_w;
         }
     /* along columns: the w columns lie col doubles apart, so filter them as lines of a
      * (w, col) array (the border rows ride along, unread); the border is filled after */
@@ -404,36 +407,36 @@ static inline __attribute__((always_inline)) void correlate(const double *const 
 /* scipy's gaussian_filter of one (h, w, c) uint8 image over axes 0, 1, 2 in turn, each
  * pass truncated to whole numbers as scipy's uint8 output does, into blur (h, w, c).
  * ext_*: for each axis, the sample each of its n + 2r extended positions reads (scipy's
- * 'reflect', read off scipy by kernels.py). Scratch: a, t (h*w*c doubles each), pad
- * ((w + 2r) * c doubles), planes (c * h * w doubles). */
+ * 'reflect', read off scipy by kernels.py). Scratch: a (h*w*c doubles), t (h*(w+2r)*c
+ * doubles), planes (c*h*w doubles). */
 CLONES
 static void blur_one(const uint8_t *img, uint8_t *blur, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c,
                      const double *wt, int r, const int64_t *ext_h, const int64_t *ext_w,
-                     const int64_t *ext_c, double *a, double *t, double *pad, double *planes)
+                     const int64_t *ext_c, double *a, double *t, double *planes)
 {
-    const Py_ssize_t row = w * c, hw = h * w;
+    const Py_ssize_t row = w * c, hw = h * w, prow = (w + 2 * r) * c;
     const double *tap[2 * r + 1];
-    /* axis 0: lines run down the columns; an output row is a weighted sum of whole rows */
+    /* axis 0: lines run down the columns; an output row is a weighted sum of whole rows,
+     * written into t with room for axis 1's reflected border on either side */
     for (Py_ssize_t k = 0; k < h * row; k++)
         a[k] = img[k];
     for (Py_ssize_t q = 0; q < h; q++) {
         for (int k = 0; k <= 2 * r; k++)
             tap[k] = a + ext_h[q + k] * row;
-        correlate(tap, wt, r, row, t + q * row, 1);
+        correlate(tap, wt, r, row, t + q * prow + r * c, 1);
     }
-    /* axis 1: along each row; the row extended by its reflected border, so that tap k
-     * of every output pixel is one shifted contiguous read */
-    for (int k = 0; k <= 2 * r; k++)
-        tap[k] = pad + k * c;
+    /* axis 1: along each row, its border filled from the row itself, so that tap k of
+     * every output pixel is one shifted contiguous read */
     for (Py_ssize_t i = 0; i < h; i++) {
-        const double *src = t + i * row;
-        for (Py_ssize_t e = 0; e < row; e++)
-            pad[r * c + e] = src[e];
+        double *line = t + i * prow;
+        const double *inner = line + r * c;
         for (Py_ssize_t p = 0; p < r; p++)
             for (Py_ssize_t ch = 0; ch < c; ch++) {
-                pad[p * c + ch] = src[ext_w[p] * c + ch];
-                pad[(w + r + p) * c + ch] = src[ext_w[w + r + p] * c + ch];
+                line[p * c + ch] = inner[ext_w[p] * c + ch];
+                line[(w + r + p) * c + ch] = inner[ext_w[w + r + p] * c + ch];
             }
+        for (int k = 0; k <= 2 * r; k++)
+            tap[k] = line + k * c;
         double *ti = a + i * row;
         correlate(tap, wt, r, row, ti, 1);
         if (c == 3) /* the loop the compiler can vectorise: three fixed strides */
@@ -567,16 +570,15 @@ static PyObject *py_blur(PyObject *self, PyObject *args)
                     ok = 0;
                 }
     }
-    double *sa = NULL, *st = NULL, *spad = NULL, *splanes = NULL, *ss = NULL;
+    double *sa = NULL, *st = NULL, *splanes = NULL, *ss = NULL;
     uint8_t *bl = NULL;
     if (ok) {
         sa = aligned_doubles(n);
-        st = aligned_doubles(n);
-        spad = aligned_doubles((w + 2 * r) * c);
+        st = aligned_doubles(h * (w + 2 * r) * c);
         splanes = aligned_doubles(n);
         ss = aligned_doubles(n);
         bl = malloc(n);
-        ok = sa && st && spad && splanes && ss && bl;
+        ok = sa && st && splanes && ss && bl;
         if (!ok)
             PyErr_NoMemory();
     }
@@ -587,13 +589,13 @@ static PyObject *py_blur(PyObject *self, PyObject *args)
         for (Py_ssize_t k = 0; k < b; k++) {
             const uint8_t *x = (const uint8_t *)img.buf + k * n;
             uint8_t *o = (uint8_t *)out.buf + k * n;
-            blur_one(x, sharpen ? bl : o, h, w, c, wts, r, xh, xw, xc, sa, st, spad, splanes);
+            blur_one(x, sharpen ? bl : o, h, w, c, wts, r, xh, xw, xc, sa, st, splanes);
             if (sharpen)
                 sharpen_combine(x, bl, av[k], n, o, ss);
         }
         Py_END_ALLOW_THREADS
     }
-    free(sa); free(st); free(spad); free(splanes); free(ss); free(bl);
+    free(sa); free(st); free(splanes); free(ss); free(bl);
     if (sharpen && a.obj)
         PyBuffer_Release(&a);
     PyBuffer_Release(&img); PyBuffer_Release(&out); PyBuffer_Release(&wt);
