@@ -1,6 +1,6 @@
-"""The one compiled part of augmat: the seed's scipy arithmetic for a batch
-(augmat/_ckernels.c; augmat/kernels.py says what it computes). Everything else about
-the package is in pyproject.toml.
+"""The one compiled part of augmat, augmat/_ckernels.c: the seed's scipy arithmetic for a
+batch, the per-image lookup tables and HDF5's Fletcher-32 (augmat/kernels.py says what
+each computes). Everything else about the package is in pyproject.toml.
 
 -ffp-contract=off: no fused multiply-adds the source does not ask for, so every value
 rounds as in scipy (never -ffast-math). -fno-math-errno and -fno-trapping-math only let
