@@ -177,8 +177,8 @@ static inline uint8_t to_uint8(double t)
 }
 
 /* One image (h, w, c): spline coefficients, then every output pixel's 4x4 sum.
- * rows: h*w*cp doubles, cp = 4 when c == 3 (the fourth lane of an RGB pixel is
- * filtered along and never read). coef: (w + 3) * (h + 3) * cp doubles, the
+ * rows: h*w*c + 1 doubles. cp = 4 when c == 3 (in coef the fourth lane of an RGB
+ * pixel is filtered along and never read). coef: (w + 3) * (h + 3) * cp doubles, the
  * coefficients columns first, with scipy's mirrored border around them (one column or
  * row before, two after: every tap of a pixel inside the source lands in it, so the
  * gather reads without mirroring). Both 64-byte aligned. row_buf: 14 w doubles and
@@ -192,22 +192,16 @@ static void rotate_one(const uint8_t *img, uint8_t *out, Py_ssize_t h, Py_ssize_
     /* the prefilter of each channel plane along rows (axis 0), then along columns */
     /* (a line of one sample is left as it is: scipy filters nothing, not even the gain) */
     const double gain_h = h > 1 ? spline_gain(POLE) : 1.0, gain_w = w > 1 ? spline_gain(POLE) : 1.0;
-    if (c == 3)
-        for (Py_ssize_t k = 0; k < h * w; k++) {
-            const v4d px = {img[3 * k], img[3 * k + 1], img[3 * k + 2], 0.0};
-            *(v4d *)(rows + 4 * k) = px * gain_h;
-        }
-    else
-        for (Py_ssize_t k = 0; k < h * w * c; k++)
-            rows[k] = img[k] * gain_h;
-    spline_filter_axis0(rows, h, w * cp, POLE);
+    for (Py_ssize_t k = 0; k < h * w * c; k++) /* rows: the image's own layout */
+        rows[k] = img[k] * gain_h;
+    spline_filter_axis0(rows, h, w * c, POLE);
     double *inner = coef + col + cp; /* (column 0, row 0) of the padded coefficients */
     for (Py_ssize_t i = 0; i < h; i++)
         for (Py_ssize_t j = 0; j < w; j++) {
             double *dst = inner + j * col + i * cp;
-            const double *src = rows + (i * w + j) * cp;
-            if (c == 3)
-                *(v4d *)dst = *(const v4d *)src * gain_w;
+            const double *src = rows + (i * w + j) * c;
+            if (c == 3) /* its fourth lane, the next pixel's first channel, is never read */
+                *(v4d *)dst = (v4d){src[0], src[1], src[2], src[3]} * gain_w;
             else
                 for (Py_ssize_t ch = 0; ch < c; ch++)
                     dst[ch] = src[ch] * gain_w;
@@ -340,7 +334,7 @@ static PyObject *py_rotate(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "rotate: needs b >= 0 images of h, w, c > 0");
     double *rows = NULL, *coef = NULL, *row_buf = NULL;
     if (valid) {
-        rows = aligned_doubles(h * w * cp);
+        rows = aligned_doubles(h * w * c + 1); /* + 1: the last pixel's fourth lane */
         coef = aligned_doubles((w + 3) * (h + 3) * cp);
         row_buf = aligned_doubles(14 * w + 2 * w); /* Py_ssize_t is 8 bytes, as double */
     }
@@ -607,6 +601,36 @@ static PyObject *py_blur(PyObject *self, PyObject *args)
 
 /* ---- contrast, brightness: each image through its own 256-level table ----------------- */
 
+/* One image of n bytes through its table t, a byte at a time (any processor). */
+static void lut_bytes(const uint8_t *x, uint8_t *o, const uint8_t *t, Py_ssize_t n)
+{
+    for (Py_ssize_t p = 0; p < n; p++)
+        o[p] = t[x[p]];
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_VBMI_LUT 1
+/* The same, 64 bytes at a time with AVX-512 VBMI (Ice Lake and later, Zen 4): the table
+ * as four 64-byte vectors; one two-table byte permutation looks up the levels 0..127,
+ * one the levels 128..255 (each by the low 7 bits), and the top bit picks between them. */
+__attribute__((target("avx512f,avx512bw,avx512vbmi")))
+static void lut_vbmi(const uint8_t *x, uint8_t *o, const uint8_t *t, Py_ssize_t n)
+{
+    const __m512i t0 = _mm512_loadu_si512(t), t1 = _mm512_loadu_si512(t + 64);
+    const __m512i t2 = _mm512_loadu_si512(t + 128), t3 = _mm512_loadu_si512(t + 192);
+    for (Py_ssize_t p = 0; p < n; p += 64) {
+        const __mmask64 k = n - p >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (n - p)) - 1);
+        const __m512i v = _mm512_maskz_loadu_epi8(k, x + p);
+        const __m512i low = _mm512_permutex2var_epi8(t0, v, t1), high = _mm512_permutex2var_epi8(t2, v, t3);
+        _mm512_mask_storeu_epi8(o + p, k, _mm512_mask_blend_epi8(_mm512_movepi8_mask(v), low, high));
+    }
+}
+#endif
+
+/* Whether lut uses lut_vbmi (set when the module loads, where the processor has VBMI). */
+static int vbmi_lut = 0, detected_vbmi = 0;
+
 /* lut(images, out, tables, b, n): out[k, p] = tables[k, images[k, p]] for b images of n
  * bytes; one call for a whole batch instead of one OpenCV call per image. */
 static PyObject *py_lut(PyObject *self, PyObject *args)
@@ -629,10 +653,13 @@ static PyObject *py_lut(PyObject *self, PyObject *args)
     uint8_t *o = out.buf;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t k = 0; k < b; k++) {
-        const uint8_t *tk = t + 256 * k, *xk = x + k * n;
-        uint8_t *ok = o + k * n;
-        for (Py_ssize_t p = 0; p < n; p++)
-            ok[p] = tk[xk[p]];
+#ifdef HAVE_VBMI_LUT
+        if (vbmi_lut) {
+            lut_vbmi(x + k * n, o + k * n, t + 256 * k, n);
+            continue;
+        }
+#endif
+        lut_bytes(x + k * n, o + k * n, t + 256 * k, n);
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&img);
@@ -703,24 +730,37 @@ static PyObject *py_fletcher32(PyObject *self, PyObject *args)
     return PyLong_FromUnsignedLong((unsigned long)sum);
 }
 
-/* uses_fma([flag]): whether the kernels divide with fused multiply-adds here; a flag of
- * False makes them divide (the tests compare both ways; True is refused where the
- * processor has no fma). Returns the setting before the call. */
-static PyObject *py_uses_fma(PyObject *self, PyObject *args)
+/* A switch between a processor feature's way and the portable way, for the tests, which
+ * compare both ([flag] sets it; True is refused where the processor lacks the feature).
+ * Returns the setting before the call. */
+static PyObject *feature_switch(PyObject *args, int *setting, int detected, const char *missing)
 {
-    int flag = -1, before = hardware_fma;
+    int flag = -1, before = *setting;
     if (!PyArg_ParseTuple(args, "|p", &flag))
         return NULL;
-    if (flag == 1 && !detected_fma) {
-        PyErr_SetString(PyExc_ValueError, "this processor has no fused multiply-add");
+    if (flag == 1 && !detected) {
+        PyErr_SetString(PyExc_ValueError, missing);
         return NULL;
     }
     if (flag >= 0)
-        hardware_fma = flag;
+        *setting = flag;
     return PyBool_FromLong(before);
 }
 
+/* uses_fma([flag]): whether the kernels divide with fused multiply-adds (False: divide). */
+static PyObject *py_uses_fma(PyObject *self, PyObject *args)
+{
+    return feature_switch(args, &hardware_fma, detected_fma, "this processor has no fused multiply-add");
+}
+
+/* uses_vbmi([flag]): whether lut looks up 64 bytes at a time (False: byte by byte). */
+static PyObject *py_uses_vbmi(PyObject *self, PyObject *args)
+{
+    return feature_switch(args, &vbmi_lut, detected_vbmi, "this processor (or compiler) has no AVX-512 VBMI");
+}
+
 static PyMethodDef methods[] = {
+    {"uses_vbmi", py_uses_vbmi, METH_VARARGS, "whether lut looks up 64 bytes at a time ([flag] sets it)"},
     {"uses_fma", py_uses_fma, METH_VARARGS, "whether the kernels divide with fused multiply-adds ([flag] sets it)"},
     {"rotate", py_rotate, METH_VARARGS, "scipy.ndimage.rotate's cubic spline for a batch (see augmat/kernels.py)"},
     {"lut", py_lut, METH_VARARGS, "each image of a batch through its own 256-entry table (see augmat/kernels.py)"},
@@ -736,6 +776,9 @@ PyMODINIT_FUNC PyInit__ckernels(void)
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
     __builtin_cpu_init();
     hardware_fma = detected_fma = __builtin_cpu_supports("fma");
+#endif
+#ifdef HAVE_VBMI_LUT
+    vbmi_lut = detected_vbmi = __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw");
 #endif
     return PyModule_Create(&module);
 }

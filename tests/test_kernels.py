@@ -132,3 +132,25 @@ def test_dividing_and_multiply_adding_give_the_same_bits():
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(divided[0], np.stack([ndimage.rotate(im, a, reshape=False)
                                                         for im, a in zip(x, angles)]))
+
+
+@pytest.mark.parametrize("n", [0, 1, 63, 64, 65, 3072, 3073])
+def test_lookup_tables_byte_by_byte_and_64_at_a_time(n):
+    """apply_luts looks up 64 bytes at a time where the processor has AVX-512 VBMI, a byte
+    at a time elsewhere: both give numpy's own lookup, at lengths that end mid-vector."""
+    from augmat import _ckernels
+    rng = np.random.default_rng(n)
+    x = rng.integers(0, 256, (5, n), dtype=np.uint8)
+    tables = rng.integers(0, 256, (5, 256), dtype=np.uint8)
+    tables[0] = np.arange(256)  # every level to itself: the top bit's choice shows
+    expected = np.take_along_axis(tables, x.astype(np.intp), axis=1)
+    ways = [False] + ([True] if _ckernels.uses_vbmi() else [])
+    before = _ckernels.uses_vbmi()
+    try:
+        for way in ways:
+            _ckernels.uses_vbmi(way)
+            out = np.empty_like(x)
+            _ckernels.lut(x, out, tables, 5, n)
+            np.testing.assert_array_equal(out, expected)
+    finally:
+        _ckernels.uses_vbmi(before)

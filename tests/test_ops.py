@@ -95,6 +95,16 @@ def test_default_ops_at_random_magnitudes(images):
         assert np.abs(ours - ref).max() == 0, name
 
 
+@pytest.mark.parametrize("name", ["contrast", "brightness"])
+def test_tables_across_blocks_are_the_seeds(name):
+    """The tables are computed a block of images at a time: a batch of several blocks and
+    a ragged end gives every image the reference's pixels."""
+    x = cifar_like(300, seed=4)
+    z = np.random.default_rng(6).random(len(x)).astype(np.float32)
+    ref = np.stack([REFERENCE[name](im, float(m)) for im, m in zip(x, z)])
+    np.testing.assert_array_equal(OPS[name].fn(x, z), ref)
+
+
 def test_seed_sharpen_wraps_into_colour_speckle(images):
     """The quirk the seed trained on: at z = 0 its sharpen is far from a real unsharp mask
     (the uint8 wrap), at z = 0.5 both are the identity."""
