@@ -318,18 +318,70 @@ static int sizes_ok(int n, const Py_buffer *const *buf, const Py_ssize_t *need, 
     return 1;
 }
 
-/* rotate(images, out, m00, m01, m10, m11, off0, off1, b, h, w, c) */
+/* Which image of an array each of a call's b images is: rows[k] from an int64 buffer, or
+ * k where the caller passed None. A kernel reads image src[k] of its input and writes its
+ * result to image dst[k] of its output, so a batch's images are rendered where they lie,
+ * without being gathered first or scattered after (augmat.ops.apply_ops). Every row is
+ * checked against the images the array holds (count), so no call reads or writes past it. */
+typedef struct {
+    Py_buffer view;
+    const int64_t *at;
+} Rows;
+
+static inline Py_ssize_t row_of(const Rows *r, Py_ssize_t k) { return r->at ? (Py_ssize_t)r->at[k] : k; }
+
+static int rows_get(PyObject *obj, Rows *r, Py_ssize_t b, Py_ssize_t count, const char *what)
+{
+    r->at = NULL;
+    r->view.obj = NULL;
+    if (obj == Py_None) {
+        if (b > count) {
+            PyErr_Format(PyExc_ValueError, "%s: %zd images asked of an array of %zd", what, b, count);
+            return 0;
+        }
+        return 1;
+    }
+    if (PyObject_GetBuffer(obj, &r->view, PyBUF_SIMPLE) < 0)
+        return 0;
+    if (r->view.len < b * (Py_ssize_t)sizeof(int64_t)) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd rows needed, %zd given", what, b, r->view.len / 8);
+        return 0;
+    }
+    r->at = r->view.buf;
+    for (Py_ssize_t k = 0; k < b; k++)
+        if (r->at[k] < 0 || r->at[k] >= count) {
+            PyErr_Format(PyExc_ValueError, "%s: row %lld of an array of %zd images", what, (long long)r->at[k], count);
+            return 0;
+        }
+    return 1;
+}
+
+static void rows_release(Rows *r)
+{
+    if (r->view.obj)
+        PyBuffer_Release(&r->view);
+}
+
+/* How many images of n bytes a buffer holds. */
+static inline Py_ssize_t images_in(const Py_buffer *buf, Py_ssize_t n) { return n > 0 ? buf->len / n : PY_SSIZE_T_MAX; }
+
+/* rotate(images, out, m00, m01, m10, m11, off0, off1, b, h, w, c, src, dst): image src[k]
+ * of images rotated into image dst[k] of out (src, dst: int64 rows, or None for k). */
 static PyObject *py_rotate(PyObject *self, PyObject *args)
 {
     Py_buffer img, out, m[6];
     Py_ssize_t b, h, w, c;
-    if (!PyArg_ParseTuple(args, "y*w*y*y*y*y*y*y*nnnn", &img, &out, &m[0], &m[1], &m[2], &m[3],
-                          &m[4], &m[5], &b, &h, &w, &c))
+    PyObject *src_obj, *dst_obj;
+    if (!PyArg_ParseTuple(args, "y*w*y*y*y*y*y*y*nnnnOO", &img, &out, &m[0], &m[1], &m[2], &m[3],
+                          &m[4], &m[5], &b, &h, &w, &c, &src_obj, &dst_obj))
         return NULL;
-    const Py_ssize_t cp = c == 3 ? 4 : c, bytes = b * h * w * c, per_image = b * (Py_ssize_t)sizeof(double);
-    const Py_buffer *bufs[8] = {&img, &out, &m[0], &m[1], &m[2], &m[3], &m[4], &m[5]};
-    const Py_ssize_t need[8] = {bytes, bytes, per_image, per_image, per_image, per_image, per_image, per_image};
-    int valid = b >= 0 && h > 0 && w > 0 && c > 0 && sizes_ok(8, bufs, need, "rotate");
+    const Py_ssize_t cp = c == 3 ? 4 : c, n = h * w * c, per_image = b * (Py_ssize_t)sizeof(double);
+    const Py_buffer *bufs[6] = {&m[0], &m[1], &m[2], &m[3], &m[4], &m[5]};
+    const Py_ssize_t need[6] = {per_image, per_image, per_image, per_image, per_image, per_image};
+    Rows src = {0}, dst = {0};
+    int valid = b >= 0 && h > 0 && w > 0 && c > 0 && sizes_ok(6, bufs, need, "rotate");
+    valid = valid && rows_get(src_obj, &src, b, images_in(&img, n), "rotate");
+    valid = valid && rows_get(dst_obj, &dst, b, images_in(&out, n), "rotate");
     if (!valid && !PyErr_Occurred())
         PyErr_SetString(PyExc_ValueError, "rotate: needs b >= 0 images of h, w, c > 0");
     double *rows = NULL, *coef = NULL, *row_buf = NULL;
@@ -347,13 +399,15 @@ static PyObject *py_rotate(PyObject *self, PyObject *args)
             mm[k] = (const double *)m[k].buf;
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t k = 0; k < b; k++)
-            rotate_one((const uint8_t *)img.buf + k * h * w * c, (uint8_t *)out.buf + k * h * w * c,
+            rotate_one((const uint8_t *)img.buf + row_of(&src, k) * n, (uint8_t *)out.buf + row_of(&dst, k) * n,
                        h, w, c, mm[0][k], mm[1][k], mm[2][k], mm[3][k], mm[4][k], mm[5][k], rows, coef, row_buf);
         Py_END_ALLOW_THREADS
     }
     free(rows);
     free(coef);
     free(row_buf);
+    rows_release(&src);
+    rows_release(&dst);
     PyBuffer_Release(&img);
     PyBuffer_Release(&out);
     for (int k = 0; k < 6; k++)
@@ -529,15 +583,18 @@ static void sharpen_combine(const uint8_t *restrict x, const uint8_t *restrict b
         sharpen_combine_(x, blur, a, n, out, s, 0);
 }
 
-/* blur(images, out, weights, ext_h, ext_w, ext_c, b, h, w, c, a)
- * a: None for the blur alone into out; else float64 (b,) and out gets the sharpen. */
+/* blur(images, out, weights, ext_h, ext_w, ext_c, b, h, w, c, a, src, dst)
+ * a: None for the blur alone into out; else float64 (b,) and out gets the sharpen.
+ * Image src[k] of images into image dst[k] of out (int64 rows, or None for k). */
 static PyObject *py_blur(PyObject *self, PyObject *args)
 {
     Py_buffer img, out, wt, eh, ew, ec;
     Py_ssize_t b, h, w, c;
-    PyObject *a_obj;
-    if (!PyArg_ParseTuple(args, "y*w*y*y*y*y*nnnnO", &img, &out, &wt, &eh, &ew, &ec, &b, &h, &w, &c, &a_obj))
+    PyObject *a_obj, *src_obj, *dst_obj;
+    if (!PyArg_ParseTuple(args, "y*w*y*y*y*y*nnnnOOO", &img, &out, &wt, &eh, &ew, &ec, &b, &h, &w, &c, &a_obj,
+                          &src_obj, &dst_obj))
         return NULL;
+    Rows src = {0}, dst = {0};
     Py_buffer a = {0};
     int sharpen = a_obj != Py_None, ok = 1;
     if (sharpen && PyObject_GetBuffer(a_obj, &a, PyBUF_SIMPLE) < 0)
@@ -545,14 +602,15 @@ static PyObject *py_blur(PyObject *self, PyObject *args)
     const Py_ssize_t taps = wt.len / (Py_ssize_t)sizeof(double);
     const int r = (int)((taps - 1) / 2);
     const Py_ssize_t n = h * w * c, d = sizeof(double);
+    if (ok && !(b >= 0 && h > 0 && w > 0 && c > 0 && taps % 2 == 1 && r <= 4096)) {
+        PyErr_SetString(PyExc_ValueError, "blur: needs b >= 0 images of h, w, c > 0 and an odd number of weights");
+        ok = 0;
+    }
     if (ok) {
-        const Py_buffer *bufs[6] = {&img, &out, &eh, &ew, &ec, &a};
-        const Py_ssize_t need[6] = {b * n, b * n, (h + 2 * r) * d, (w + 2 * r) * d, (c + 2 * r) * d, b * d};
-        ok = sizes_ok(sharpen ? 6 : 5, bufs, need, "blur");
-        if (ok && !(b >= 0 && h > 0 && w > 0 && c > 0 && taps % 2 == 1 && r <= 4096)) {
-            PyErr_SetString(PyExc_ValueError, "blur: needs b >= 0 images of h, w, c > 0 and an odd number of weights");
-            ok = 0;
-        }
+        const Py_buffer *bufs[4] = {&eh, &ew, &ec, &a};
+        const Py_ssize_t need[4] = {(h + 2 * r) * d, (w + 2 * r) * d, (c + 2 * r) * d, b * d};
+        ok = sizes_ok(sharpen ? 4 : 3, bufs, need, "blur") && rows_get(src_obj, &src, b, images_in(&img, n), "blur")
+             && rows_get(dst_obj, &dst, b, images_in(&out, n), "blur");
         /* every extended position must read a sample of its axis */
         const int64_t *ext[3] = {eh.buf, ew.buf, ec.buf};
         const Py_ssize_t len[3] = {h, w, c};
@@ -581,8 +639,8 @@ static PyObject *py_blur(PyObject *self, PyObject *args)
         const int64_t *xh = eh.buf, *xw = ew.buf, *xc = ec.buf;
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t k = 0; k < b; k++) {
-            const uint8_t *x = (const uint8_t *)img.buf + k * n;
-            uint8_t *o = (uint8_t *)out.buf + k * n;
+            const uint8_t *x = (const uint8_t *)img.buf + row_of(&src, k) * n;
+            uint8_t *o = (uint8_t *)out.buf + row_of(&dst, k) * n;
             blur_one(x, sharpen ? bl : o, h, w, c, wts, r, xh, xw, xc, sa, st, splanes);
             if (sharpen)
                 sharpen_combine(x, bl, av[k], n, o, ss);
@@ -590,6 +648,8 @@ static PyObject *py_blur(PyObject *self, PyObject *args)
         Py_END_ALLOW_THREADS
     }
     free(sa); free(st); free(splanes); free(ss); free(bl);
+    rows_release(&src);
+    rows_release(&dst);
     if (sharpen && a.obj)
         PyBuffer_Release(&a);
     PyBuffer_Release(&img); PyBuffer_Release(&out); PyBuffer_Release(&wt);
@@ -631,19 +691,25 @@ static void lut_vbmi(const uint8_t *x, uint8_t *o, const uint8_t *t, Py_ssize_t 
 /* Whether lut uses lut_vbmi (set when the module loads, where the processor has VBMI). */
 static int vbmi_lut = 0, detected_vbmi = 0;
 
-/* lut(images, out, tables, b, n): out[k, p] = tables[k, images[k, p]] for b images of n
- * bytes; one call for a whole batch instead of one OpenCV call per image. */
+/* lut(images, out, tables, b, n, src, dst): out[dst[k], p] = tables[k, images[src[k], p]]
+ * for b images of n bytes (src, dst: int64 rows, or None for k); one call for a whole
+ * batch instead of one OpenCV call per image. */
 static PyObject *py_lut(PyObject *self, PyObject *args)
 {
     Py_buffer img, out, tab;
     Py_ssize_t b, n;
-    if (!PyArg_ParseTuple(args, "y*w*y*nn", &img, &out, &tab, &b, &n))
+    PyObject *src_obj, *dst_obj;
+    if (!PyArg_ParseTuple(args, "y*w*y*nnOO", &img, &out, &tab, &b, &n, &src_obj, &dst_obj))
         return NULL;
-    const Py_buffer *bufs[3] = {&img, &out, &tab};
-    const Py_ssize_t need[3] = {b * n, b * n, 256 * b};
-    if (b < 0 || n < 0 || !sizes_ok(3, bufs, need, "lut")) {
+    const Py_buffer *bufs[1] = {&tab};
+    const Py_ssize_t need[1] = {256 * b};
+    Rows src = {0}, dst = {0};
+    if (b < 0 || n < 0 || !sizes_ok(1, bufs, need, "lut") || !rows_get(src_obj, &src, b, images_in(&img, n), "lut")
+        || !rows_get(dst_obj, &dst, b, images_in(&out, n), "lut")) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError, "lut: needs b, n >= 0");
+        rows_release(&src);
+        rows_release(&dst);
         PyBuffer_Release(&img);
         PyBuffer_Release(&out);
         PyBuffer_Release(&tab);
@@ -653,15 +719,19 @@ static PyObject *py_lut(PyObject *self, PyObject *args)
     uint8_t *o = out.buf;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t k = 0; k < b; k++) {
+        const uint8_t *xk = x + row_of(&src, k) * n;
+        uint8_t *ok = o + row_of(&dst, k) * n;
 #ifdef HAVE_VBMI_LUT
         if (vbmi_lut) {
-            lut_vbmi(x + k * n, o + k * n, t + 256 * k, n);
+            lut_vbmi(xk, ok, t + 256 * k, n);
             continue;
         }
 #endif
-        lut_bytes(x + k * n, o + k * n, t + 256 * k, n);
+        lut_bytes(xk, ok, t + 256 * k, n);
     }
     Py_END_ALLOW_THREADS
+    rows_release(&src);
+    rows_release(&dst);
     PyBuffer_Release(&img);
     PyBuffer_Release(&out);
     PyBuffer_Release(&tab);

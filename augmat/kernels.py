@@ -89,6 +89,33 @@ def _batch(images: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
     return np.ascontiguousarray(images), images.shape[1:]
 
 
+def _rows(rows, n_images: int | None = None) -> np.ndarray | None:
+    """Row indices as the kernels take them (int64, C-contiguous), or None: every image in turn."""
+    if rows is None:
+        return None
+    r = np.ascontiguousarray(rows, dtype=np.int64)
+    if r.ndim != 1 or (n_images is not None and len(r) != n_images):
+        raise ValueError(f"expected {n_images} row indices, not shape {r.shape}")
+    return r
+
+
+def _targets(x: np.ndarray, rows, out: np.ndarray | None, out_rows):
+    """What a kernel call renders and where: (b, source rows, output array, output rows).
+    The images ``x[rows]`` (all of x if rows is None) go to a new array, or, with ``out``,
+    into ``out[out_rows]`` (``out[:b]`` without out_rows): rendered where they lie, with no
+    gathered copy on the way in and no scattered one on the way out (augmat.ops.apply_ops).
+    The C kernels check every row against the arrays' lengths."""
+    src = _rows(rows)
+    b = len(x) if src is None else len(src)
+    if out is None:
+        if out_rows is not None:
+            raise ValueError("out_rows needs out")
+        return b, src, np.empty((b,) + x.shape[1:], np.uint8), None
+    if out.dtype != np.uint8 or out.shape[1:] != x.shape[1:] or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"out must be a writeable C-contiguous uint8 array of {x.shape[1:]} images")
+    return b, src, out, _rows(out_rows, b)
+
+
 def _per_image(values, n: int) -> np.ndarray:
     v = np.ascontiguousarray(values, dtype=np.float64)
     if v.shape != (n,):
@@ -108,14 +135,16 @@ def _blur_plan(shape: tuple, sigma: float):
     return w, [_boundary_index(n, r, "reflect") for n in shape]
 
 
-def _blur(images: np.ndarray, sigma: float, a: np.ndarray | None) -> np.ndarray:
+def _blur(images: np.ndarray, sigma: float, a, rows, out, out_rows) -> np.ndarray:
     if not sigma > 0:
         raise ValueError(f"sigma must be positive, not {sigma}")
     x, shape = _batch(images)
-    out = np.empty_like(x)
-    if len(x):
+    b, src, out, dst = _targets(x, rows, out, out_rows)
+    if a is not None:
+        a = _per_image((0.5 - np.asarray(a).astype(np.float64)) * 0.5, b)
+    if b:
         w, (ext_h, ext_w, ext_c) = _blur_plan(shape, float(sigma))
-        _ckernels.blur(x, out, w, ext_h, ext_w, ext_c, len(x), *shape, a)
+        _ckernels.blur(x, out, w, ext_h, ext_w, ext_c, b, *shape, a, src, dst)
     return out
 
 
@@ -123,32 +152,35 @@ def gaussian_blur_uint8(images: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     """``scipy.ndimage.gaussian_filter(img, sigma)`` of every uint8 image of a batch
     over all three of its axes (the channel axis too, even of length 1), mode
     'reflect', truncate 4: bit-identical to scipy per image, for any (H, W, C) and sigma."""
-    return _blur(images, sigma, None)
+    return _blur(images, sigma, None, None, None, None)
 
 
-def seed_sharpen(images: np.ndarray, magnitudes: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+def seed_sharpen(images: np.ndarray, magnitudes: np.ndarray, sigma: float = 1.0,
+                 rows=None, out: np.ndarray | None = None, out_rows=None) -> np.ndarray:
     """The seed's sharpen for a batch, bit for bit (see :mod:`augmat.reference`), with
     ``scipy.ndimage.gaussian_filter(x, sigma)`` as its blur (the seed's sigma is 1):
     per image, a = (0.5 - z) / 2 on float64; s = x + a (x - blur) / (1 + a) with
     x - blur wrapped modulo 256 (uint8), shifted up by -min if min < 0, scaled by
-    255 / max if max > 255 (as 255 * (s / max)), clipped and truncated."""
-    a = (0.5 - np.asarray(magnitudes).astype(np.float64)) * 0.5
-    return _blur(images, sigma, _per_image(a, len(images)))
+    255 / max if max > 255 (as 255 * (s / max)), clipped and truncated.
+    ``rows``, ``out``, ``out_rows``: see :func:`_targets` (one magnitude per row)."""
+    return _blur(images, sigma, magnitudes, rows, out, out_rows)
 
 
 # --- rotate: scipy's cubic B-spline, prefilter and 4x4 interpolation ---------------------
 
-def seed_rotate(images: np.ndarray, angles_deg: np.ndarray) -> np.ndarray:
+def seed_rotate(images: np.ndarray, angles_deg: np.ndarray, rows=None, out: np.ndarray | None = None,
+                out_rows=None) -> np.ndarray:
     """``scipy.ndimage.rotate(img, angle, reshape=False)`` for every image of a batch
     (order 3 with prefilter, mode 'constant', cval 0, plane of the first two axes)
     about the centre ((H - 1) / 2, (W - 1) / 2). scipy rotates each channel plane on
     its own (a 2-D spline per plane, none across channels), as the kernel does, so any
-    H, W and C give scipy's pixels."""
+    H, W and C give scipy's pixels. ``rows``, ``out``, ``out_rows``: see :func:`_targets`
+    (one angle per row)."""
     x, (h, w, ch) = _batch(images)
-    out = np.empty_like(x)
-    if len(x) == 0:
+    b, src, out, dst = _targets(x, rows, out, out_rows)
+    if b == 0:
         return out
-    angles = _per_image(angles_deg, len(x))
+    angles = _per_image(angles_deg, b)
     if not np.isfinite(angles).all():
         raise ValueError("rotation angles must be finite")
     c, s = special.cosdg(angles), special.sindg(angles)
@@ -159,24 +191,26 @@ def seed_rotate(images: np.ndarray, angles_deg: np.ndarray) -> np.ndarray:
     centre = (np.array([h, w], np.float64) - 1) / 2
     offset = centre - matrices @ centre
     _ckernels.rotate(x, out, c, s, np.ascontiguousarray(-s), c, np.ascontiguousarray(offset[:, 0]),
-                     np.ascontiguousarray(offset[:, 1]), len(x), h, w, ch)
+                     np.ascontiguousarray(offset[:, 1]), b, h, w, ch, src, dst)
     return out
 
 
 # --- contrast, brightness: a table of 256 levels per image -------------------------------
 
-def apply_luts(images: np.ndarray, luts: np.ndarray) -> np.ndarray:
+def apply_luts(images: np.ndarray, luts: np.ndarray, rows=None, out: np.ndarray | None = None,
+               out_rows=None) -> np.ndarray:
     """Each uint8 image of a batch mapped through its own table: out[k] = luts[k][images[k]]
     (``luts``: (B, 256) uint8). One call for the batch: the same bytes as OpenCV's LUT per
     image, without a Python call per image; 64 bytes per instruction sequence where the
-    processor has AVX-512 VBMI (``_ckernels.uses_vbmi``), a byte at a time elsewhere."""
+    processor has AVX-512 VBMI (``_ckernels.uses_vbmi``), a byte at a time elsewhere.
+    ``rows``, ``out``, ``out_rows``: see :func:`_targets` (one table per row)."""
     x, _ = _batch(images)
+    b, src, out, dst = _targets(x, rows, out, out_rows)
     luts = np.ascontiguousarray(luts, dtype=np.uint8)
-    if luts.shape != (len(x), 256):
+    if luts.shape != (b, 256):
         raise ValueError(f"expected a (B, 256) table per image, not {luts.shape}")
-    out = np.empty_like(x)
-    if len(x):
-        _ckernels.lut(x, out, luts, len(x), x[0].size)
+    if b:
+        _ckernels.lut(x, out, luts, b, int(np.prod(x.shape[1:])), src, dst)
     return out
 
 

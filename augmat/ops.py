@@ -56,11 +56,11 @@ def rotation_degrees(magnitudes: np.ndarray) -> np.ndarray:
     return (magnitudes.astype(np.float64) - 0.5) * 120.0
 
 
-def rotate(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
+def rotate(images: np.ndarray, magnitudes: np.ndarray, **where) -> np.ndarray:
     """The seed's rotation: ``scipy.ndimage.rotate(x, angle, reshape=False)``, a cubic
     B-spline with its prefilter, black outside the source, rounded to uint8
     (:func:`augmat.kernels.seed_rotate`, scipy's own arithmetic, batched)."""
-    return kernels.seed_rotate(images, rotation_degrees(magnitudes))
+    return kernels.seed_rotate(images, rotation_degrees(magnitudes), **where)
 
 
 def rotate_bilinear(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
@@ -185,7 +185,8 @@ def _gaussian_blur(images: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     return blur.reshape(tall.shape)[:, radius:radius + h]
 
 
-def sharpen(images: np.ndarray, magnitudes: np.ndarray, sharpen_sigma: float = SEED_SHARPEN_SIGMA) -> np.ndarray:
+def sharpen(images: np.ndarray, magnitudes: np.ndarray, sharpen_sigma: float = SEED_SHARPEN_SIGMA,
+            **where) -> np.ndarray:
     """The seed's sharpen, a = (0.5 - z) * 0.5, bit for bit
     (:func:`augmat.kernels.seed_sharpen`): blur = scipy's uint8
     ``gaussian_filter(x, sharpen_sigma)`` (the seed's sigma is 1) over rows, columns
@@ -193,7 +194,7 @@ def sharpen(images: np.ndarray, magnitudes: np.ndarray, sharpen_sigma: float = S
     s = x + a d / (1 + a), shifted up if below 0, scaled down if above 255, truncated.
     The wrap makes it a colour-speckle transform at both ends of z, not a sharpen:
     that is what the seed trained on. Identity at z = 0.5 (a = 0)."""
-    return kernels.seed_sharpen(images, magnitudes, _check_sigma(sharpen_sigma))
+    return kernels.seed_sharpen(images, magnitudes, _check_sigma(sharpen_sigma), **where)
 
 
 def unsharp(images: np.ndarray, magnitudes: np.ndarray, sharpen_sigma: float = SEED_SHARPEN_SIGMA) -> np.ndarray:
@@ -254,17 +255,17 @@ def _gamma_curve(z: np.ndarray, t: np.ndarray) -> None:
     np.minimum(t, 255.0, out=t)
 
 
-def contrast(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
+def contrast(images: np.ndarray, magnitudes: np.ndarray, **where) -> np.ndarray:
     """Sigmoid curve, cutoff 0.5, gain = 1 + 10 z (scikit-image ``adjust_sigmoid``,
     whose uint8 result truncates): 255 / (1 + exp(gain (0.5 - level))). Exact per-level
     table, no interpolation."""
-    return kernels.apply_luts(images, _tables(magnitudes, _sigmoid_curve))
+    return kernels.apply_luts(images, _tables(magnitudes, _sigmoid_curve), **where)
 
 
-def brightness(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
+def brightness(images: np.ndarray, magnitudes: np.ndarray, **where) -> np.ndarray:
     """Gamma curve, gamma = 0.25 + 1.5 z (scikit-image ``adjust_gamma``, rounded):
     rint(255 level^gamma); gamma < 1 brightens, z = 0.5 gives gamma 1, the identity."""
-    return kernels.apply_luts(images, _tables(magnitudes, _gamma_curve))
+    return kernels.apply_luts(images, _tables(magnitudes, _gamma_curve), **where)
 
 
 @dataclass(frozen=True)
@@ -278,20 +279,24 @@ class Op:
     default: bool = True
     # fn takes the keyword sharpen_sigma (its blur's sigma in pixels), passed by apply_ops.
     blurs: bool = False
+    # fn also takes rows=, out=, out_rows= (its C kernel renders images[rows] straight into
+    # out[out_rows]): apply_ops then neither gathers its images nor scatters its results.
+    in_place: bool = False
 
 
 OPS: dict[str, Op] = {
     op.name: op
     for op in [
         Op("identity", identity, "unchanged", 0.5),
-        Op("rotate", rotate, "rotate (z-0.5)*120 degrees, cubic B-spline (scipy), black corners", 0.5),
+        Op("rotate", rotate, "rotate (z-0.5)*120 degrees, cubic B-spline (scipy), black corners", 0.5,
+           in_place=True),
         Op("flip_lr", flip_lr, "mirror left-right when |z-0.5| > 0.25", 0.5),
         Op("translate_x", translate_x, "shift int(0.4*W*(z-0.5)) px right (-6..6 at W=32), black fill", 0.5),
         Op("translate_y", translate_y, "shift int(0.4*H*(z-0.5)) px down (-6..6 at H=32), black fill", 0.5),
         Op("sharpen", sharpen, "the seed's sharpen: wrapped uint8 x-blur, colour speckle at z=0 and 1", 0.5,
-           blurs=True),
-        Op("contrast", contrast, "sigmoid contrast, cutoff 0.5, gain 1+10z", None),
-        Op("brightness", brightness, "gamma 0.25+1.5z (z<0.5 brightens)", 0.5),
+           blurs=True, in_place=True),
+        Op("contrast", contrast, "sigmoid contrast, cutoff 0.5, gain 1+10z", None, in_place=True),
+        Op("brightness", brightness, "gamma 0.25+1.5z (z<0.5 brightens)", 0.5, in_place=True),
         Op("unsharp", unsharp, "real unsharp mask sigma 1 (sharpen_sigma), a=(0.5-z)/2 (z<0.5 sharpens)", 0.5,
            default=False, blurs=True),
         Op("rotate_bilinear", rotate_bilinear, "rotate (z-0.5)*120 degrees, bilinear, black corners", 0.5,
@@ -321,12 +326,14 @@ def apply_ops(images: np.ndarray, op_codes: np.ndarray, magnitudes: np.ndarray,
               op_names: tuple[str, ...] = OP_NAMES, rows: np.ndarray | None = None,
               sharpen_sigma: float = SEED_SHARPEN_SIGMA) -> np.ndarray:
     """Render a batch where each image has its own op (an index into ``op_names``)
-    and magnitude. Images with the same op are gathered and transformed together.
+    and magnitude. Images with the same op are transformed together: the ops with their
+    own C kernel (``in_place``) read them where they lie and write each result to its
+    place in the output; the others get them gathered and their results scattered
+    (copies that cost about as much as a lookup-table op itself).
     ``images``: (N, H, W, C) uint8, any H and W, C 1 or 3.
 
     ``rows``: render ``images[rows]`` (one entry per op code) without gathering them
-    first; a build worker passes its whole source subset this way, so each source
-    image is copied once on its way to its op instead of twice.
+    first; a build worker passes its whole source subset this way.
 
     ``sharpen_sigma``: the sigma in pixels of the Gaussian in ``sharpen`` and ``unsharp``
     (the seed's 1 by default; a larger image may want a proportionally larger one).
@@ -336,8 +343,11 @@ def apply_ops(images: np.ndarray, op_codes: np.ndarray, magnitudes: np.ndarray,
     magnitudes = np.asarray(magnitudes, dtype=np.float32)
     for code in np.unique(op_codes):
         sel = np.flatnonzero(op_codes == code)
-        group = images[sel] if rows is None else images[rows[sel]]  # a copy, even from a memmap
+        src = sel if rows is None else rows[sel]
         op = OPS[op_names[int(code)]]
         kw = {"sharpen_sigma": sharpen_sigma} if op.blurs else {}
-        out[sel] = op.fn(group, magnitudes[sel], **kw)
+        if op.in_place:
+            op.fn(images, magnitudes[sel], rows=src, out=out, out_rows=sel, **kw)
+        else:
+            out[sel] = op.fn(images[src], magnitudes[sel], **kw)  # a copy, even from a memmap
     return out

@@ -96,20 +96,20 @@ def test_the_c_functions_refuse_buffers_shorter_than_the_sizes_they_are_given():
     short, one = np.zeros((1, 4, 4, 3), np.uint8), np.zeros(1)
     p = np.zeros(2)
     with pytest.raises(ValueError, match="rotate"):
-        _ckernels.rotate(x, short, p, p, p, p, p, p, 2, 4, 4, 3)
+        _ckernels.rotate(x, short, p, p, p, p, p, p, 2, 4, 4, 3, None, None)
     with pytest.raises(ValueError, match="rotate"):
-        _ckernels.rotate(x, np.empty_like(x), p, p, p, one, p, p, 2, 4, 4, 3)
+        _ckernels.rotate(x, np.empty_like(x), p, p, p, one, p, p, 2, 4, 4, 3, None, None)
     w, (eh, ew, ec) = kernels._blur_plan((4, 4, 3), 1.0)
     with pytest.raises(ValueError, match="blur"):
-        _ckernels.blur(x, np.empty_like(x), w, eh, ew, ec, 2, 4, 4, 3, one)
+        _ckernels.blur(x, np.empty_like(x), w, eh, ew, ec, 2, 4, 4, 3, one, None, None)
     with pytest.raises(ValueError, match="blur"):
-        _ckernels.blur(x, np.empty_like(x), w, eh, ew[:3], ec, 2, 4, 4, 3, None)
+        _ckernels.blur(x, np.empty_like(x), w, eh, ew[:3], ec, 2, 4, 4, 3, None, None, None)
     bad = ew.copy()
     bad[0] = 10**6
     with pytest.raises(ValueError, match="boundary table"):
-        _ckernels.blur(x, np.empty_like(x), w, eh, bad, ec, 2, 4, 4, 3, None)
+        _ckernels.blur(x, np.empty_like(x), w, eh, bad, ec, 2, 4, 4, 3, None, None, None)
     with pytest.raises(ValueError, match="lut"):
-        _ckernels.lut(x, np.empty_like(x), np.zeros((1, 256), np.uint8), 2, 48)
+        _ckernels.lut(x, np.empty_like(x), np.zeros((1, 256), np.uint8), 2, 48, None, None)
     with pytest.raises(ValueError, match="past the end"):
         _ckernels.fletcher32(b"abc", 4)
 
@@ -150,7 +150,43 @@ def test_lookup_tables_byte_by_byte_and_64_at_a_time(n):
         for way in ways:
             _ckernels.uses_vbmi(way)
             out = np.empty_like(x)
-            _ckernels.lut(x, out, tables, 5, n)
+            _ckernels.lut(x, out, tables, 5, n, None, None)
             np.testing.assert_array_equal(out, expected)
     finally:
         _ckernels.uses_vbmi(before)
+
+
+def test_rows_are_rendered_where_they_lie():
+    """With rows, out and out_rows each kernel renders images[rows] straight into
+    out[out_rows]: the same pixels as gathering the rows, rendering them and scattering the
+    results, and nothing else of out touched."""
+    x = _images((9, 7, 3), n=10, seed=8)
+    rows = np.array([7, 2, 2, 9, 0])
+    out_rows = np.array([4, 0, 6, 1, 3])
+    z = np.float32([0.0, 0.3, 0.5, 0.8, 1.0])
+    tables = np.random.default_rng(1).integers(0, 256, (5, 256), dtype=np.uint8)
+    for render, arg in [(kernels.seed_rotate, (z - 0.5) * 120.0), (kernels.seed_sharpen, z),
+                        (kernels.apply_luts, tables)]:
+        out = np.full((8,) + x.shape[1:], 77, np.uint8)
+        got = render(x, arg, rows=rows, out=out, out_rows=out_rows)
+        assert got is out
+        np.testing.assert_array_equal(out[out_rows], render(x[rows], arg))
+        untouched = np.setdiff1d(np.arange(8), out_rows)
+        assert (out[untouched] == 77).all()
+        np.testing.assert_array_equal(render(x, arg[:3], rows=rows[:3]), render(x[rows[:3]], arg[:3]))
+
+
+@pytest.mark.parametrize("bad", [dict(rows=[0, 10]), dict(rows=[-1, 0]), dict(out_rows=[0, 2]),
+                                 dict(out_rows=[0]), dict(out=None, out_rows=[0, 1]),
+                                 dict(out=np.zeros((2, 9, 7, 1), np.uint8)),
+                                 dict(out=np.zeros((2, 9, 7, 3), np.uint8)[:, ::-1])])
+def test_rows_outside_the_arrays_are_refused(bad):
+    """A row past either array, a missing or short out_rows, or an out of other images is a
+    ValueError from every kernel, checked before anything is read or written."""
+    x = _images((9, 7, 3), n=10, seed=8)
+    where = {"rows": [0, 1], "out": np.zeros((2, 9, 7, 3), np.uint8), "out_rows": [0, 1], **bad}
+    z = np.float32([0.2, 0.7])
+    for render, arg in [(kernels.seed_rotate, (z - 0.5) * 120.0), (kernels.seed_sharpen, z),
+                        (kernels.apply_luts, np.zeros((2, 256), np.uint8))]:
+        with pytest.raises(ValueError):
+            render(x, arg, **where)
