@@ -738,6 +738,66 @@ static PyObject *py_lut(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ---- translate, identity: whole pixels moved, black where nothing lands -------------- */
+
+/* One (h, w, c) image moved dy rows down and dx columns right (negative: up, left), the
+ * vacated pixels 0: out[i, j] = img[i - dy, j - dx] where that lies inside, as the seed's
+ * order-0 scipy.ndimage.shift does with whole shifts. */
+static void shift_one(const uint8_t *img, uint8_t *out, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c,
+                      Py_ssize_t dy, Py_ssize_t dx)
+{
+    const Py_ssize_t row = w * c;
+    const Py_ssize_t j0 = dx > 0 ? (dx < w ? dx : w) : 0, j1 = dx < 0 ? (w + dx > 0 ? w + dx : 0) : w;
+    for (Py_ssize_t i = 0; i < h; i++) {
+        uint8_t *o = out + i * row;
+        const Py_ssize_t si = i - dy;
+        if (si < 0 || si >= h || j1 <= j0) {
+            memset(o, 0, row);
+            continue;
+        }
+        memset(o, 0, j0 * c);
+        memcpy(o + j0 * c, img + si * row + (j0 - dx) * c, (j1 - j0) * c);
+        memset(o + j1 * c, 0, (w - j1) * c);
+    }
+}
+
+/* shift(images, out, dy, dx, b, h, w, c, src, dst): image src[k] of images moved by
+ * (dy[k], dx[k]) into image dst[k] of out (dy, dx: int64; src, dst: int64 rows or None). */
+static PyObject *py_shift(PyObject *self, PyObject *args)
+{
+    Py_buffer img, out, by, bx;
+    Py_ssize_t b, h, w, c;
+    PyObject *src_obj, *dst_obj;
+    if (!PyArg_ParseTuple(args, "y*w*y*y*nnnnOO", &img, &out, &by, &bx, &b, &h, &w, &c, &src_obj, &dst_obj))
+        return NULL;
+    const Py_ssize_t n = h * w * c, per_image = b * (Py_ssize_t)sizeof(int64_t);
+    const Py_buffer *bufs[2] = {&by, &bx};
+    const Py_ssize_t need[2] = {per_image, per_image};
+    Rows src = {0}, dst = {0};
+    int ok = b >= 0 && h > 0 && w > 0 && c > 0;
+    if (!ok)
+        PyErr_SetString(PyExc_ValueError, "shift: needs b >= 0 images of h, w, c > 0");
+    ok = ok && sizes_ok(2, bufs, need, "shift") && rows_get(src_obj, &src, b, images_in(&img, n), "shift")
+         && rows_get(dst_obj, &dst, b, images_in(&out, n), "shift");
+    if (ok) {
+        const int64_t *sy = by.buf, *sx = bx.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t k = 0; k < b; k++)
+            shift_one((const uint8_t *)img.buf + row_of(&src, k) * n, (uint8_t *)out.buf + row_of(&dst, k) * n,
+                      h, w, c, (Py_ssize_t)sy[k], (Py_ssize_t)sx[k]);
+        Py_END_ALLOW_THREADS
+    }
+    rows_release(&src);
+    rows_release(&dst);
+    PyBuffer_Release(&img);
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&by);
+    PyBuffer_Release(&bx);
+    if (!ok)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 /* ---- HDF5's Fletcher-32, for chunks augmat writes itself ------------------------------ */
 
 /* H5_checksum_fletcher32 (HDF5's H5checksum.c), operation for operation: big-endian 16-bit
@@ -833,6 +893,7 @@ static PyMethodDef methods[] = {
     {"uses_vbmi", py_uses_vbmi, METH_VARARGS, "whether lut looks up 64 bytes at a time ([flag] sets it)"},
     {"uses_fma", py_uses_fma, METH_VARARGS, "whether the kernels divide with fused multiply-adds ([flag] sets it)"},
     {"rotate", py_rotate, METH_VARARGS, "scipy.ndimage.rotate's cubic spline for a batch (see augmat/kernels.py)"},
+    {"shift", py_shift, METH_VARARGS, "each image of a batch moved by whole pixels, black fill (see augmat/kernels.py)"},
     {"lut", py_lut, METH_VARARGS, "each image of a batch through its own 256-entry table (see augmat/kernels.py)"},
     {"fletcher32", py_fletcher32, METH_VARARGS, "HDF5's Fletcher-32 of the first n bytes of a buffer"},
     {"blur", py_blur, METH_VARARGS, "scipy's uint8 gaussian_filter for a batch, or the seed's sharpen (see augmat/kernels.py)"},

@@ -214,6 +214,24 @@ def apply_luts(images: np.ndarray, luts: np.ndarray, rows=None, out: np.ndarray 
     return out
 
 
+# --- translate, identity: whole pixels -----------------------------------------------------
+
+def shift_images(images: np.ndarray, dy, dx, rows=None, out: np.ndarray | None = None,
+                 out_rows=None) -> np.ndarray:
+    """Each image of a batch moved by whole pixels, dy[k] rows down and dx[k] columns right
+    (negative: up, left), black where nothing lands: the seed's order-0
+    ``scipy.ndimage.shift`` with whole shifts, or a copy at (0, 0). One row copy per image
+    row, into its place. ``rows``, ``out``, ``out_rows``: see :func:`_targets` (one shift
+    per row)."""
+    x, (h, w, c) = _batch(images)
+    b, src, out, dst = _targets(x, rows, out, out_rows)
+    dy = np.ascontiguousarray(np.broadcast_to(dy, (b,)), dtype=np.int64)
+    dx = np.ascontiguousarray(np.broadcast_to(dx, (b,)), dtype=np.int64)
+    if b:
+        _ckernels.shift(x, out, dy, dx, b, h, w, c, src, dst)
+    return out
+
+
 # --- HDF5's Fletcher-32 -------------------------------------------------------------------
 
 def fletcher32(buf) -> int:

@@ -47,8 +47,8 @@ cv2.setNumThreads(1)
 SEED_SHARPEN_SIGMA = 1.0  # the blur of sharpen (and unsharp), pixels: the seed's gaussian_filter(x, 1)
 
 
-def identity(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
-    return images.copy()
+def identity(images: np.ndarray, magnitudes: np.ndarray, **where) -> np.ndarray:
+    return kernels.shift_images(images, 0, 0, **where)
 
 
 def rotation_degrees(magnitudes: np.ndarray) -> np.ndarray:
@@ -109,31 +109,14 @@ def translation_pixels(magnitudes: np.ndarray, size: int) -> np.ndarray:
     return np.trunc(size * 0.2 * (magnitudes.astype(np.float64) - 0.5) * 2).astype(np.int64)
 
 
-def _shift(images: np.ndarray, shifts: np.ndarray, axis: int) -> np.ndarray:
-    """Shift each image by its own whole number of pixels along ``axis`` (1 rows, 2 columns);
-    positive moves content down/right, vacated pixels are black. No interpolation:
-    the formula only yields whole pixels."""
-    out = np.zeros_like(images)
-    n = images.shape[axis]
-    for s in np.unique(shifts):
-        sel = np.flatnonzero(shifts == s)
-        src = [slice(None)] * 4
-        dst = [slice(None)] * 4
-        src[0] = dst[0] = sel
-        if s >= 0:
-            src[axis], dst[axis] = slice(0, n - s), slice(s, n)
-        else:
-            src[axis], dst[axis] = slice(-s, n), slice(0, n + s)
-        out[tuple(dst)] = images[tuple(src)]
-    return out
+def translate_x(images: np.ndarray, magnitudes: np.ndarray, **where) -> np.ndarray:
+    """Shifted right by translation_pixels (left if negative), whole pixels, black fill."""
+    return kernels.shift_images(images, 0, translation_pixels(magnitudes, images.shape[2]), **where)
 
 
-def translate_x(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
-    return _shift(images, translation_pixels(magnitudes, images.shape[2]), axis=2)
-
-
-def translate_y(images: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
-    return _shift(images, translation_pixels(magnitudes, images.shape[1]), axis=1)
+def translate_y(images: np.ndarray, magnitudes: np.ndarray, **where) -> np.ndarray:
+    """Shifted down by translation_pixels (up if negative), whole pixels, black fill."""
+    return kernels.shift_images(images, translation_pixels(magnitudes, images.shape[1]), 0, **where)
 
 
 def _check_sigma(sigma: float) -> float:
@@ -287,12 +270,14 @@ class Op:
 OPS: dict[str, Op] = {
     op.name: op
     for op in [
-        Op("identity", identity, "unchanged", 0.5),
+        Op("identity", identity, "unchanged", 0.5, in_place=True),
         Op("rotate", rotate, "rotate (z-0.5)*120 degrees, cubic B-spline (scipy), black corners", 0.5,
            in_place=True),
         Op("flip_lr", flip_lr, "mirror left-right when |z-0.5| > 0.25", 0.5),
-        Op("translate_x", translate_x, "shift int(0.4*W*(z-0.5)) px right (-6..6 at W=32), black fill", 0.5),
-        Op("translate_y", translate_y, "shift int(0.4*H*(z-0.5)) px down (-6..6 at H=32), black fill", 0.5),
+        Op("translate_x", translate_x, "shift int(0.4*W*(z-0.5)) px right (-6..6 at W=32), black fill", 0.5,
+           in_place=True),
+        Op("translate_y", translate_y, "shift int(0.4*H*(z-0.5)) px down (-6..6 at H=32), black fill", 0.5,
+           in_place=True),
         Op("sharpen", sharpen, "the seed's sharpen: wrapped uint8 x-blur, colour speckle at z=0 and 1", 0.5,
            blurs=True, in_place=True),
         Op("contrast", contrast, "sigmoid contrast, cutoff 0.5, gain 1+10z", None, in_place=True),

@@ -46,14 +46,14 @@ from augmat.sources import load_source  # noqa: E402
 from augmat.files import write_text_atomic  # noqa: E402
 
 NUMERICS = {
-    "identity": "a copy",
+    "identity": "a copy, each image into its place (C)",
     "rotate": "scipy's cubic B-spline with prefilter, redone in C (augmat/_ckernels.c)",
     "flip_lr": "whole pixels: one cv2.flip over the chosen images",
-    "translate_x": "whole pixels: slice copies per shift",
-    "translate_y": "whole pixels: slice copies per shift",
+    "translate_x": "whole pixels: row copies into place, black fill (C)",
+    "translate_y": "whole pixels: row copies into place, black fill (C)",
     "sharpen": "scipy's uint8 Gaussian (3 passes) and the wrapped difference, redone in C",
-    "contrast": "exact per-level lookup table, applied in one C call per batch",
-    "brightness": "exact per-level lookup table, applied in one C call per batch",
+    "contrast": "exact per-level lookup table, applied in C (64 bytes at a time with AVX-512 VBMI)",
+    "brightness": "exact per-level lookup table, applied in C (64 bytes at a time with AVX-512 VBMI)",
     "unsharp": "not default: float32 Gaussian sigma 1 (OpenCV sepFilter2D), addWeighted",
     "rotate_bilinear": "not default: bilinear, OpenCV warpAffine",
 }

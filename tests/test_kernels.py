@@ -156,6 +156,10 @@ def test_lookup_tables_byte_by_byte_and_64_at_a_time(n):
         _ckernels.uses_vbmi(before)
 
 
+def shift_x(images, dx, **where):
+    return kernels.shift_images(images, 0, dx, **where)
+
+
 def test_rows_are_rendered_where_they_lie():
     """With rows, out and out_rows each kernel renders images[rows] straight into
     out[out_rows]: the same pixels as gathering the rows, rendering them and scattering the
@@ -165,8 +169,9 @@ def test_rows_are_rendered_where_they_lie():
     out_rows = np.array([4, 0, 6, 1, 3])
     z = np.float32([0.0, 0.3, 0.5, 0.8, 1.0])
     tables = np.random.default_rng(1).integers(0, 256, (5, 256), dtype=np.uint8)
+    shifts = np.array([-3, 0, 2, 9, -1])
     for render, arg in [(kernels.seed_rotate, (z - 0.5) * 120.0), (kernels.seed_sharpen, z),
-                        (kernels.apply_luts, tables)]:
+                        (kernels.apply_luts, tables), (shift_x, shifts)]:
         out = np.full((8,) + x.shape[1:], 77, np.uint8)
         got = render(x, arg, rows=rows, out=out, out_rows=out_rows)
         assert got is out
@@ -187,6 +192,18 @@ def test_rows_outside_the_arrays_are_refused(bad):
     where = {"rows": [0, 1], "out": np.zeros((2, 9, 7, 3), np.uint8), "out_rows": [0, 1], **bad}
     z = np.float32([0.2, 0.7])
     for render, arg in [(kernels.seed_rotate, (z - 0.5) * 120.0), (kernels.seed_sharpen, z),
-                        (kernels.apply_luts, np.zeros((2, 256), np.uint8))]:
+                        (kernels.apply_luts, np.zeros((2, 256), np.uint8)), (shift_x, np.array([1, 2]))]:
         with pytest.raises(ValueError):
             render(x, arg, **where)
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 3), (5, 7, 3), (2, 5, 1)], ids=lambda s: "x".join(map(str, s)))
+def test_shift_is_scipys_whole_pixel_shift(shape):
+    """shift_images against scipy.ndimage.shift (order 0, black fill, as the seed shifted),
+    for shifts up to past either edge, both ways, along both axes and together."""
+    x = _images(shape, n=6, seed=2)
+    h, w = shape[:2]
+    for dy, dx in [(0, 0), (1, 0), (0, -1), (-2, 3), (h, 0), (0, -w), (h + 5, -w - 5), (-(h - 1), w - 1)]:
+        got = kernels.shift_images(x, dy, dx)
+        for im, g in zip(x, got):
+            np.testing.assert_array_equal(g, ndimage.shift(im, (dy, dx, 0), order=0, mode="constant", cval=0))
