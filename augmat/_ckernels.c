@@ -747,6 +747,14 @@ static void shift_one(const uint8_t *img, uint8_t *out, Py_ssize_t h, Py_ssize_t
                       Py_ssize_t dy, Py_ssize_t dx)
 {
     const Py_ssize_t row = w * c;
+    if (dx == 0) { /* whole rows: one block copy between the black bands */
+        const Py_ssize_t i0 = dy > 0 ? (dy < h ? dy : h) : 0, i1 = dy < 0 ? (h + dy > 0 ? h + dy : 0) : h;
+        memset(out, 0, i0 * row);
+        if (i1 > i0)
+            memcpy(out + i0 * row, img + (i0 - dy) * row, (i1 - i0) * row);
+        memset(out + (i1 > i0 ? i1 : i0) * row, 0, (h - (i1 > i0 ? i1 : i0)) * row);
+        return;
+    }
     const Py_ssize_t j0 = dx > 0 ? (dx < w ? dx : w) : 0, j1 = dx < 0 ? (w + dx > 0 ? w + dx : 0) : w;
     for (Py_ssize_t i = 0; i < h; i++) {
         uint8_t *o = out + i * row;
