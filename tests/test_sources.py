@@ -433,7 +433,8 @@ def test_an_image_declaring_a_huge_size_is_refused_before_decoding(tmp_path):
     bomb = write_png_header(tmp_path / "t" / "train" / "dog" / "0001.png", 12000, 12000)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        assert bomb.stat().st_size < 2000 and Image.open(bomb).size == (12000, 12000)
+        with Image.open(bomb) as im:
+            assert bomb.stat().st_size < 2000 and im.size == (12000, 12000)
     real_load = ImageFile.ImageFile.load
 
     def load(im):  # the small images decode; the huge one must not (this would escape as an AssertionError)
