@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import re
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +24,32 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def syncing(path: Path):
+    """While the block runs, a thread flushes what is written of ``path`` to the disk
+    (fdatasync, which waits on the disk, not the processor): the disk takes a file's bulk
+    while the caller computes (a shard's hash), so the fsync that commits the file has
+    little left to wait for. An error of that flush is raised after the block (one seen
+    only by the thread must not go unseen)."""
+    fd = os.open(path, os.O_RDONLY)
+    failed: list[OSError] = []
+
+    def flush() -> None:
+        try:
+            os.fdatasync(fd)
+        except OSError as e:
+            failed.append(e)
+    thread = threading.Thread(target=flush, name="augmat-fdatasync", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+        os.close(fd)
+    if failed:
+        raise failed[0]
 
 
 @contextmanager

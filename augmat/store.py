@@ -53,7 +53,7 @@ import h5py
 import numpy as np
 
 from .errors import AugmatError
-from .files import atomic_path
+from .files import atomic_path, syncing
 from .ops import EARLIER_DEFINITIONS, SEED_SHARPEN_SIGMA
 
 # 2: rotate and sharpen render the seed's exact numerics (cubic B-spline, wrapped uint8
@@ -182,11 +182,16 @@ def write_shard(path: Path, data: dict[str, np.ndarray], op_names, attrs: dict, 
     """Write one shard file: the six row datasets of ``data``, ``op``'s names and ``attrs``
     (plus ``sha256`` of the pixels and ``rows``) under ``<name>.tmp<pid>``, fsynced, then
     renamed to ``path`` and the folder fsynced. Returns (bytes, sha256 of the pixels).
-    ``fault``: a test hook called once the temporary file is written."""
-    sha = pixel_sha256(data["images"])
+    ``fault``: a test hook called once the temporary file is written.
+
+    The pixels are hashed after they are written, while the disk takes them
+    (:func:`augmat.files.syncing`): a shard's hash and its trip to the disk take about as
+    long each, and the commit's fsync then waits for little."""
     with written_whole(path, fault) as f:
         for name in ROW_DATASETS:
             write_array(f, name, data[name])
+        with syncing(f.filename):
+            sha = pixel_sha256(data["images"])
         f["op"].attrs["names"] = np.array(list(op_names), dtype=h5py.string_dtype())
         for k, v in {**attrs, "rows": len(data["images"]), "sha256": sha}.items():
             f.attrs[k] = v

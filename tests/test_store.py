@@ -64,6 +64,41 @@ def test_shards_are_plain_hdf5_files_and_leave_no_temporary_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5", "m.h5.shards"]
 
 
+def test_a_shards_pixels_are_hashed_while_the_disk_takes_them(tmp_path, monkeypatch):
+    """write_shard hashes the pixels after writing them, while a thread flushes the
+    temporary file to the disk: the hash is still SHA-256 of the pixels (hashlib's, of the
+    bytes given), and the flush was of the temporary file, before the rename."""
+    import hashlib
+    flushed = []
+    real = os.fdatasync
+
+    def fdatasync(fd):
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    data = _rows(0, 300)
+    size, sha = write_shard(tmp_path / "s.h5", data, OP_NAMES, {"key": "k"})
+    assert sha == hashlib.sha256(data["images"].tobytes()).hexdigest()
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert f.attrs["sha256"] == sha
+        np.testing.assert_array_equal(f["images"][...], data["images"])
+    assert len(flushed) == 1 and ".tmp" in Path(flushed[0]).name and size == (tmp_path / "s.h5").stat().st_size
+
+
+def test_a_failed_flush_while_hashing_fails_the_shard_and_leaves_nothing(tmp_path, monkeypatch):
+    """An error the disk reports to the flushing thread (EIO here) is not lost with the
+    thread: the write fails with it, and neither the shard nor its temporary file remains."""
+    import errno
+
+    def fdatasync(fd):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    with pytest.raises(OSError) as e:
+        write_shard(tmp_path / "s.h5", _rows(0, 10), OP_NAMES, {"key": "k"})
+    assert e.value.errno == errno.EIO
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_plain_h5py_reads_the_master_from_any_cwd_and_after_a_move(tmp_path):
     want = make_master(tmp_path / "a" / "m.h5")
     code = ("import h5py, sys; f = h5py.File(sys.argv[1], 'r'); "
