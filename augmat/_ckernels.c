@@ -307,10 +307,23 @@ static void *aligned_doubles(Py_ssize_t n)
 
 /* Whether every buffer holds at least the bytes the sizes say; else a ValueError (a
  * wrong call from Python must not read or write past an array). */
+/* a * b * c, or -1 if any is negative or the product overflows (sizes from Python are
+ * checked with it before any is trusted). */
+static Py_ssize_t product3(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c)
+{
+    Py_ssize_t ab, abc;
+    if (a < 0 || b < 0 || c < 0 || __builtin_mul_overflow(a, b, &ab) || __builtin_mul_overflow(ab, c, &abc))
+        return -1;
+    return abc;
+}
+
 static int sizes_ok(int n, const Py_buffer *const *buf, const Py_ssize_t *need, const char *what)
 {
     for (int k = 0; k < n; k++)
-        if (need[k] < 0 || buf[k]->len < need[k]) {
+        if (need[k] < 0) {
+            PyErr_Format(PyExc_ValueError, "%s: the sizes given overflow", what);
+            return 0;
+        } else if (buf[k]->len < need[k]) {
             PyErr_Format(PyExc_ValueError, "%s: argument %d holds %zd bytes, %zd needed", what, k,
                          buf[k]->len, need[k]);
             return 0;
@@ -362,8 +375,12 @@ static void rows_release(Rows *r)
         PyBuffer_Release(&r->view);
 }
 
-/* How many images of n bytes a buffer holds. */
-static inline Py_ssize_t images_in(const Py_buffer *buf, Py_ssize_t n) { return n > 0 ? buf->len / n : PY_SSIZE_T_MAX; }
+/* How many images of n bytes a buffer holds (any number of empty ones; none if n < 0, an
+ * overflowed size). */
+static inline Py_ssize_t images_in(const Py_buffer *buf, Py_ssize_t n)
+{
+    return n > 0 ? buf->len / n : n == 0 ? PY_SSIZE_T_MAX : 0;
+}
 
 /* rotate(images, out, m00, m01, m10, m11, off0, off1, b, h, w, c, src, dst): image src[k]
  * of images rotated into image dst[k] of out (src, dst: int64 rows, or None for k). */
@@ -375,23 +392,23 @@ static PyObject *py_rotate(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*w*y*y*y*y*y*y*nnnnOO", &img, &out, &m[0], &m[1], &m[2], &m[3],
                           &m[4], &m[5], &b, &h, &w, &c, &src_obj, &dst_obj))
         return NULL;
-    const Py_ssize_t cp = c == 3 ? 4 : c, n = h * w * c, per_image = b * (Py_ssize_t)sizeof(double);
+    const Py_ssize_t cp = c == 3 ? 4 : c, n = product3(h, w, c), per_image = product3(b, sizeof(double), 1);
     const Py_buffer *bufs[6] = {&m[0], &m[1], &m[2], &m[3], &m[4], &m[5]};
     const Py_ssize_t need[6] = {per_image, per_image, per_image, per_image, per_image, per_image};
     Rows src = {0}, dst = {0};
-    int valid = b >= 0 && h > 0 && w > 0 && c > 0 && sizes_ok(6, bufs, need, "rotate");
+    int valid = b >= 0 && h > 0 && w > 0 && c > 0 && n > 0 && sizes_ok(6, bufs, need, "rotate");
     valid = valid && rows_get(src_obj, &src, b, images_in(&img, n), "rotate");
     valid = valid && rows_get(dst_obj, &dst, b, images_in(&out, n), "rotate");
     if (!valid && !PyErr_Occurred())
-        PyErr_SetString(PyExc_ValueError, "rotate: needs b >= 0 images of h, w, c > 0");
+        PyErr_SetString(PyExc_ValueError, "rotate: needs b >= 0 images of h, w, c > 0 (and h w c bytes that fit)");
     double *rows = NULL, *coef = NULL, *row_buf = NULL;
-    if (valid) {
+    if (valid && b > 0) { /* an image of n bytes exists: its sizes below cannot overflow */
         rows = aligned_doubles(h * w * c + 1); /* + 1: the last pixel's fourth lane */
         coef = aligned_doubles((w + 3) * (h + 3) * cp);
         row_buf = aligned_doubles(14 * w + 2 * w); /* Py_ssize_t is 8 bytes, as double */
     }
-    int ok = valid && rows && coef && row_buf;
-    if (ok) /* the border rows are filtered along before they are first filled */
+    int ok = valid && (b == 0 || (rows && coef && row_buf));
+    if (ok && b > 0) /* the border rows are filtered along before they are first filled */
         memset(coef, 0, (size_t)((w + 3) * (h + 3) * cp) * sizeof(double));
     if (ok) {
         const double *mm[6];
@@ -601,14 +618,16 @@ static PyObject *py_blur(PyObject *self, PyObject *args)
         ok = 0;
     const Py_ssize_t taps = wt.len / (Py_ssize_t)sizeof(double);
     const int r = (int)((taps - 1) / 2);
-    const Py_ssize_t n = h * w * c, d = sizeof(double);
-    if (ok && !(b >= 0 && h > 0 && w > 0 && c > 0 && taps % 2 == 1 && r <= 4096)) {
-        PyErr_SetString(PyExc_ValueError, "blur: needs b >= 0 images of h, w, c > 0 and an odd number of weights");
+    const Py_ssize_t n = product3(h, w, c), d = sizeof(double);
+    if (ok && !(b >= 0 && h > 0 && w > 0 && c > 0 && n > 0 && taps % 2 == 1 && r <= 4096)) {
+        PyErr_SetString(PyExc_ValueError, "blur: needs b >= 0 images of h, w, c > 0 (h w c bytes that fit) and an odd "
+                                          "number of weights");
         ok = 0;
     }
     if (ok) {
         const Py_buffer *bufs[4] = {&eh, &ew, &ec, &a};
-        const Py_ssize_t need[4] = {(h + 2 * r) * d, (w + 2 * r) * d, (c + 2 * r) * d, b * d};
+        const Py_ssize_t need[4] = {product3(h + 2 * r, d, 1), product3(w + 2 * r, d, 1), product3(c + 2 * r, d, 1),
+                                    product3(b, d, 1)};
         ok = sizes_ok(sharpen ? 4 : 3, bufs, need, "blur") && rows_get(src_obj, &src, b, images_in(&img, n), "blur")
              && rows_get(dst_obj, &dst, b, images_in(&out, n), "blur");
         /* every extended position must read a sample of its axis */
@@ -624,7 +643,7 @@ static PyObject *py_blur(PyObject *self, PyObject *args)
     }
     double *sa = NULL, *st = NULL, *splanes = NULL, *ss = NULL;
     uint8_t *bl = NULL;
-    if (ok) {
+    if (ok && b > 0) { /* an image of n bytes exists: its sizes below cannot overflow */
         sa = aligned_doubles(n);
         st = aligned_doubles(h * (w + 2 * r) * c);
         splanes = aligned_doubles(n);
@@ -702,7 +721,7 @@ static PyObject *py_lut(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*w*y*nnOO", &img, &out, &tab, &b, &n, &src_obj, &dst_obj))
         return NULL;
     const Py_buffer *bufs[1] = {&tab};
-    const Py_ssize_t need[1] = {256 * b};
+    const Py_ssize_t need[1] = {product3(256, b, 1)};
     Rows src = {0}, dst = {0};
     if (b < 0 || n < 0 || !sizes_ok(1, bufs, need, "lut") || !rows_get(src_obj, &src, b, images_in(&img, n), "lut")
         || !rows_get(dst_obj, &dst, b, images_in(&out, n), "lut")) {
@@ -778,13 +797,13 @@ static PyObject *py_shift(PyObject *self, PyObject *args)
     PyObject *src_obj, *dst_obj;
     if (!PyArg_ParseTuple(args, "y*w*y*y*nnnnOO", &img, &out, &by, &bx, &b, &h, &w, &c, &src_obj, &dst_obj))
         return NULL;
-    const Py_ssize_t n = h * w * c, per_image = b * (Py_ssize_t)sizeof(int64_t);
+    const Py_ssize_t n = product3(h, w, c), per_image = product3(b, sizeof(int64_t), 1);
     const Py_buffer *bufs[2] = {&by, &bx};
     const Py_ssize_t need[2] = {per_image, per_image};
     Rows src = {0}, dst = {0};
-    int ok = b >= 0 && h > 0 && w > 0 && c > 0;
+    int ok = b >= 0 && h > 0 && w > 0 && c > 0 && n > 0;
     if (!ok)
-        PyErr_SetString(PyExc_ValueError, "shift: needs b >= 0 images of h, w, c > 0");
+        PyErr_SetString(PyExc_ValueError, "shift: needs b >= 0 images of h, w, c > 0 (and h w c bytes that fit)");
     ok = ok && sizes_ok(2, bufs, need, "shift") && rows_get(src_obj, &src, b, images_in(&img, n), "shift")
          && rows_get(dst_obj, &dst, b, images_in(&out, n), "shift");
     if (ok) {

@@ -34,20 +34,23 @@ def syncing(path: Path):
     little left to wait for. An error of that flush is raised after the block (one seen
     only by the thread must not go unseen)."""
     fd = os.open(path, os.O_RDONLY)
-    failed: list[OSError] = []
+    failed: list[BaseException] = []
 
     def flush() -> None:
         try:
             os.fdatasync(fd)
-        except OSError as e:
+        except BaseException as e:  # noqa: BLE001 - raised in the caller's thread below
             failed.append(e)
     thread = threading.Thread(target=flush, name="augmat-fdatasync", daemon=True)
-    thread.start()
     try:
+        thread.start()
         yield
     finally:
-        thread.join()
-        os.close(fd)
+        try:
+            if thread.ident is not None:  # started
+                thread.join()
+        finally:
+            os.close(fd)  # after the flush is done with it, even if a second Ctrl-C cut the wait
     if failed:
         raise failed[0]
 

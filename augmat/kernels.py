@@ -113,6 +113,8 @@ def _targets(x: np.ndarray, rows, out: np.ndarray | None, out_rows):
         return b, src, np.empty((b,) + x.shape[1:], np.uint8), None
     if out.dtype != np.uint8 or out.shape[1:] != x.shape[1:] or not out.flags.c_contiguous or not out.flags.writeable:
         raise ValueError(f"out must be a writeable C-contiguous uint8 array of {x.shape[1:]} images")
+    if np.may_share_memory(x, out):  # an image could be overwritten before it is read
+        raise ValueError("out must not share memory with the images")
     return b, src, out, _rows(out_rows, b)
 
 

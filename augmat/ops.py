@@ -326,12 +326,19 @@ def apply_ops(images: np.ndarray, op_codes: np.ndarray, magnitudes: np.ndarray,
     n = len(op_codes)
     out = np.empty((n,) + images.shape[1:], np.uint8)
     magnitudes = np.asarray(magnitudes, dtype=np.float32)
+    if rows is not None:
+        rows = np.asarray(rows)
+        if len(rows) != n or (n and (rows.min() < 0 or rows.max() >= len(images))):
+            raise ValueError(f"rows must be {n} positions in 0..{len(images) - 1}")
+    # The kernels read images where they lie only in a C-contiguous uint8 array (a build's
+    # memory-mapped subset is one); anything else would be copied whole per op.
+    in_place = images.dtype == np.uint8 and images.flags.c_contiguous
     for code in np.unique(op_codes):
         sel = np.flatnonzero(op_codes == code)
         src = sel if rows is None else rows[sel]
         op = OPS[op_names[int(code)]]
         kw = {"sharpen_sigma": sharpen_sigma} if op.blurs else {}
-        if op.in_place:
+        if op.in_place and in_place:
             op.fn(images, magnitudes[sel], rows=src, out=out, out_rows=sel, **kw)
         else:
             out[sel] = op.fn(images[src], magnitudes[sel], **kw)  # a copy, even from a memmap

@@ -184,12 +184,15 @@ def test_rows_are_rendered_where_they_lie():
 @pytest.mark.parametrize("bad", [dict(rows=[0, 10]), dict(rows=[-1, 0]), dict(out_rows=[0, 2]),
                                  dict(out_rows=[0]), dict(out=None, out_rows=[0, 1]),
                                  dict(out=np.zeros((2, 9, 7, 1), np.uint8)),
-                                 dict(out=np.zeros((2, 9, 7, 3), np.uint8)[:, ::-1])])
+                                 dict(out=np.zeros((2, 9, 7, 3), np.uint8)[:, ::-1]), dict(out="images")])
 def test_rows_outside_the_arrays_are_refused(bad):
-    """A row past either array, a missing or short out_rows, or an out of other images is a
-    ValueError from every kernel, checked before anything is read or written."""
+    """A row past either array, a missing or short out_rows, an out of other images or one
+    sharing the images' memory is a ValueError from every kernel, checked before anything
+    is read or written."""
     x = _images((9, 7, 3), n=10, seed=8)
     where = {"rows": [0, 1], "out": np.zeros((2, 9, 7, 3), np.uint8), "out_rows": [0, 1], **bad}
+    if isinstance(where["out"], str):  # the images themselves: a row could be overwritten before it is read
+        where["out"] = x
     z = np.float32([0.2, 0.7])
     for render, arg in [(kernels.seed_rotate, (z - 0.5) * 120.0), (kernels.seed_sharpen, z),
                         (kernels.apply_luts, np.zeros((2, 256), np.uint8)), (shift_x, np.array([1, 2]))]:
@@ -207,3 +210,20 @@ def test_shift_is_scipys_whole_pixel_shift(shape):
         got = kernels.shift_images(x, dy, dx)
         for im, g in zip(x, got):
             np.testing.assert_array_equal(g, ndimage.shift(im, (dy, dx, 0), order=0, mode="constant", cval=0))
+
+
+def test_sizes_that_overflow_are_refused():
+    """Sizes whose product overflows (given to the compiled functions directly; the wrappers
+    cannot make such arrays) are a ValueError, never a read or write past a buffer."""
+    from augmat import _ckernels
+    z, p = np.zeros(1, np.int64), np.zeros(1)
+    calls = [lambda: _ckernels.shift(bytes(64), bytearray(64), z, z, 1, 2**32, 2**31, 1, None, None),
+             lambda: _ckernels.shift(bytes(64), bytearray(64), z, z, 2**62, 2, 2, 1, None, None),
+             lambda: _ckernels.rotate(bytes(64), bytearray(64), p, p, p, p, p, p, 1, 2**32, 2**31, 1, None, None),
+             lambda: _ckernels.lut(bytes(64), bytearray(64), bytes(256), 2**60, 1, None, None)]
+    w, (eh, ew, ec) = kernels._blur_plan((4, 4, 3), 1.0)
+    calls.append(lambda: _ckernels.blur(bytes(64), bytearray(64), w, eh, ew, ec, 1, 2**32, 2**31, 1, None, None,
+                                        None))
+    for call in calls:
+        with pytest.raises(ValueError):
+            call()

@@ -234,6 +234,40 @@ def test_apply_ops_rows_renders_the_gathered_images(images):
     np.testing.assert_array_equal(apply_ops(images, codes, z, rows=pos), apply_ops(images[pos], codes, z))
 
 
+@pytest.mark.parametrize("shape", [(32, 32, 3), (9, 7, 1), (6, 11, 4)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "memmap"])
+def test_apply_ops_is_each_image_through_its_op_alone(shape, layout, tmp_path):
+    """apply_ops (its ops with C kernels render in place, the others gather and scatter)
+    against each image through its op on its own, a batch of one: repeated rows and any
+    order, 1, 3 and 4 channels, from a contiguous array, a strided view (rendered through
+    the gathering path) and a read-only memory map, as a build worker passes it."""
+    rng = np.random.default_rng(sum(shape))
+    x = (cifar_like(24, seed=3, shape=shape) if shape[2] in (1, 3)
+         else rng.integers(0, 256, (24,) + shape, dtype=np.uint8))  # 4 channels: noise
+    if layout == "strided":
+        x = np.repeat(x, 2, axis=0)[::2]
+    elif layout == "memmap":
+        np.save(tmp_path / "x.npy", x)
+        x = np.load(tmp_path / "x.npy", mmap_mode="r")
+    n = 3 * len(OP_NAMES)
+    pos = rng.integers(0, len(x), n)
+    pos[:4] = pos[4]  # the same image several times over
+    codes = np.repeat(np.arange(len(OP_NAMES)), 3).astype(np.uint8)
+    rng.shuffle(codes)
+    z = rng.random(n).astype(np.float32)
+    got = apply_ops(x, codes, z, rows=pos)
+    for i in range(n):
+        one = OPS[OP_NAMES[codes[i]]].fn(np.array(x[pos[i]:pos[i] + 1]), z[i:i + 1])
+        np.testing.assert_array_equal(got[i], one[0], err_msg=f"row {i}, {OP_NAMES[codes[i]]}")
+
+
+@pytest.mark.parametrize("rows", [[0, -1], [0, 48], [0]])
+def test_apply_ops_refuses_rows_outside_the_images(rows, images):
+    """A row outside the source, or one row too few, is a ValueError for every op alike."""
+    with pytest.raises(ValueError, match="rows"):
+        apply_ops(images, np.zeros(2, np.uint8), np.zeros(2, np.float32), rows=np.array(rows))
+
+
 # --- any image size: H != W, larger than CIFAR, grayscale -------------------------------
 
 SIZES = [(64, 48, 3), (96, 96, 3), (40, 24, 1)]  # (H, W, C); 64x48 catches swapped axes

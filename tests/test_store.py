@@ -85,17 +85,16 @@ def test_a_shards_pixels_are_hashed_while_the_disk_takes_them(tmp_path, monkeypa
     assert len(flushed) == 1 and ".tmp" in Path(flushed[0]).name and size == (tmp_path / "s.h5").stat().st_size
 
 
-def test_a_failed_flush_while_hashing_fails_the_shard_and_leaves_nothing(tmp_path, monkeypatch):
-    """An error the disk reports to the flushing thread (EIO here) is not lost with the
-    thread: the write fails with it, and neither the shard nor its temporary file remains."""
-    import errno
-
+@pytest.mark.parametrize("error", [OSError(5, os.strerror(5)), RuntimeError("not an OSError")])
+def test_a_failed_flush_while_hashing_fails_the_shard_and_leaves_nothing(tmp_path, monkeypatch, error):
+    """An error of the flushing thread (the disk's EIO, or anything else) is not lost with
+    the thread: the write fails with it, and neither the shard nor its temporary file remains."""
     def fdatasync(fd):
-        raise OSError(errno.EIO, os.strerror(errno.EIO))
+        raise error
     monkeypatch.setattr(os, "fdatasync", fdatasync)
-    with pytest.raises(OSError) as e:
+    with pytest.raises(type(error)) as e:
         write_shard(tmp_path / "s.h5", _rows(0, 10), OP_NAMES, {"key": "k"})
-    assert e.value.errno == errno.EIO
+    assert e.value is error
     assert list(tmp_path.iterdir()) == []
 
 
