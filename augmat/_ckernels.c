@@ -723,37 +723,35 @@ static PyObject *py_lut(PyObject *self, PyObject *args)
     const Py_buffer *bufs[1] = {&tab};
     const Py_ssize_t need[1] = {product3(256, b, 1)};
     Rows src = {0}, dst = {0};
-    if (b < 0 || n < 0 || !sizes_ok(1, bufs, need, "lut") || !rows_get(src_obj, &src, b, images_in(&img, n), "lut")
-        || !rows_get(dst_obj, &dst, b, images_in(&out, n), "lut")) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "lut: needs b, n >= 0");
-        rows_release(&src);
-        rows_release(&dst);
-        PyBuffer_Release(&img);
-        PyBuffer_Release(&out);
-        PyBuffer_Release(&tab);
-        return NULL;
-    }
-    const uint8_t *x = img.buf, *t = tab.buf;
-    uint8_t *o = out.buf;
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t k = 0; k < b; k++) {
-        const uint8_t *xk = x + row_of(&src, k) * n;
-        uint8_t *ok = o + row_of(&dst, k) * n;
+    const int ok = b >= 0 && n >= 0 && sizes_ok(1, bufs, need, "lut")
+                   && rows_get(src_obj, &src, b, images_in(&img, n), "lut")
+                   && rows_get(dst_obj, &dst, b, images_in(&out, n), "lut");
+    if (!ok && !PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "lut: needs b, n >= 0");
+    if (ok) {
+        const uint8_t *x = img.buf, *t = tab.buf;
+        uint8_t *o = out.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t k = 0; k < b; k++) {
+            const uint8_t *xk = x + row_of(&src, k) * n;
+            uint8_t *ok_row = o + row_of(&dst, k) * n;
 #ifdef HAVE_VBMI_LUT
-        if (vbmi_lut) {
-            lut_vbmi(xk, ok, t + 256 * k, n);
-            continue;
-        }
+            if (vbmi_lut) {
+                lut_vbmi(xk, ok_row, t + 256 * k, n);
+                continue;
+            }
 #endif
-        lut_bytes(xk, ok, t + 256 * k, n);
+            lut_bytes(xk, ok_row, t + 256 * k, n);
+        }
+        Py_END_ALLOW_THREADS
     }
-    Py_END_ALLOW_THREADS
     rows_release(&src);
     rows_release(&dst);
     PyBuffer_Release(&img);
     PyBuffer_Release(&out);
     PyBuffer_Release(&tab);
+    if (!ok)
+        return NULL;
     Py_RETURN_NONE;
 }
 

@@ -142,8 +142,8 @@ def _blur(images: np.ndarray, sigma: float, a, rows, out, out_rows) -> np.ndarra
         raise ValueError(f"sigma must be positive, not {sigma}")
     x, shape = _batch(images)
     b, src, out, dst = _targets(x, rows, out, out_rows)
-    if a is not None:
-        a = _per_image((0.5 - np.asarray(a).astype(np.float64)) * 0.5, b)
+    if a is not None:  # the sharpen's amount, one per image
+        a = _per_image(a, b)
     if b:
         w, (ext_h, ext_w, ext_c) = _blur_plan(shape, float(sigma))
         _ckernels.blur(x, out, w, ext_h, ext_w, ext_c, b, *shape, a, src, dst)
@@ -165,7 +165,8 @@ def seed_sharpen(images: np.ndarray, magnitudes: np.ndarray, sigma: float = 1.0,
     x - blur wrapped modulo 256 (uint8), shifted up by -min if min < 0, scaled by
     255 / max if max > 255 (as 255 * (s / max)), clipped and truncated.
     ``rows``, ``out``, ``out_rows``: see :func:`_targets` (one magnitude per row)."""
-    return _blur(images, sigma, magnitudes, rows, out, out_rows)
+    a = (0.5 - np.asarray(magnitudes).astype(np.float64)) * 0.5
+    return _blur(images, sigma, a, rows, out, out_rows)
 
 
 # --- rotate: scipy's cubic B-spline, prefilter and 4x4 interpolation ---------------------
