@@ -5,7 +5,10 @@
  * ni_splines.c, ni_interpolation.c, ni_filters.c); this file only makes it fast.
  * Each output value is computed with exactly the operations scipy uses, in scipy's
  * order, on float64. What is new is that independent values are computed side by
- * side in vector registers: the channels of a rotated pixel, the lines of a blur pass.
+ * side in vector registers: the lines of a blur pass or of the spline prefilter. One
+ * exception, which gives the same bytes by another road: an RGB rotation's 4x4 sums are
+ * formed in float32 and trusted only where no rounding error could change the byte
+ * (rotate_sums_fast); the others are summed again scipy's way (rotate_pixel_exact).
  * Lane-wise IEEE arithmetic gives the same bits as scalar arithmetic, so long as no
  * multiply-add is fused: setup.py compiles this file with -ffp-contract=off (and
  * never -ffast-math), as scipy's own wheels are built.
@@ -25,6 +28,10 @@
 #include <string.h>
 
 typedef double v4d __attribute__((vector_size(32)));
+typedef long long v4l __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+typedef double v4d_u __attribute__((vector_size(32), aligned(8)));
+typedef float v4f_u __attribute__((vector_size(16), aligned(4)));
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
@@ -176,17 +183,123 @@ static inline uint8_t to_uint8(double t)
     return (uint8_t)(t < 255.0 ? t : 255.0);
 }
 
+/* One pixel's 4x4 sum, exactly as scipy forms it: per channel, (coefficient x row
+ * weight) x column weight added over the 16 taps in row-major order, on float64, then
+ * CASE_INTERP_OUT_UINT. o: the output row; b: the offset in coef of its first tap (0 for a
+ * pixel outside the source, whose value is 0). Never inlined into rotate_sums_fast, whose
+ * arithmetic may be fused: this one must round every product on its own. */
+__attribute__((noinline))
+static void rotate_pixel_exact(const double *coef, Py_ssize_t b, Py_ssize_t inside, Py_ssize_t cp, Py_ssize_t col,
+                               const double *wy, const double *wx, Py_ssize_t w, Py_ssize_t j, Py_ssize_t c,
+                               uint8_t *o)
+{
+    for (Py_ssize_t ch = 0; ch < c; ch++) {
+        double acc = 0.0;
+        for (int p = 0; p < 4; p++)
+            for (int q = 0; q < 4; q++)
+                acc += coef[b + p * cp + q * col + ch] * wy[p * w + j] * wx[q * w + j];
+        o[j * c + ch] = inside ? to_uint8(acc) : 0; /* outside: mode 'constant', cval 0 */
+    }
+}
+
+typedef float v16f __attribute__((vector_size(64)));
+typedef float v16f_u __attribute__((vector_size(64), aligned(4)));
+typedef int v16si __attribute__((vector_size(64)));
+typedef unsigned char v16qu __attribute__((vector_size(16)));
+
+/* How far from a rounding boundary a float32 sum must be to be trusted, per unit of the
+ * image's largest |coefficient|: 2^-19 (32 float32 units), three times the error bound
+ * worked out at rotate_sums_fast. ``rotate_margin`` scales it for the tests: 0 trusts every
+ * float32 sum, infinity none (every pixel then takes the exact path). */
+static double margin_scale = 1.0;
+
+/* The same 4x4 sums for the RGB pixels of one output row, four pixels at a time, in
+ * float32, with the outcome certified: a float32 sum F is trusted where it lies farther
+ * than tol from every rounding boundary (a half-integer: the output is F + 0.5
+ * truncated), and any pixel with a channel closer than that is done again by
+ * rotate_pixel_exact. So the bytes are scipy's bytes, without the exact arithmetic's
+ * cost for the ~99.9% of values that cannot round otherwise.
+ *
+ * The bound: with A = sum |c| w <= cmax (B-spline weights are >= 0 and sum to 1 along
+ * each axis), converting coefficients and weights to float32 costs 3u A (u = 2^-24), each
+ * tap row's four multiply-adds 4u A, the row weight u A, the two levels of additions
+ * across rows 2u A, and F + 0.5 u (cmax + 1): |F - scipy's value| <= ~11u cmax + u,
+ * against a tol of 32u cmax + 2^-20. (scipy's own float64 error is ~2^-48 cmax.)
+ *
+ * Lanes: the 16 taps of tap column q of a pixel are 16 consecutive floats of coef32 (four
+ * rows of 4 lanes: r, g, b and an unread one), so r_p = sum_q column_q x wx_q is four
+ * loads and four multiply-adds; times wyx (row weight p in lanes 4p..4p+3) and summed over
+ * the four row groups across four pixels at once with two rounds of shuffles. */
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast")
+CLONES
+static void rotate_sums_fast(const float *coef32, const Py_ssize_t *base32, const float *wyt,
+                             const float *wxf, Py_ssize_t w, Py_ssize_t n4, Py_ssize_t col, float tol, uint8_t *o,
+                             Py_ssize_t *redo)
+{
+    const v16si rgb = {-1, -1, -1, 0, -1, -1, -1, 0, -1, -1, -1, 0, -1, -1, -1, 0};
+    const v16f half = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
+    const v16f zero = {0}, top = zero + 255.0f, magic = zero + 12582912.0f; /* 1.5 * 2^23 */
+    const v16f tolv = zero + tol;
+    for (Py_ssize_t j = 0; j < n4; j += 4) {
+        v16f t[4];
+        for (int k = 0; k < 4; k++) {
+            const float *l = coef32 + base32[j + k], *wq = wxf + j + k;
+            v16f r = *(const v16f_u *)l * wq[0];
+            r += *(const v16f_u *)(l + col) * wq[w];
+            r += *(const v16f_u *)(l + 2 * col) * wq[2 * w];
+            r += *(const v16f_u *)(l + 3 * col) * wq[3 * w];
+            const v16f wp = *(const v16f_u *)(wyt + 4 * (j + k)); /* 4 used, 12 read past */
+            t[k] = r * __builtin_shufflevector(wp, wp, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        }
+        /* rows 0+1 and 2+3 of pixels k, k+1; then of those sums: pixel k's channels in lanes 4k.. */
+        const v16f u01 = __builtin_shufflevector(t[0], t[1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+                         __builtin_shufflevector(t[0], t[1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+        const v16f u23 = __builtin_shufflevector(t[2], t[3], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+                         __builtin_shufflevector(t[2], t[3], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+        const v16f f = __builtin_shufflevector(u01, u23, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+                       __builtin_shufflevector(u01, u23, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+        const v16f g = f + half;
+        const v16f d = g - ((g + magic) - magic); /* g minus its nearest integer, exactly */
+        /* |d| <= tol, compared as the bits of two non-negative floats (which order as
+         * integers do; a float comparison here was not vectorised) */
+        const v16si near = (((v16si)d & 0x7fffffff) <= (v16si)tolv) & rgb;
+        v16f v = (v16f)((v16si)g & (g > zero)); /* g <= 0 (F <= -0.5): 0; then at most 255 */
+        v = (v16f)(((v16si)v & (v < top)) | ((v16si)top & ~(v < top)));
+        v16qu bytes = __builtin_convertvector(__builtin_convertvector(v, v16si), v16qu);
+#if defined(__x86_64__) && defined(__GNUC__)
+        __asm__("" : "+x"(bytes)); /* else GCC fuses the narrowing and the shuffle into ~40 scalar steps */
+#endif
+        bytes = __builtin_shufflevector(bytes, bytes, 0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, 3, 7, 11, 15);
+        memcpy(o + 3 * j, &bytes, 12);
+        const v16qu flags = __builtin_convertvector(near, v16qu); /* pixel k: bytes 4k..4k + 2 */
+        uint64_t lo, hi;
+        memcpy(&lo, &flags, 8);
+        memcpy(&hi, (const char *)&flags + 8, 8);
+        if (lo | hi) { /* rare: ~2% of groups */
+            const uint64_t f[4] = {lo & 0xffffffff, lo >> 32, hi & 0xffffffff, hi >> 32};
+            for (int k = 0; k < 4; k++)
+                if (f[k])
+                    *redo++ = j + k;
+            *redo = -1;
+        }
+    }
+}
+#pragma GCC pop_options
+
 /* One image (h, w, c): spline coefficients, then every output pixel's 4x4 sum.
  * rows: h*w*c + 1 doubles. cp = 4 when c == 3 (in coef the fourth lane of an RGB
  * pixel is filtered along and never read). coef: (w + 3) * (h + 3) * cp doubles, the
  * coefficients columns first, with scipy's mirrored border around them (one column or
  * row before, two after: every tap of a pixel inside the source lands in it, so the
- * gather reads without mirroring). Both 64-byte aligned. row_buf: 14 w doubles and
- * 3 w indices. */
+ * gather reads without mirroring); coef32: the same as float32, then 3 (h + 3) cp + 16
+ * zeros. All 64-byte aligned.
+ * row_buf: ROW_BUF_DOUBLES(w) doubles. */
+#define ROW_BUF_DOUBLES(w) (24 * (w) + 16)
 CLONES
 static void rotate_one(const uint8_t *img, uint8_t *out, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c,
                        double m00, double m01, double m10, double m11, double off0, double off1,
-                       double *rows, double *coef, double *row_buf)
+                       double *rows, double *coef, float *coef32, double *row_buf)
 {
     const Py_ssize_t cp = c == 3 ? 4 : c, hp = h + 3, col = hp * cp;
     /* the prefilter of each channel plane along rows (axis 0), then along columns */
@@ -219,12 +332,32 @@ static void rotate_one(const uint8_t *img, uint8_t *out, Py_ssize_t h, Py_ssize_
         }
     for (int k = 0; k < 3; k++) /* then columns -1, w, w + 1, border rows included */
         memcpy(inner + pad_cols[k] * col - cp, inner + mirror(pad_cols[k], w) * col - cp, col * sizeof(double));
+    float tol = 0.0f;
+    if (c == 3) { /* the float32 copy for rotate_sums_fast, and its tolerance */
+        const Py_ssize_t size = (w + 3) * col; /* a multiple of 4 */
+        const v4l magnitude = {INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX};
+        v4d m[4] = {{0}}; /* four running maxima: each is a chain of dependent steps */
+        for (Py_ssize_t k = 0; k < size; k += 4) {
+            const v4d a = *(const v4d *)(coef + k), abs_a = (v4d)((v4l)a & magnitude);
+            *(v4f *)(coef32 + k) = __builtin_convertvector(a, v4f);
+            v4d *mk = &m[(k >> 2) & 3];
+            *mk = (v4d)(((v4l)abs_a & (abs_a > *mk)) | ((v4l)*mk & ~(abs_a > *mk)));
+        }
+        double cmax = 0.0;
+        for (int k = 0; k < 4; k++)
+            for (int e = 0; e < 4; e++)
+                cmax = fmax(cmax, m[k][e]);
+        tol = isinf(margin_scale) ? INFINITY : (float)((cmax * 0x1p-19 + 0x1p-20) * margin_scale);
+    }
 
     /* Per output row, first what every pixel of it needs, computed side by side (the
      * compiler vectorises these loops): where it reads, its fraction and its eight spline
      * weights; then each pixel's 4x4 sum. */
     double *yy = row_buf, *xx = yy + w, *fy = xx + w, *fx = fy + w, *wy = fx + w, *wx = wy + 4 * w;
-    Py_ssize_t *base = (Py_ssize_t *)(wx + 4 * w), *inside = base + w;
+    Py_ssize_t *base = (Py_ssize_t *)(wx + 4 * w), *inside = base + w, *base32 = inside + w;
+    float *wyt = (float *)(base32 + w), *wxf = wyt + 4 * w;
+    Py_ssize_t *redo = (Py_ssize_t *)(wxf + 4 * w);
+    const Py_ssize_t zeros = (w + 3) * col; /* in coef32: 3 col + 16 zeros, read by pixels outside */
     for (Py_ssize_t i = 0; i < h; i++) {
         for (Py_ssize_t j = 0; j < w; j++) { /* scipy's order: the offset first, then row, column */
             yy[j] = off0 + i * m00 + j * m01;
@@ -237,65 +370,39 @@ static void rotate_one(const uint8_t *img, uint8_t *out, Py_ssize_t h, Py_ssize_
         spline_weights(yy, fy, wy, w);
         spline_weights(xx, fx, wx, w);
         /* the offset in coef of each pixel's first tap (row floor(y) - 1, column
-         * floor(x) - 1); a pixel outside the source reads offset 0 and is 0 */
+         * floor(x) - 1); a pixel outside the source reads offset 0 and is 0 (and in
+         * coef32 reads zeros, so its sum is 0 too) */
         for (Py_ssize_t j = 0; j < w; j++) {
             const double y = yy[j], x = xx[j];
             inside[j] = (y >= 0) & (y <= h - 1) & (x >= 0) & (x <= w - 1); /* no NaN here */
             base[j] = ((Py_ssize_t)fx[j] * col + (Py_ssize_t)fy[j] * cp) * inside[j];
+            base32[j] = inside[j] ? base[j] : zeros;
         }
         uint8_t *o = out + i * w * c;
         Py_ssize_t j = 0;
-        if (c == 3)
-            /* Two pixels to a vector, each pixel's three channels side by side in one half
-             * of its eight lanes, and two such vectors at once: every lane adds (coefficient
-             * x row weight) x column weight over the 16 taps in scipy's order (row-major
-             * over p, q), as scipy does for one channel plane. The two accumulators let
-             * the processor overlap two chains of dependent additions. */
-            for (; j + 3 < w; j += 4) {
-                if (!(inside[j] | inside[j + 1] | inside[j + 2] | inside[j + 3])) {
-                    memset(o + 3 * j, 0, 12);
-                    continue;
-                }
-                v8d wq0[4], wq1[4];
-                for (int q = 0; q < 4; q++) {
-                    const double *wxq = wx + q * w + j;
-                    wq0[q] = (v8d){wxq[0], wxq[0], wxq[0], wxq[0], wxq[1], wxq[1], wxq[1], wxq[1]};
-                    wq1[q] = (v8d){wxq[2], wxq[2], wxq[2], wxq[2], wxq[3], wxq[3], wxq[3], wxq[3]};
-                }
-                v8d acc0 = {0}, acc1 = {0};
-                for (int p = 0; p < 4; p++) {
-                    const double *wyp = wy + p * w + j;
-                    const v8d wp0 = {wyp[0], wyp[0], wyp[0], wyp[0], wyp[1], wyp[1], wyp[1], wyp[1]};
-                    const v8d wp1 = {wyp[2], wyp[2], wyp[2], wyp[2], wyp[3], wyp[3], wyp[3], wyp[3]};
-                    const double *l0 = coef + base[j] + p * cp, *l1 = coef + base[j + 1] + p * cp;
-                    const double *l2 = coef + base[j + 2] + p * cp, *l3 = coef + base[j + 3] + p * cp;
-                    for (int q = 0; q < 4; q++) {
-                        const Py_ssize_t d = q * col;
-                        const v8d t0 = __builtin_shufflevector(*(const v4d *)(l0 + d), *(const v4d *)(l1 + d),
-                                                               0, 1, 2, 3, 4, 5, 6, 7);
-                        const v8d t1 = __builtin_shufflevector(*(const v4d *)(l2 + d), *(const v4d *)(l3 + d),
-                                                               0, 1, 2, 3, 4, 5, 6, 7);
-                        acc0 += t0 * wp0 * wq0[q];
-                        acc1 += t1 * wp1 * wq1[q];
-                    }
-                }
-                const v8i v0 = to_uint8_v8(acc0), v1 = to_uint8_v8(acc1);
-                uint8_t *oj = o + 3 * j;
-                for (int ch = 0; ch < 3; ch++) {
-                    oj[ch] = inside[j] ? v0[ch] : 0;
-                    oj[3 + ch] = inside[j + 1] ? v0[4 + ch] : 0;
-                    oj[6 + ch] = inside[j + 2] ? v1[ch] : 0;
-                    oj[9 + ch] = inside[j + 3] ? v1[4 + ch] : 0;
-                }
-            }
-        for (; j < w; j++) /* any channel count, and the last pixels of an RGB row */
-            for (Py_ssize_t ch = 0; ch < c; ch++) {
-                double acc = 0.0;
+        if (c == 3 && w >= 4) {
+            const Py_ssize_t n4 = w & ~(Py_ssize_t)3;
+            for (Py_ssize_t k = 0; k < 4 * w; k++) /* column weights as float32, as they lie */
+                wxf[k] = (float)wx[k];
+            for (Py_ssize_t jj = 0; jj < n4; jj += 4) { /* row weights: pixel jj's four side by side */
+                v4f t[4];
                 for (int p = 0; p < 4; p++)
-                    for (int q = 0; q < 4; q++)
-                        acc += coef[base[j] + p * cp + q * col + ch] * wy[p * w + j] * wx[q * w + j];
-                o[j * c + ch] = inside[j] ? to_uint8(acc) : 0; /* outside: mode 'constant', cval 0 */
+                    t[p] = __builtin_convertvector(*(const v4d_u *)(wy + p * w + jj), v4f);
+                const v4f a = __builtin_shufflevector(t[0], t[1], 0, 4, 1, 5), b = __builtin_shufflevector(t[2], t[3], 0, 4, 1, 5);
+                const v4f c2 = __builtin_shufflevector(t[0], t[1], 2, 6, 3, 7), d = __builtin_shufflevector(t[2], t[3], 2, 6, 3, 7);
+                *(v4f_u *)(wyt + 4 * jj) = __builtin_shufflevector(a, b, 0, 1, 4, 5);
+                *(v4f_u *)(wyt + 4 * jj + 4) = __builtin_shufflevector(a, b, 2, 3, 6, 7);
+                *(v4f_u *)(wyt + 4 * jj + 8) = __builtin_shufflevector(c2, d, 0, 1, 4, 5);
+                *(v4f_u *)(wyt + 4 * jj + 12) = __builtin_shufflevector(c2, d, 2, 3, 6, 7);
             }
+            redo[0] = -1;
+            rotate_sums_fast(coef32, base32, wyt, wxf, w, n4, col, tol, o, redo);
+            for (Py_ssize_t *r = redo; *r >= 0; r++)
+                rotate_pixel_exact(coef, base[*r], inside[*r], cp, col, wy, wx, w, *r, c, o);
+            j = n4;
+        }
+        for (; j < w; j++) /* any channel count, and the last pixels of an RGB row */
+            rotate_pixel_exact(coef, base[j], inside[j], cp, col, wy, wx, w, j, c, o);
     }
 }
 
@@ -401,15 +508,18 @@ static PyObject *py_rotate(PyObject *self, PyObject *args)
     valid = valid && rows_get(dst_obj, &dst, b, images_in(&out, n), "rotate");
     if (!valid && !PyErr_Occurred())
         PyErr_SetString(PyExc_ValueError, "rotate: needs b >= 0 images of h, w, c > 0 (and h w c bytes that fit)");
-    double *rows = NULL, *coef = NULL, *row_buf = NULL;
+    double *rows = NULL, *coef = NULL, *coef32 = NULL, *row_buf = NULL;
     if (valid && b > 0) { /* an image of n bytes exists: its sizes below cannot overflow */
         rows = aligned_doubles(h * w * c + 1); /* + 1: the last pixel's fourth lane */
         coef = aligned_doubles((w + 3) * (h + 3) * cp);
-        row_buf = aligned_doubles(14 * w + 2 * w); /* Py_ssize_t is 8 bytes, as double */
+        coef32 = aligned_doubles(((w + 6) * (h + 3) * cp + 16) / 2 + 1); /* floats: + 3 columns, 16 of zeros */
+        row_buf = aligned_doubles(ROW_BUF_DOUBLES(w)); /* Py_ssize_t is 8 bytes, as double */
     }
-    int ok = valid && (b == 0 || (rows && coef && row_buf));
-    if (ok && b > 0) /* the border rows are filtered along before they are first filled */
+    int ok = valid && (b == 0 || (rows && coef && coef32 && row_buf));
+    if (ok && b > 0) { /* the border rows are filtered along before they are first filled */
         memset(coef, 0, (size_t)((w + 3) * (h + 3) * cp) * sizeof(double));
+        memset((float *)coef32 + (w + 3) * (h + 3) * cp, 0, (size_t)(3 * (h + 3) * cp + 16) * sizeof(float));
+    }
     if (ok) {
         const double *mm[6];
         for (int k = 0; k < 6; k++)
@@ -417,11 +527,12 @@ static PyObject *py_rotate(PyObject *self, PyObject *args)
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t k = 0; k < b; k++)
             rotate_one((const uint8_t *)img.buf + row_of(&src, k) * n, (uint8_t *)out.buf + row_of(&dst, k) * n,
-                       h, w, c, mm[0][k], mm[1][k], mm[2][k], mm[3][k], mm[4][k], mm[5][k], rows, coef, row_buf);
+                       h, w, c, mm[0][k], mm[1][k], mm[2][k], mm[3][k], mm[4][k], mm[5][k], rows, coef, (float *)coef32, row_buf);
         Py_END_ALLOW_THREADS
     }
     free(rows);
     free(coef);
+    free(coef32);
     free(row_buf);
     rows_release(&src);
     rows_release(&dst);
@@ -908,6 +1019,22 @@ static PyObject *py_uses_fma(PyObject *self, PyObject *args)
     return feature_switch(args, &hardware_fma, detected_fma, "this processor has no fused multiply-add");
 }
 
+/* rotate_margin([scale]): the factor on rotate's float32 tolerance (1; 0 trusts every
+ * float32 sum, inf none); returns the factor before the call. For the tests. */
+static PyObject *py_rotate_margin(PyObject *self, PyObject *args)
+{
+    double scale = -1.0, before = margin_scale;
+    if (!PyArg_ParseTuple(args, "|d", &scale))
+        return NULL;
+    if (PyTuple_GET_SIZE(args) && !(scale >= 0)) {
+        PyErr_SetString(PyExc_ValueError, "rotate_margin: the factor must be >= 0");
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(args))
+        margin_scale = scale;
+    return PyFloat_FromDouble(before);
+}
+
 /* uses_vbmi([flag]): whether lut looks up 64 bytes at a time (False: byte by byte). */
 static PyObject *py_uses_vbmi(PyObject *self, PyObject *args)
 {
@@ -917,6 +1044,7 @@ static PyObject *py_uses_vbmi(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
     {"uses_vbmi", py_uses_vbmi, METH_VARARGS, "whether lut looks up 64 bytes at a time ([flag] sets it)"},
     {"uses_fma", py_uses_fma, METH_VARARGS, "whether the kernels divide with fused multiply-adds ([flag] sets it)"},
+    {"rotate_margin", py_rotate_margin, METH_VARARGS, "the factor on rotate's float32 tolerance ([scale] sets it)"},
     {"rotate", py_rotate, METH_VARARGS, "scipy.ndimage.rotate's cubic spline for a batch (see augmat/kernels.py)"},
     {"shift", py_shift, METH_VARARGS, "each image of a batch moved by whole pixels, black fill (see augmat/kernels.py)"},
     {"lut", py_lut, METH_VARARGS, "each image of a batch through its own 256-entry table (see augmat/kernels.py)"},
