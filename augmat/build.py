@@ -17,9 +17,9 @@ The story of a build:
 3. The subset's pixels go to ``<output>.shards/subset-<key>.npy``, which tasks memory-map.
    Tasks (:mod:`augmat.engines`) render a shard each and write it as an ordinary HDF5
    file through h5py (:func:`augmat.store.write_shard`: temporary name, fsync, rename),
-   returning only a small receipt (size, SHA-256 of the pixels): the driver never holds
+   returning only a small receipt (size, xxh3-128 of the pixels): the driver never holds
    pixels. Shards already in the folder are first checked by tasks (name, plan key,
-   rows, the pixels' SHA-256 against the one the shard records, the provenance against
+   rows, the pixels' digest against the one the shard records, the provenance against
    the plan); those that pass are kept. So the same command resumes a killed build, and
    ``--copies 16`` over an 8-copy output of the same plan adds blocks 8-15.
 4. Write the master (attributes, splits, manifest, Virtual Datasets over the shards)
@@ -61,7 +61,7 @@ from .files import atomic_path, check_folder_writable, io_error
 from .ops import DEFAULT_OPS, OP_NAMES, SEED_SHARPEN_SIGMA, apply_ops, rendering_libraries
 from .plan import RowPlan, plan_rows, split_indices
 from .sources import DEFAULT_RESIZE_FILTER, MAX_PIXELS, ImageOptions, SourceData, holds_image_files
-from .store import (FORMAT_VERSION, SHARD_NAME, ShardEntry, open_file, pixel_sha256,
+from .store import (FORMAT_VERSION, SHARD_NAME, ShardEntry, digest_kind, open_file, pixel_digest, shard_digest,
                     read_manifest, row_layout, shard_name, shards_folder, write_master, write_shard)
 
 SHARD_FORMAT = 1  # what a shard file holds; part of the plan key
@@ -227,7 +227,7 @@ def _kill_self(spec: dict) -> None:
 
 def render_shard(spec: dict) -> dict:
     """Render one shard of the plan and write it (see :func:`augmat.store.write_shard`).
-    Returns its receipt: ``index``, ``bytes``, ``sha256``, or ``error`` (an errno, with
+    Returns its receipt: ``index``, ``bytes``, ``digest``, or ``error`` (an errno, with
     ``strerror`` and ``where``) when the write failed."""
     faults = spec["faults"]
     if "slow" in faults:
@@ -245,7 +245,7 @@ def render_shard(spec: dict) -> dict:
     try:
         if faults.get("enospc") == str(spec["index"]):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        size, sha = write_shard(path, {"images": images, **_expected(spec)}, spec["op_names"],
+        size, digest = write_shard(path, {"images": images, **_expected(spec)}, spec["op_names"],
                                 {"key": spec["key"], "name": path.name, "copy": spec["copy"],
                                  "first": spec["first"], "shard_format": SHARD_FORMAT},
                                 fault=lambda: _kill_self(spec))
@@ -254,13 +254,13 @@ def render_shard(spec: dict) -> dict:
         if err is None:
             raise
         return {"index": spec["index"], "error": err.errno, "strerror": err.strerror or str(e), "where": str(path)}
-    return {"index": spec["index"], "bytes": size, "sha256": sha}
+    return {"index": spec["index"], "bytes": size, "digest": digest}
 
 
 def check_shard(spec: dict) -> dict:
     """Whether the shard file of ``spec`` is one this plan would write: its name, plan key
-    and rows as planned, every chunk passing fletcher32, its pixels' SHA-256 the one it
-    records and its provenance the plan's. Returns the receipt (``ok``, ``bytes``, ``sha256``)."""
+    and rows as planned, every chunk passing fletcher32, its pixels' digest the one it
+    records and its provenance the plan's. Returns the receipt (``ok``, ``bytes``, ``digest``)."""
     import h5py
     path = Path(spec["path"])
     bad = {"index": spec["index"], "ok": False}
@@ -270,8 +270,9 @@ def check_shard(spec: dict) -> dict:
             if (a.get("key") != spec["key"] or a.get("name") != path.name or int(a.get("rows", -1)) != len(spec["op"])
                     or int(a.get("copy", -2)) != spec["copy"] or int(a.get("first", -1)) != spec["first"]):
                 return bad
-            sha = pixel_sha256(f["images"][...])
-            if sha != a.get("sha256") or f["images"].shape[0] != len(spec["op"]):
+            recorded = shard_digest(a)
+            if recorded is None or pixel_digest(f["images"][...], digest_kind(recorded)) != recorded \
+                    or f["images"].shape[0] != len(spec["op"]):
                 return bad
             for name, want in _expected(spec).items():
                 if not np.array_equal(f[name][...], want):
@@ -281,7 +282,7 @@ def check_shard(spec: dict) -> dict:
                 return bad
     except Exception:  # noqa: BLE001 - whatever HDF5 says of a damaged file, the answer is: render it again
         return bad
-    return {"index": spec["index"], "ok": True, "bytes": path.stat().st_size, "sha256": sha}
+    return {"index": spec["index"], "ok": True, "bytes": path.stat().st_size, "digest": recorded}
 
 
 # --- the lock ------------------------------------------------------------------------------
@@ -563,7 +564,7 @@ def _build(cfg: BuildConfig, engine, lock: BuildLock, existing: _Existing, out: 
         bar.close()
     t_rendered = time.perf_counter()
     entries = [ShardEntry(s["name"], s["start"], s["stop"] - 1, receipts[s["index"]]["bytes"],
-                          receipts[s["index"]]["sha256"]) for s in specs]
+                          receipts[s["index"]]["digest"]) for s in specs]
 
     def finish_fault():
         if faults.get("enospc-finish"):

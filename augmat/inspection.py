@@ -11,7 +11,7 @@ Everything here reads; nothing writes. Files are opened only through
   chunk index and passes its fletcher32 checksum (image chunks of all zeros, never written
   unless their images are black, are noted);
 * ``shards``    (sharded files) every shard file names itself and holds the rows the manifest
-  says, and its pixels have the SHA-256 the manifest records;
+  says, and its pixels have the digest the manifest records;
 * ``ranges``    labels, op codes, magnitudes, copies and source indices are in range;
 * ``counts``    row and split counts match the build config, copy block after copy block;
 * ``source``    the source loads and its sha256 is the one the file records;
@@ -24,7 +24,6 @@ Everything here reads; nothing writes. Files are opened only through
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from dataclasses import dataclass, field
@@ -38,8 +37,8 @@ from .errors import AugmatError
 from .ops import OPS, apply_ops, rendering_libraries
 from .plan import ORIGINAL_COPY
 from .sources import SourceData, load_source, recorded_options
-from .store import (PROVENANCE, SHARD_NAME, FileInfo, blank_chunks, chunk_counts, chunk_starts, open_file, read_rows, row_chunk,
-                    row_parts, shards_folder)
+from .store import (PROVENANCE, SHARD_NAME, FileInfo, PixelHasher, blank_chunks, chunk_counts, chunk_starts, digest_kind,
+                    open_file, read_rows, row_chunk, row_parts, shards_folder)
 
 HIST_BINS = 10
 VECTORS = PROVENANCE + ("source_index",)
@@ -610,8 +609,8 @@ def _blank_rows(ds: h5py.Dataset) -> np.ndarray:
 
 def _check_shards(info: FileInfo) -> Check:
     """Each shard file names itself, holds the rows the manifest gives it, and its pixels
-    have the SHA-256 the manifest records (read chunk by chunk, so a damaged chunk is named
-    by the chunks check instead of stopping this one)."""
+    have the digest the manifest records (xxh3-128; SHA-256 in format 3 files; read chunk
+    by chunk, so a damaged chunk is named by the chunks check instead of stopping this one)."""
     bad: list[tuple] = []
     for e in info.shards:
         try:
@@ -621,21 +620,22 @@ def _check_shards(info: FileInfo) -> Check:
                     bad.append((e, f"holds {rows} rows named {name}, the manifest says {e.rows} rows"))
                     continue
                 images = g["images"]
-                h = hashlib.sha256()
+                h = PixelHasher(digest_kind(e.digest))
                 for a in range(0, e.rows, row_chunk(images)):
-                    h.update(np.ascontiguousarray(images[a:a + row_chunk(images)]).data)
+                    h.update(images[a:a + row_chunk(images)])
         except (OSError, KeyError, ValueError) as err:
             bad.append((e, f"unreadable ({str(err).splitlines()[0]})"))
             continue
-        if h.hexdigest() != e.sha256:
-            bad.append((e, "its pixels differ from the SHA-256 the manifest records"))
+        if h.text() != e.digest:
+            bad.append((e, f"its pixels differ from the {h.kind} digest the manifest records"))
     folder = info.shards_folder.name
     if bad:
         rows = sorted(r for e, _ in bad for r in range(e.first, e.last + 1))
         return Check("shards", "FAIL", "; ".join(f"{folder}/{e.name} (rows {e.first}-{e.last}) {what}"
                                                   for e, what in bad), rows)
     return Check("shards", "PASS", f"all {len(info.shards):,} shard files in {folder}/ are there with their "
-                                   "recorded sizes and rows, each one's pixels match the SHA-256 in the manifest")
+                                   "recorded sizes and rows, each one's pixels match the digest in the manifest "
+                                   f"({digest_kind(info.shards[0].digest) if info.shards else 'none'})")
 
 
 def _unconfirmed_zeros(rows: np.ndarray) -> Check | None:

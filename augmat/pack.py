@@ -1,8 +1,8 @@
 """``augmat pack``: the rows of a sharded build as one self-contained file.
 
-The packed file has the layout of :mod:`augmat.store`'s single form (format 3, no
+The packed file has the layout of :mod:`augmat.store`'s single form (the current format, no
 manifest): every dataset real, chunked with fletcher32, nothing outside it to keep
-beside it. Each shard's pixels are checked against the SHA-256 its manifest records
+beside it. Each shard's pixels are checked against the digest its manifest records
 while they are copied, so a damaged shard is never packed. Written under a temporary
 name, fsynced, renamed.
 """
@@ -18,7 +18,7 @@ import h5py
 from .errors import AugmatError
 from .files import atomic_path, check_folder_writable, io_error
 from .store import (ROW_DATASETS, SPLIT_DATASETS, INDEX_DATASETS, create_rows, open_file,
-                    pixel_sha256, read_rows, write_array)
+                    digest_kind, pixel_digest, read_rows, write_array)
 
 
 def pack(path: str | Path, output: str | Path, force: bool = False, progress: bool = True) -> str:
@@ -69,10 +69,10 @@ def _write(f: h5py.File, info, tmp: Path, progress: bool) -> None:
                 a, b = e.first, e.last + 1
                 for name in ROW_DATASETS:
                     data = read_rows(f[name], a, b)
-                    if name == "images" and pixel_sha256(data) != e.sha256:
+                    if name == "images" and pixel_digest(data, digest_kind(e.digest)) != e.digest:
                         raise AugmatError(
                             f"{info.path}: shard {info.shards_folder.name}/{e.name} (rows {e.first}-{e.last}) does "
-                            "not hold the pixels its manifest records (SHA-256 differs); rerun the `augmat build` "
-                            "that made it with --force to render it again")
+                            f"not hold the pixels its manifest records (their {digest_kind(e.digest)} digest "
+                            "differs); rerun the `augmat build` that made it with --force to render it again")
                     out[name][a:b] = data
                 bar.update(b - a)

@@ -3,7 +3,6 @@ later, pack, and bad input: with the local engine and with Ray (a real local Ray
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import resource
@@ -21,6 +20,7 @@ import h5py
 import numpy as np
 import psutil
 import pytest
+import xxhash
 
 from augmat.build import BuildConfig, build
 from augmat.reference import apply_one_at_a_time
@@ -124,18 +124,18 @@ def test_the_sharded_layout(tiny_sharded, tiny_h5):
     assert [n[:10] for n in names] == ["c000-s0000", "c001-s0000", "c002-s0000"]
     assert sorted(p.name for p in folder.iterdir()) == names  # no subset file, no temporary file left
     with h5py.File(tiny_sharded, "r") as f:
-        assert f.attrs["augmat_format"] == 3 and f["images"].is_virtual and not f["val/images"].is_virtual
+        assert f.attrs["augmat_format"] == 4 and f["images"].is_virtual and not f["val/images"].is_virtual
         assert [n.decode() for n in f["shards/name"][...]] == names
         assert f["shards/first"][...].tolist() == [0, 40, 80] and f["shards/last"][...].tolist() == [39, 79, 119]
         assert f["shards/bytes"][...].tolist() == [(folder / n).stat().st_size for n in names]
-        sha = [h.decode() for h in f["shards/sha256"][...]]
-    for name, h in zip(names, sha):
+        digests = [h.decode() for h in f["shards/digest"][...]]
+    for name, h in zip(names, digests):
         with h5py.File(folder / name, "r") as g:
-            assert g.attrs["sha256"] == h and g["images"].fletcher32
-            assert hashlib.sha256(g["images"][...].tobytes()).hexdigest() == h
+            assert g.attrs["digest"] == h and g["images"].fletcher32
+            assert h == "xxh3_128:" + xxhash.xxh3_128(g["images"][...].tobytes()).hexdigest()
     assert_same_content(tiny_sharded, tiny_h5)
     with h5py.File(tiny_h5, "r") as f:
-        assert "shards" not in f and not f["images"].is_virtual and f.attrs["augmat_format"] == 3
+        assert "shards" not in f and not f["images"].is_virtual and f.attrs["augmat_format"] == 4
 
 
 def test_same_output_for_any_worker_count_and_shard_size(tmp_path, cifar_archive, tiny_h5):
@@ -577,7 +577,7 @@ def test_pack_makes_one_file_that_every_reader_reads(tmp_path, tiny_sharded):
         f["images"][3] = 255 - f["images"][3]
     r = run_cli("pack", work, "-o", tmp_path / "bad.h5", "-q")
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "shard tiny.h5.shards/c001-s0000" in r.stderr and "SHA-256 differs" in r.stderr
+    assert "shard tiny.h5.shards/c001-s0000" in r.stderr and "xxh3_128 digest differs" in r.stderr
     assert leftovers(tmp_path) == ["tiny.h5"]
 
 

@@ -306,6 +306,45 @@ def test_verify_finds_a_chunk_missing_from_the_index(tiny):
     assert "NO: only 3 of 4 image chunks were written" in run("inspect", tiny).stdout
 
 
+def as_format_3(path: Path) -> Path:
+    """Rewrite a sharded build as augmat's format 3 wrote it: each shard's pixels identified
+    by the hex SHA-256 (hashlib's own) in ``shards/sha256`` and each shard's ``sha256``
+    attribute, not by xxh3-128 in ``digest`` (the manifest's sizes follow the shards)."""
+    folder = shards_folder(path)
+    with h5py.File(path, "r+") as f:
+        names = [n.decode() for n in f["shards/name"][...]]
+        hexes = []
+        for name in names:
+            with h5py.File(folder / name, "r+") as g:
+                hexes.append(hashlib.sha256(g["images"][...].tobytes()).hexdigest())
+                del g.attrs["digest"]
+                g.attrs["sha256"] = hexes[-1]
+        del f["shards/digest"]
+        f.create_dataset("shards/sha256", data=np.array(hexes, dtype=h5py.string_dtype()))
+        f["shards/bytes"][...] = [(folder / n).stat().st_size for n in names]
+        f.attrs["augmat_format"] = 3
+    return path
+
+
+def test_a_format_3_file_verifies_and_packs_by_its_sha256(chunky, tmp_path):
+    """Format 3 recorded SHA-256 for each shard's pixels (format 4: xxh3-128). Such a file
+    still passes --verify, and a shard whose pixels changed still fails it, by SHA-256; pack
+    checks it the same way, and its packed file holds the same rows."""
+    as_format_3(chunky)
+    r = run("inspect", chunky, "--verify")
+    assert r.exit_code == 0, r.stdout
+    assert "(sha256)" in verdicts(r.stdout)["shards"]
+    packed = tmp_path / "packed.h5"
+    assert run("pack", chunky, "-o", packed).exit_code == 0
+    with h5py.File(chunky, "r") as a, h5py.File(packed, "r") as b:
+        np.testing.assert_array_equal(a["images"][...], b["images"][...])
+    zero_chunk(chunky, 33)
+    v = verdicts(run("inspect", chunky, "--verify").stdout)
+    assert v["shards"].startswith("FAIL") and "c000-s0001" in v["shards"] and "sha256 digest" in v["shards"]
+    r = run("pack", chunky, "-o", tmp_path / "again.h5")
+    assert r.exit_code != 0 and "c000-s0001" in r.output
+
+
 def zero_chunk(path: Path, row: int) -> tuple[int, int]:
     """Overwrite the stored image chunk holding ``row`` with zeros, checksum included (what a
     chunk never written holds, or an OS crash can leave); returns its rows [start, stop)."""

@@ -66,9 +66,9 @@ def test_shards_are_plain_hdf5_files_and_leave_no_temporary_file(tmp_path):
 
 def test_a_shards_pixels_are_hashed_while_the_disk_takes_them(tmp_path, monkeypatch):
     """write_shard hashes the pixels after writing them, while a thread flushes the
-    temporary file to the disk: the hash is still SHA-256 of the pixels (hashlib's, of the
+    temporary file to the disk: the digest is still xxh3-128 of the pixels (xxhash's, of the
     bytes given), and the flush was of the temporary file, before the rename."""
-    import hashlib
+    import xxhash
     flushed = []
     real = os.fdatasync
 
@@ -77,10 +77,10 @@ def test_a_shards_pixels_are_hashed_while_the_disk_takes_them(tmp_path, monkeypa
         real(fd)
     monkeypatch.setattr(os, "fdatasync", fdatasync)
     data = _rows(0, 300)
-    size, sha = write_shard(tmp_path / "s.h5", data, OP_NAMES, {"key": "k"})
-    assert sha == hashlib.sha256(data["images"].tobytes()).hexdigest()
+    size, digest = write_shard(tmp_path / "s.h5", data, OP_NAMES, {"key": "k"})
+    assert digest == "xxh3_128:" + xxhash.xxh3_128(data["images"].tobytes()).hexdigest()
     with h5py.File(tmp_path / "s.h5", "r") as f:
-        assert f.attrs["sha256"] == sha
+        assert f.attrs["digest"] == digest
         np.testing.assert_array_equal(f["images"][...], data["images"])
     assert len(flushed) == 1 and ".tmp" in Path(flushed[0]).name and size == (tmp_path / "s.h5").stat().st_size
 

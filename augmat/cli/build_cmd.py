@@ -98,7 +98,7 @@ def build_command(quiet: bool, **options) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def pack_command(path: str, output: str, force: bool, quiet: bool) -> None:
     """Write the rows of a sharded FILE (as `augmat build` makes it) into one self-contained
-    file, checking each shard's SHA-256 on the way. inspect, train and the stream read both."""
+    file, checking each shard's digest on the way. inspect, train and the stream read both."""
     click.echo(pack(path, output, force=force, progress=not quiet))
 
 
