@@ -61,8 +61,8 @@ from .files import atomic_path, check_folder_writable, io_error
 from .ops import DEFAULT_OPS, OP_NAMES, SEED_SHARPEN_SIGMA, apply_ops, rendering_libraries
 from .plan import RowPlan, plan_rows, split_indices
 from .sources import DEFAULT_RESIZE_FILTER, MAX_PIXELS, ImageOptions, SourceData, holds_image_files
-from .store import (FORMAT_VERSION, SHARD_NAME, ShardEntry, digest_kind, open_file, pixel_digest, shard_digest,
-                    read_manifest, row_layout, shard_name, shards_folder, write_master, write_shard)
+from .store import (FORMAT_VERSION, SHARD_NAME, Rendering, ShardEntry, digest_kind, open_file, pixel_digest,
+                    read_manifest, row_layout, shard_digest, shard_name, shards_folder, write_master, write_shard)
 
 SHARD_FORMAT = 1  # what a shard file holds; part of the plan key
 
@@ -239,8 +239,12 @@ def render_shard(spec: dict) -> dict:
     subset_path = spec["subset"]
     if subset_path not in _SUBSETS:
         _SUBSETS[subset_path] = np.load(subset_path, mmap_mode="r")
-    images = apply_ops(_SUBSETS[subset_path], spec["op"], spec["magnitude"], rows=spec["pos"],
-                       sharpen_sigma=spec["sharpen_sigma"])
+    subset = _SUBSETS[subset_path]
+
+    def render(a: int, b: int) -> np.ndarray:  # rows a..b-1 of the shard, as write_shard asks for them
+        return apply_ops(subset, spec["op"][a:b], spec["magnitude"][a:b], rows=spec["pos"][a:b],
+                         sharpen_sigma=spec["sharpen_sigma"])
+    images = Rendering(subset.shape[1:], render)
     path = Path(spec["path"])
     try:
         if faults.get("enospc") == str(spec["index"]):

@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import re
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,33 +27,85 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-@contextmanager
-def syncing(path: Path):
-    """While the block runs, a thread flushes what is written of ``path`` to the disk
-    (fdatasync, which waits on the disk, not the processor): the disk takes a file's bulk
-    while the caller computes (a shard's hash), so the fsync that commits the file has
-    little left to wait for. An error of that flush is raised after the block (one seen
-    only by the thread must not go unseen)."""
-    fd = os.open(path, os.O_RDONLY)
-    failed: list[BaseException] = []
-
-    def flush() -> None:
-        try:
-            os.fdatasync(fd)
-        except BaseException as e:  # noqa: BLE001 - raised in the caller's thread below
-            failed.append(e)
-    thread = threading.Thread(target=flush, name="augmat-fdatasync", daemon=True)
+def _sync_file_range():
+    """Linux's sync_file_range(2), through ctypes (Python has no binding), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
     try:
-        thread.start()
-        yield
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNC_FILE_RANGE_WRITE = 2  # start writing the range's dirty pages; do not wait for them
+
+
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing the file's dirty pages to the disk now, without
+    waiting for them (Linux; elsewhere nothing: the file's fsync does it all)."""
+    fn = _SYNC_FILE_RANGE
+    if fn is not None and fn(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) != 0:
+        import ctypes
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+
+
+class Writeback:
+    """Hands a file's written pages to the disk while its writer goes on (see
+    :func:`writing_back`): ``nudge()`` after each part is written."""
+
+    def __init__(self, fd: int):
+        self._fd, self._wake, self._done = fd, threading.Event(), False
+        self.failed: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, name="augmat-writeback", daemon=True)
+
+    def nudge(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._done:
+                return
+            try:
+                start_writeback(self._fd)
+            except BaseException as e:  # noqa: BLE001 - raised in the writer's thread at the end
+                self.failed.append(e)
+                return
+
+
+@contextmanager
+def writing_back(path: Path):
+    """While a file is written part by part: yields a :class:`Writeback` whose ``nudge()``
+    has a thread ask the kernel to start writing what is written so far to the disk
+    (sync_file_range, which may wait for the disk's queue: in a thread, that wait never
+    stalls the writer). The disk then takes each part while the writer computes the next
+    (a build worker renders it), and the fsync that commits the file waits only for the
+    last part. An error of that thread is raised after the block (one seen only by the
+    thread must not go unseen)."""
+    fd = os.open(path, os.O_RDONLY)
+    wb = Writeback(fd)
+    try:
+        wb._thread.start()
+        yield wb
     finally:
         try:
-            if thread.ident is not None:  # started
-                thread.join()
+            if wb._thread.ident is not None:  # started
+                wb._done = True
+                wb.nudge()
+                wb._thread.join()
         finally:
-            os.close(fd)  # after the flush is done with it, even if a second Ctrl-C cut the wait
-    if failed:
-        raise failed[0]
+            os.close(fd)  # after the thread is done with it, even if a second Ctrl-C cut the wait
+    if wb.failed:
+        raise wb.failed[0]
 
 
 @contextmanager

@@ -50,13 +50,14 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
 import xxhash
 
 from .errors import AugmatError
-from .files import atomic_path, syncing
+from .files import atomic_path, writing_back
 from .ops import EARLIER_DEFINITIONS, SEED_SHARPEN_SIGMA
 
 # 2: rotate and sharpen render the seed's exact numerics (cubic B-spline, wrapped uint8
@@ -130,8 +131,9 @@ def write_array(f: h5py.File, name: str, data: np.ndarray) -> h5py.Dataset:
     return ds
 
 
-def write_chunks(ds: h5py.Dataset, data: np.ndarray) -> None:
-    """Write the whole of a dataset made by :func:`create_rows`, chunk by chunk, as the
+def write_chunks(ds: h5py.Dataset, data: np.ndarray, start: int = 0) -> None:
+    """Write ``data`` as rows ``start``.. of a dataset made by :func:`create_rows` (``start``
+    a multiple of its chunk rows; ``data`` whole chunks, or the dataset's last rows), as the
     bytes HDF5's own write stores: each chunk whole (the last one's rows past the end as
     zeros, the fill value), followed by its Fletcher-32 (little-endian), handed to HDF5
     with ``write_direct_chunk``. HDF5 computes that checksum in a scalar loop and copies
@@ -141,6 +143,8 @@ def write_chunks(ds: h5py.Dataset, data: np.ndarray) -> None:
     compare the stored chunks with HDF5's own write byte for byte."""
     from .kernels import fletcher32
     rows = ds.chunks[0]
+    if start % rows or not (len(data) % rows == 0 or start + len(data) == len(ds)):
+        raise ValueError(f"rows {start}..{start + len(data)} are not whole chunks of {rows} rows of {ds.name}")
     data = np.ascontiguousarray(data, dtype=ds.dtype)
     size = rows * data[0].nbytes
     buf = np.zeros(size + 4, np.uint8)
@@ -150,7 +154,7 @@ def write_chunks(ds: h5py.Dataset, data: np.ndarray) -> None:
         if len(part) < size:
             buf[len(part):size] = 0
         buf[size:] = np.frombuffer(fletcher32(buf[:size]).to_bytes(4, "little"), np.uint8)
-        ds.id.write_direct_chunk((a,) + (0,) * (data.ndim - 1), buf)
+        ds.id.write_direct_chunk((start + a,) + (0,) * (data.ndim - 1), buf)
 
 
 _HASHES = {"xxh3_128": xxhash.xxh3_128, "sha256": hashlib.sha256}
@@ -219,23 +223,54 @@ def written_whole(path: Path, fault=None):
             yield f
 
 
-def write_shard(path: Path, data: dict[str, np.ndarray], op_names, attrs: dict, fault=None) -> tuple[int, str]:
+PIECE_BYTES = 3 * 1024 * 1024  # what write_shard renders and hands to the disk at a time
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """A shard's images before they are rendered: ``render(start, stop)`` returns its
+    rows start..stop-1 as uint8 images of ``shape`` (H, W, C)."""
+    shape: tuple[int, ...]
+    render: Callable[[int, int], np.ndarray]
+
+
+def write_shard(path: Path, data: dict, op_names, attrs: dict, fault=None) -> tuple[int, str]:
     """Write one shard file: the six row datasets of ``data``, ``op``'s names and ``attrs``
     (plus ``digest`` of the pixels and ``rows``) under ``<name>.tmp<pid>``, fsynced, then
     renamed to ``path`` and the folder fsynced. Returns (bytes, the pixels' digest).
     ``fault``: a test hook called once the temporary file is written.
 
-    The pixels are hashed after they are written, while the disk takes them
-    (:func:`augmat.files.syncing`), so the commit's fsync waits for less."""
+    ``data["images"]``: the pixels, or a :class:`Rendering`. Then the images are rendered
+    a piece at a time (whole chunks, about :data:`PIECE_BYTES`), and each piece is written,
+    hashed and handed to the disk (:func:`augmat.files.writing_back`) before the next one
+    is rendered: the disk writes while the processor renders, and the commit's fsync waits
+    only for the last piece. The file is the same either way (the same HDF5 calls in the
+    same order)."""
+    images = data["images"]
+    if not isinstance(images, Rendering):
+        images = Rendering(tuple(images.shape[1:]), lambda a, b, x=images: x[a:b])
+    n = len(data["op"])
+    hasher = PixelHasher()
     with written_whole(path, fault) as f:
-        for name in ROW_DATASETS:
-            write_array(f, name, data[name])
-        with syncing(f.filename):
-            digest = pixel_digest(data["images"])
+        with writing_back(f.filename) as disk:
+            ds = create_rows(f, "images", n, np.uint8, images.shape)
+            chunk = ds.chunks[0] if n else 1
+            step = chunk * max(1, PIECE_BYTES // (chunk * int(np.prod(images.shape))))
+            for a in range(0, n, step):
+                piece = images.render(a, min(n, a + step))
+                if piece.shape != (min(n, a + step) - a,) + images.shape or piece.dtype != np.uint8:
+                    raise ValueError(f"rendered {piece.dtype} {piece.shape} for rows {a}..{min(n, a + step)} of "
+                                     f"{images.shape} uint8 images")
+                write_chunks(ds, piece, a)
+                hasher.update(piece)
+                disk.nudge()
+            for name in ROW_DATASETS:
+                if name != "images":
+                    write_array(f, name, data[name])
         f["op"].attrs["names"] = np.array(list(op_names), dtype=h5py.string_dtype())
-        for k, v in {**attrs, "rows": len(data["images"]), "digest": digest}.items():
+        for k, v in {**attrs, "rows": n, "digest": hasher.text()}.items():
             f.attrs[k] = v
-    return path.stat().st_size, digest
+    return path.stat().st_size, hasher.text()
 
 
 @dataclass(frozen=True)

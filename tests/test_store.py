@@ -17,8 +17,8 @@ import pytest
 
 from augmat.errors import AugmatError
 from augmat.ops import OP_NAMES
-from augmat.store import (FORMAT_VERSION, ShardEntry, open_file, read_rows, row_chunk, row_layout, row_parts,
-                          shards_folder, write_master, write_shard)
+from augmat.store import (FORMAT_VERSION, Rendering, ShardEntry, open_file, read_rows, row_chunk, row_layout,
+                          row_parts, shards_folder, write_master, write_shard)
 
 N_SHARDS, ROWS = 3, 300
 
@@ -64,34 +64,76 @@ def test_shards_are_plain_hdf5_files_and_leave_no_temporary_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5", "m.h5.shards"]
 
 
-def test_a_shards_pixels_are_hashed_while_the_disk_takes_them(tmp_path, monkeypatch):
-    """write_shard hashes the pixels after writing them, while a thread flushes the
-    temporary file to the disk: the digest is still xxh3-128 of the pixels (xxhash's, of the
-    bytes given), and the flush was of the temporary file, before the rename."""
-    import xxhash
-    flushed = []
-    real = os.fdatasync
+def _shard_contents(path: Path) -> dict:
+    with h5py.File(path, "r") as f:
+        return {**{name: f[name][...] for name in f if isinstance(f[name], h5py.Dataset)},
+                **{f"attr {k}": v for k, v in f.attrs.items()},
+                "op names": list(f["op"].attrs["names"]), "chunks": f["images"].chunks}
 
-    def fdatasync(fd):
-        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+def test_a_shard_is_rendered_written_and_handed_to_the_disk_piece_by_piece(tmp_path, monkeypatch):
+    """Given a Rendering, write_shard asks for the images a piece of whole chunks at a time,
+    in order, and after each piece asks the kernel (from a thread) to start writing the
+    temporary file to the disk; the file holds what the same rows given whole give, and
+    its digest is xxh3-128 of all the pixels (xxhash's, of the bytes given)."""
+    import xxhash
+    from augmat import files
+    data = _rows(0, 4100)  # 16 chunks of 256 rows and a last one of 4: 5 pieces of 1,024 rows or less
+    asked, nudged = [], []
+    real = files.start_writeback
+
+    def start_writeback(fd):
+        nudged.append(os.readlink(f"/proc/self/fd/{fd}"))
         real(fd)
-    monkeypatch.setattr(os, "fdatasync", fdatasync)
-    data = _rows(0, 300)
-    size, digest = write_shard(tmp_path / "s.h5", data, OP_NAMES, {"key": "k"})
+    monkeypatch.setattr(files, "start_writeback", start_writeback)
+
+    def render(a, b):
+        asked.append((a, b))
+        return data["images"][a:b]
+    size, digest = write_shard(tmp_path / "lazy.h5", {**data, "images": Rendering((32, 32, 3), render)}, OP_NAMES,
+                               {"key": "k"})
+    assert asked == [(0, 1024), (1024, 2048), (2048, 3072), (3072, 4096), (4096, 4100)]
+    assert nudged and all(".tmp" in Path(p).name for p in nudged)  # before the rename, on the file itself
     assert digest == "xxh3_128:" + xxhash.xxh3_128(data["images"].tobytes()).hexdigest()
-    with h5py.File(tmp_path / "s.h5", "r") as f:
-        assert f.attrs["digest"] == digest
-        np.testing.assert_array_equal(f["images"][...], data["images"])
-    assert len(flushed) == 1 and ".tmp" in Path(flushed[0]).name and size == (tmp_path / "s.h5").stat().st_size
+    assert size == (tmp_path / "lazy.h5").stat().st_size
+    write_shard(tmp_path / "whole.h5", data, OP_NAMES, {"key": "k"})
+    lazy, whole = _shard_contents(tmp_path / "lazy.h5"), _shard_contents(tmp_path / "whole.h5")
+    assert lazy.keys() == whole.keys() and lazy["attr digest"] == digest
+    for k in lazy:
+        np.testing.assert_array_equal(lazy[k], whole[k], err_msg=k)
+
+
+def test_a_rendering_of_the_wrong_shape_is_refused_and_leaves_nothing(tmp_path):
+    data = _rows(0, 10)
+    with pytest.raises(ValueError, match=r"rendered uint8 \(10, 32, 32, 1\)"):
+        write_shard(tmp_path / "s.h5", {**data, "images": Rendering((32, 32, 3), lambda a, b: data["images"][a:b, ..., :1])},
+                    OP_NAMES, {"key": "k"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_start_writeback_on_a_real_file(tmp_path):
+    """The kernel call itself (sync_file_range on Linux), on a file with dirty pages: no error."""
+    from augmat.files import start_writeback
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(1 << 20))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        start_writeback(fd)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError):
+        start_writeback(fd)  # closed: EBADF, said as an OSError
 
 
 @pytest.mark.parametrize("error", [OSError(5, os.strerror(5)), RuntimeError("not an OSError")])
-def test_a_failed_flush_while_hashing_fails_the_shard_and_leaves_nothing(tmp_path, monkeypatch, error):
-    """An error of the flushing thread (the disk's EIO, or anything else) is not lost with
+def test_a_failed_writeback_fails_the_shard_and_leaves_nothing(tmp_path, monkeypatch, error):
+    """An error of the writeback thread (the disk's EIO, or anything else) is not lost with
     the thread: the write fails with it, and neither the shard nor its temporary file remains."""
-    def fdatasync(fd):
+    from augmat import files
+
+    def start_writeback(fd):
         raise error
-    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(files, "start_writeback", start_writeback)
     with pytest.raises(type(error)) as e:
         write_shard(tmp_path / "s.h5", _rows(0, 10), OP_NAMES, {"key": "k"})
     assert e.value is error
