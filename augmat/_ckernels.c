@@ -30,8 +30,6 @@
 typedef double v4d __attribute__((vector_size(32)));
 typedef long long v4l __attribute__((vector_size(32)));
 typedef float v4f __attribute__((vector_size(16)));
-typedef double v4d_u __attribute__((vector_size(32), aligned(8)));
-typedef float v4f_u __attribute__((vector_size(16), aligned(4)));
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
@@ -203,6 +201,8 @@ static void rotate_pixel_exact(const double *coef, Py_ssize_t b, Py_ssize_t insi
 }
 
 typedef float v16f __attribute__((vector_size(64)));
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v4f_u __attribute__((vector_size(16), aligned(4)));
 typedef float v16f_u __attribute__((vector_size(64), aligned(4)));
 typedef int v16si __attribute__((vector_size(64)));
 typedef unsigned char v16qu __attribute__((vector_size(16)));
@@ -233,7 +233,7 @@ static double margin_scale = 1.0;
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=fast")
 CLONES
-static void rotate_sums_fast(const float *coef32, const Py_ssize_t *base32, const float *wyt,
+static void rotate_sums_fast(const float *coef32, const Py_ssize_t *base32, const float *wyf,
                              const float *wxf, Py_ssize_t w, Py_ssize_t n4, Py_ssize_t col, float tol, uint8_t *o,
                              Py_ssize_t *redo)
 {
@@ -249,9 +249,19 @@ static void rotate_sums_fast(const float *coef32, const Py_ssize_t *base32, cons
             r += *(const v16f_u *)(l + col) * wq[w];
             r += *(const v16f_u *)(l + 2 * col) * wq[2 * w];
             r += *(const v16f_u *)(l + 3 * col) * wq[3 * w];
-            const v16f wp = *(const v16f_u *)(wyt + 4 * (j + k)); /* 4 used, 12 read past */
-            t[k] = r * __builtin_shufflevector(wp, wp, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+            t[k] = r;
         }
+        /* the four pixels' row weights, weight p of pixel k in lane 4p + k, then spread:
+         * weight p of pixel k to lanes 4p..4p + 3 of its vector */
+        const v4f y0 = *(const v4f_u *)(wyf + j), y1 = *(const v4f_u *)(wyf + w + j);
+        const v4f y2 = *(const v4f_u *)(wyf + 2 * w + j), y3 = *(const v4f_u *)(wyf + 3 * w + j);
+        const v8f y01 = __builtin_shufflevector(y0, y1, 0, 1, 2, 3, 4, 5, 6, 7);
+        const v8f y23 = __builtin_shufflevector(y2, y3, 0, 1, 2, 3, 4, 5, 6, 7);
+        const v16f wyv = __builtin_shufflevector(y01, y23, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        t[0] *= __builtin_shufflevector(wyv, wyv, 0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12);
+        t[1] *= __builtin_shufflevector(wyv, wyv, 1, 1, 1, 1, 5, 5, 5, 5, 9, 9, 9, 9, 13, 13, 13, 13);
+        t[2] *= __builtin_shufflevector(wyv, wyv, 2, 2, 2, 2, 6, 6, 6, 6, 10, 10, 10, 10, 14, 14, 14, 14);
+        t[3] *= __builtin_shufflevector(wyv, wyv, 3, 3, 3, 3, 7, 7, 7, 7, 11, 11, 11, 11, 15, 15, 15, 15);
         /* rows 0+1 and 2+3 of pixels k, k+1; then of those sums: pixel k's channels in lanes 4k.. */
         const v16f u01 = __builtin_shufflevector(t[0], t[1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
                          __builtin_shufflevector(t[0], t[1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
@@ -355,7 +365,7 @@ static void rotate_one(const uint8_t *img, uint8_t *out, Py_ssize_t h, Py_ssize_
      * weights; then each pixel's 4x4 sum. */
     double *yy = row_buf, *xx = yy + w, *fy = xx + w, *fx = fy + w, *wy = fx + w, *wx = wy + 4 * w;
     Py_ssize_t *base = (Py_ssize_t *)(wx + 4 * w), *inside = base + w, *base32 = inside + w;
-    float *wyt = (float *)(base32 + w), *wxf = wyt + 4 * w;
+    float *wyf = (float *)(base32 + w), *wxf = wyf + 4 * w;
     Py_ssize_t *redo = (Py_ssize_t *)(wxf + 4 * w);
     const Py_ssize_t zeros = (w + 3) * col; /* in coef32: 3 col + 16 zeros, read by pixels outside */
     for (Py_ssize_t i = 0; i < h; i++) {
@@ -382,21 +392,12 @@ static void rotate_one(const uint8_t *img, uint8_t *out, Py_ssize_t h, Py_ssize_
         Py_ssize_t j = 0;
         if (c == 3 && w >= 4) {
             const Py_ssize_t n4 = w & ~(Py_ssize_t)3;
-            for (Py_ssize_t k = 0; k < 4 * w; k++) /* column weights as float32, as they lie */
+            for (Py_ssize_t k = 0; k < 4 * w; k++) { /* the weights as float32, as they lie */
+                wyf[k] = (float)wy[k];
                 wxf[k] = (float)wx[k];
-            for (Py_ssize_t jj = 0; jj < n4; jj += 4) { /* row weights: pixel jj's four side by side */
-                v4f t[4];
-                for (int p = 0; p < 4; p++)
-                    t[p] = __builtin_convertvector(*(const v4d_u *)(wy + p * w + jj), v4f);
-                const v4f a = __builtin_shufflevector(t[0], t[1], 0, 4, 1, 5), b = __builtin_shufflevector(t[2], t[3], 0, 4, 1, 5);
-                const v4f c2 = __builtin_shufflevector(t[0], t[1], 2, 6, 3, 7), d = __builtin_shufflevector(t[2], t[3], 2, 6, 3, 7);
-                *(v4f_u *)(wyt + 4 * jj) = __builtin_shufflevector(a, b, 0, 1, 4, 5);
-                *(v4f_u *)(wyt + 4 * jj + 4) = __builtin_shufflevector(a, b, 2, 3, 6, 7);
-                *(v4f_u *)(wyt + 4 * jj + 8) = __builtin_shufflevector(c2, d, 0, 1, 4, 5);
-                *(v4f_u *)(wyt + 4 * jj + 12) = __builtin_shufflevector(c2, d, 2, 3, 6, 7);
             }
             redo[0] = -1;
-            rotate_sums_fast(coef32, base32, wyt, wxf, w, n4, col, tol, o, redo);
+            rotate_sums_fast(coef32, base32, wyf, wxf, w, n4, col, tol, o, redo);
             for (Py_ssize_t *r = redo; *r >= 0; r++)
                 rotate_pixel_exact(coef, base[*r], inside[*r], cp, col, wy, wx, w, *r, c, o);
             j = n4;
