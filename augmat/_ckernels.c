@@ -184,8 +184,9 @@ static inline uint8_t to_uint8(double t)
 /* One pixel's 4x4 sum, exactly as scipy forms it: per channel, (coefficient x row
  * weight) x column weight added over the 16 taps in row-major order, on float64, then
  * CASE_INTERP_OUT_UINT. o: the output row; b: the offset in coef of its first tap (0 for a
- * pixel outside the source, whose value is 0). Never inlined into rotate_sums_fast, whose
- * arithmetic may be fused: this one must round every product on its own. */
+ * pixel outside the source, whose value is 0). Defined outside the region below where
+ * multiply-adds may be fused (and called only from rotate_one, compiled without): this
+ * one must round every product on its own. */
 __attribute__((noinline))
 static void rotate_pixel_exact(const double *coef, Py_ssize_t b, Py_ssize_t inside, Py_ssize_t cp, Py_ssize_t col,
                                const double *wy, const double *wx, Py_ssize_t w, Py_ssize_t j, Py_ssize_t c,
@@ -308,7 +309,7 @@ static void rotate_sums_fast(const float *coef32, const Py_ssize_t *base32, cons
 #define ROW_BUF_DOUBLES(w) (24 * (w) + 16)
 CLONES
 static void rotate_one(const uint8_t *img, uint8_t *out, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c,
-                       double m00, double m01, double m10, double m11, double off0, double off1,
+                       double m00, double m01, double m10, double m11, double off0, double off1, double margin,
                        double *rows, double *coef, float *coef32, double *row_buf)
 {
     const Py_ssize_t cp = c == 3 ? 4 : c, hp = h + 3, col = hp * cp;
@@ -317,6 +318,7 @@ static void rotate_one(const uint8_t *img, uint8_t *out, Py_ssize_t h, Py_ssize_
     const double gain_h = h > 1 ? spline_gain(POLE) : 1.0, gain_w = w > 1 ? spline_gain(POLE) : 1.0;
     for (Py_ssize_t k = 0; k < h * w * c; k++) /* rows: the image's own layout */
         rows[k] = img[k] * gain_h;
+    rows[h * w * c] = 0.0; /* the last pixel's fourth lane: filtered along, never output */
     spline_filter_axis0(rows, h, w * c, POLE);
     double *inner = coef + col + cp; /* (column 0, row 0) of the padded coefficients */
     for (Py_ssize_t i = 0; i < h; i++)
@@ -357,7 +359,7 @@ static void rotate_one(const uint8_t *img, uint8_t *out, Py_ssize_t h, Py_ssize_
         for (int k = 0; k < 4; k++)
             for (int e = 0; e < 4; e++)
                 cmax = fmax(cmax, m[k][e]);
-        tol = isinf(margin_scale) ? INFINITY : (float)((cmax * 0x1p-19 + 0x1p-20) * margin_scale);
+        tol = isinf(margin) ? INFINITY : (float)((cmax * 0x1p-19 + 0x1p-20) * margin);
     }
 
     /* Per output row, first what every pixel of it needs, computed side by side (the
@@ -525,10 +527,12 @@ static PyObject *py_rotate(PyObject *self, PyObject *args)
         const double *mm[6];
         for (int k = 0; k < 6; k++)
             mm[k] = (const double *)m[k].buf;
+        const double margin = margin_scale; /* read with the GIL held: a test may change it */
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t k = 0; k < b; k++)
             rotate_one((const uint8_t *)img.buf + row_of(&src, k) * n, (uint8_t *)out.buf + row_of(&dst, k) * n,
-                       h, w, c, mm[0][k], mm[1][k], mm[2][k], mm[3][k], mm[4][k], mm[5][k], rows, coef, (float *)coef32, row_buf);
+                       h, w, c, mm[0][k], mm[1][k], mm[2][k], mm[3][k], mm[4][k], mm[5][k], margin, rows, coef,
+                       (float *)coef32, row_buf);
         Py_END_ALLOW_THREADS
     }
     free(rows);

@@ -44,13 +44,24 @@ def _sync_file_range():
 _SYNC_FILE_RANGE_WRITE = 2  # start writing the range's dirty pages; do not wait for them
 
 
+# What sync_file_range answers where it cannot help (a pipe, a file system or sandbox
+# without it): then it is not asked again. It is only a hint: the fsync that commits a
+# file still reports every write error.
+_NO_WRITEBACK = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ESPIPE}
+
+
 def start_writeback(fd: int) -> None:
     """Ask the kernel to start writing the file's dirty pages to the disk now, without
-    waiting for them (Linux; elsewhere nothing: the file's fsync does it all)."""
+    waiting for them (Linux; elsewhere, or where the call is not supported, nothing: the
+    file's fsync does it all). Any other error is raised."""
+    global _SYNC_FILE_RANGE
     fn = _SYNC_FILE_RANGE
     if fn is not None and fn(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) != 0:
         import ctypes
         code = ctypes.get_errno()
+        if code in _NO_WRITEBACK:
+            _SYNC_FILE_RANGE = None
+            return
         raise OSError(code, os.strerror(code))
 
 
@@ -70,15 +81,16 @@ class Writeback:
         self._wake.set()
 
     def _run(self) -> None:
-        while True:
+        while True:  # each nudge is followed by a call, the last one (at the end) included
             self._wake.wait()
             self._wake.clear()
-            if self._done:
-                return
+            done = self._done
             try:
                 start_writeback(self._fd)
             except BaseException as e:  # noqa: BLE001 - raised in the writer's thread at the end
                 self.failed.append(e)
+                return
+            if done:
                 return
 
 

@@ -1,8 +1,8 @@
 """``augmat pack``: the rows of a sharded build as one self-contained file.
 
-The packed file has the layout of :mod:`augmat.store`'s single form (the current format, no
-manifest): every dataset real, chunked with fletcher32, nothing outside it to keep
-beside it. Each shard's pixels are checked against the digest its manifest records
+The packed file has the layout of :mod:`augmat.store`'s single form (no manifest; it keeps
+the master's format number: the single form is the same from format 2 on): every dataset
+real, chunked with fletcher32, nothing outside it to keep beside it. Each shard's pixels are checked against the digest its manifest records
 while they are copied, so a damaged shard is never packed. Written under a temporary
 name, fsynced, renamed.
 """
@@ -51,7 +51,8 @@ def pack(path: str | Path, output: str | Path, force: bool = False, progress: bo
             raise AugmatError(f"{what} while writing {out}; nothing was written there") from None
         finally:
             lock.release()
-    return (f"packed {info.rows:,} rows of {path} ({len(info.shards)} shards, each one's SHA-256 checked) "
+    kinds = "/".join(sorted({digest_kind(e.digest) for e in info.shards})) or "digest"
+    return (f"packed {info.rows:,} rows of {path} ({len(info.shards)} shards, each one's {kinds} checked) "
             f"into {out}, {out.stat().st_size / 2**20:,.1f} MiB")
 
 

@@ -143,8 +143,10 @@ def write_chunks(ds: h5py.Dataset, data: np.ndarray, start: int = 0) -> None:
     compare the stored chunks with HDF5's own write byte for byte."""
     from .kernels import fletcher32
     rows = ds.chunks[0]
-    if start % rows or not (len(data) % rows == 0 or start + len(data) == len(ds)):
-        raise ValueError(f"rows {start}..{start + len(data)} are not whole chunks of {rows} rows of {ds.name}")
+    if (start % rows or not 0 < len(data) <= len(ds) - start
+            or not (len(data) % rows == 0 or start + len(data) == len(ds))):
+        raise ValueError(f"rows {start}..{start + len(data)} are not whole chunks of {rows} rows of {ds.name} "
+                         f"({len(ds)} rows)")
     data = np.ascontiguousarray(data, dtype=ds.dtype)
     size = rows * data[0].nbytes
     buf = np.zeros(size + 4, np.uint8)
@@ -246,10 +248,11 @@ def write_shard(path: Path, data: dict, op_names, attrs: dict, fault=None) -> tu
     is rendered: the disk writes while the processor renders, and the commit's fsync waits
     only for the last piece. The file is the same either way (the same HDF5 calls in the
     same order)."""
-    images = data["images"]
+    images, n = data["images"], len(data["op"])
     if not isinstance(images, Rendering):
+        if len(images) != n:
+            raise ValueError(f"{len(images)} images for {n} rows of provenance")
         images = Rendering(tuple(images.shape[1:]), lambda a, b, x=images: x[a:b])
-    n = len(data["op"])
     hasher = PixelHasher()
     with written_whole(path, fault) as f:
         with writing_back(f.filename) as disk:
@@ -517,6 +520,10 @@ def _check(f: h5py.File, path: Path) -> FileInfo:
     if missing:
         raise _fail(path, f"missing datasets {', '.join(missing)}; not a complete augmat file")
     shards = read_manifest(f)
+    unknown = sorted({digest_kind(e.digest) for e in shards} - set(_HASHES))
+    if unknown:
+        raise _fail(path, f"its shard manifest records pixel digests of unknown kind {', '.join(unknown)}; "
+                          "a damaged augmat file: rebuild it with `augmat build`")
     folder = _check_shards(f, path, shards)
     rows = f["images"].shape[0]
     if shards and rows != sum(e.rows for e in shards):

@@ -345,6 +345,16 @@ def test_a_format_3_file_verifies_and_packs_by_its_sha256(chunky, tmp_path):
     assert r.exit_code != 0 and "c000-s0001" in r.output
 
 
+def test_a_manifest_with_a_digest_of_unknown_kind_is_one_line(chunky):
+    with h5py.File(chunky, "r+") as f:
+        digests = [d.decode() for d in f["shards/digest"][...]]
+        f["shards/digest"][0] = "md4:" + digests[0].partition(":")[2]
+    r = run("inspect", chunky)
+    assert r.exit_code != 0 and "unknown kind md4" in r.output
+    r = run("pack", chunky, "-o", chunky.with_name("packed.h5"))
+    assert r.exit_code != 0 and "unknown kind md4" in r.output and "Traceback" not in r.output
+
+
 def zero_chunk(path: Path, row: int) -> tuple[int, int]:
     """Overwrite the stored image chunk holding ``row`` with zeros, checksum included (what a
     chunk never written holds, or an OS crash can leave); returns its rows [start, stop)."""

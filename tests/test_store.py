@@ -125,6 +125,45 @@ def test_start_writeback_on_a_real_file(tmp_path):
         start_writeback(fd)  # closed: EBADF, said as an OSError
 
 
+def test_writeback_where_the_kernel_cannot_is_skipped_not_an_error(tmp_path, monkeypatch):
+    """sync_file_range is only a hint: where it is not supported (ENOSYS in some sandboxes,
+    ESPIPE on a pipe) the shard is written all the same, and it is not asked again; the
+    commit's fsync still reports every write error."""
+    import ctypes
+    import errno as errno_module
+    from augmat import files
+    if files._SYNC_FILE_RANGE is None:
+        pytest.skip("no sync_file_range here")
+    calls = []
+
+    def refuses(fd, offset, nbytes, flags):
+        calls.append(fd)
+        ctypes.set_errno(errno_module.ENOSYS)
+        return -1
+    monkeypatch.setattr(files, "_SYNC_FILE_RANGE", refuses)
+    data = _rows(0, 600)
+    size, digest = write_shard(tmp_path / "s.h5", data, OP_NAMES, {"key": "k"})
+    assert len(calls) == 1 and files._SYNC_FILE_RANGE is None  # asked once, then not again
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        np.testing.assert_array_equal(f["images"][...], data["images"])
+    r, w = os.pipe()  # the real call on a pipe: ESPIPE, skipped
+    monkeypatch.setattr(files, "_SYNC_FILE_RANGE", files._sync_file_range())
+    try:
+        files.start_writeback(w)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert files._SYNC_FILE_RANGE is None
+
+
+def test_write_shard_refuses_images_that_do_not_match_their_rows(tmp_path):
+    data = _rows(0, 10)
+    with pytest.raises(ValueError, match="11 images for 10 rows"):
+        write_shard(tmp_path / "s.h5", {**data, "images": np.concatenate([data["images"], data["images"][:1]])},
+                    OP_NAMES, {"key": "k"})
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("error", [OSError(5, os.strerror(5)), RuntimeError("not an OSError")])
 def test_a_failed_writeback_fails_the_shard_and_leaves_nothing(tmp_path, monkeypatch, error):
     """An error of the writeback thread (the disk's EIO, or anything else) is not lost with
