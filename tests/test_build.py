@@ -530,6 +530,35 @@ def test_more_copies_later_add_blocks_and_touch_nothing(tmp_path, cifar_archive)
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shard_files(out)} == after
 
 
+def test_the_default_shard_size_is_48_mib_of_whole_chunks_and_adding_copies_keeps_the_files(tmp_path,
+                                                                                              cifar_archive):
+    """Without --shard-rows a shard holds 48 MiB of images in whole chunks (16,384 rows of
+    32x32x3), recorded as the file's shard_rows; copies added later without --shard-rows
+    are cut as the file was, silently (with another --shard-rows, with a note)."""
+    from augmat.build import shard_rows_for
+    from augmat.store import rows_per_chunk
+    for shape in [(32, 32, 3), (32, 32, 1), (96, 96, 3), (224, 224, 3), (2000, 2000, 3)]:
+        rows, chunk = shard_rows_for(shape), rows_per_chunk(shape)
+        assert rows % chunk == 0 and rows * np.prod(shape) <= 48 * 2**20 < (rows + chunk) * np.prod(shape)
+    assert shard_rows_for((32, 32, 3)) == 16384
+    out = tmp_path / "d.h5"
+    base = ["build", "--source", cifar_archive, "--subset", 40, "--val", 20, "--seed", 1, "--workers", 1, "-o", out]
+    assert run_cli(*base, "--copies", 1, "-q").returncode == 0
+    _, info = open_file(out)
+    _.close()
+    assert info.config["shard_rows"] == 16384 and len(info.shards) == 1
+    # an older file cut otherwise (here: 16 rows a shard) takes more copies cut the same way
+    old = tmp_path / "old.h5"
+    assert run_cli(*base[:-1], old, "--copies", 1, "--shard-rows", 16, "-q").returncode == 0
+    r = run_cli(*base[:-1], old, "--copies", 2)
+    assert r.returncode == 0 and "was built with --shard-rows" not in r.stderr, r.stderr
+    _, info = open_file(old)
+    _.close()
+    assert info.config["shard_rows"] == 16 and len(info.shards) == 6
+    r = run_cli(*base[:-1], old, "--copies", 3, "--shard-rows", 20)
+    assert r.returncode == 0 and "was built with --shard-rows 16; adding to it with that" in r.stderr, r.stderr
+
+
 def test_force_with_other_options_keeps_the_old_output_whole_until_the_new_one_is(tmp_path, cifar_archive):
     out = tmp_path / "f.h5"
     base = ["build", "--source", cifar_archive, "--subset", 40, "--val", 20, "--copies", 2, "--shard-rows", 16,

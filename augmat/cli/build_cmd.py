@@ -53,7 +53,7 @@ from .options import ops_callback, size_callback
               help="Output file. Default: data/aug{N/1000}k.h5.")
 @click.option("--workers", type=int, default=default_workers(), show_default="all cores",
               help="Worker processes: they decode an image source and render the shards.")
-@click.option("--shard-rows", type=int, default=4096, show_default=True,
+@click.option("--shard-rows", type=int, default=None, show_default="48 MiB of images: 16384 at 32x32x3",
               help="Rows per shard file, the unit of work and of resuming; a shard never crosses a copy block.")
 @click.option("--force", is_flag=True,
               help="Replace the output if it exists (only once the new one is complete; its shards that "
