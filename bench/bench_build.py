@@ -130,7 +130,7 @@ def disk_write_mb_s(work: Path, mib: int = 512) -> float:
 
 
 def section_b(folder: Path, subset: int, copies: int, repeats: int, work: Path,
-              seed_rate: float | None) -> list[str]:
+              seed_rate: float | None, shard_rows: int | None = None) -> list[str]:
     best = {}
     disk = []
     for _ in range(repeats):
@@ -139,7 +139,7 @@ def section_b(folder: Path, subset: int, copies: int, repeats: int, work: Path,
             shutil.rmtree(shards_folder(out), ignore_errors=True)  # a fresh build: no shard to reuse
             out.unlink(missing_ok=True)
             r = build(BuildConfig(source=str(folder), subset=subset, copies=copies, workers=workers,
-                                  output=str(out)), progress=False, log=lambda m: None)
+                                  shard_rows=shard_rows, output=str(out)), progress=False, log=lambda m: None)
             prev = best.get(workers)
             if prev is None or r.render_seconds < prev.render_seconds:
                 best[workers] = r
@@ -152,8 +152,9 @@ def section_b(folder: Path, subset: int, copies: int, repeats: int, work: Path,
     dd = max(disk)
     lines_seed = ([f"1 worker, whole per-row cost (render, checksum, write to disk) against the seed's way "
                    f"per core from A: **{r1.images_per_second / seed_rate:.1f}x**"] if seed_rate else [])
+    rows = f"--shard-rows {shard_rows}" if shard_rows else "augmat's default shard size"
     return ["### B. Workers (render phase of `build()`, worker start-up included, best of "
-            f"{repeats}, --subset {subset} --copies {copies}, {r1.rows:,} rows)", "",
+            f"{repeats}, --subset {subset} --copies {copies}, {rows}, {r1.rows:,} rows)", "",
             "| workers | render s | images/s | whole build s |", "| ---: | ---: | ---: | ---: |",
             f"| 1 | {r1.render_seconds:.2f} | {r1.images_per_second:,.0f} | {r1.seconds:.2f} |",
             f"| 2 | {r2.render_seconds:.2f} | {r2.images_per_second:,.0f} | {r2.seconds:.2f} |", "",
@@ -208,6 +209,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--work", default="data/bench-build")
     ap.add_argument("--sections", default="ABC", help="which sections to run, e.g. B")
+    ap.add_argument("--shard-rows", type=int, default=None, help="section B's shard size (default: augmat's)")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -223,7 +225,7 @@ def main() -> None:
         lines, seed_rate = section_a(src, args.repeats)
         report += lines + [""]
     if "B" in args.sections:
-        report += section_b(folder, args.subset, args.copies, args.repeats, work, seed_rate) + [""]
+        report += section_b(folder, args.subset, args.copies, args.repeats, work, seed_rate, args.shard_rows) + [""]
     if "C" in args.sections:
         report += section_c(args.source, folder, args.subset, (2, 8, 16), work)
     report += ["", f"Load average at end {os.getloadavg()[0]:.2f}."]
