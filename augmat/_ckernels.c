@@ -161,20 +161,9 @@ static inline void spline_weights(const double *restrict v, const double *restri
 
 typedef double v8d __attribute__((vector_size(64)));
 typedef long long v8l __attribute__((vector_size(64)));
-typedef int v8i __attribute__((vector_size(32)));
 
-/* ni_interpolation.c CASE_INTERP_OUT_UINT, t > 0 ? t + 0.5 : 0 clamped to 255 and
- * truncated, for eight values: for t in (-0.5, 0], t + 0.5 truncates to 0 as 0 does. */
-static inline v8i to_uint8_v8(v8d t)
-{
-    const v8d zero = {0}, top = {255, 255, 255, 255, 255, 255, 255, 255};
-    t = t + 0.5;
-    t = (v8d)((v8l)t & (t > zero));
-    const v8l below = t < top;
-    t = (v8d)(((v8l)t & below) | ((v8l)top & ~below));
-    return __builtin_convertvector(t, v8i);
-}
-
+/* ni_interpolation.c CASE_INTERP_OUT_UINT: t > 0 ? t + 0.5 : 0, clamped to 255 and
+ * truncated. */
 static inline uint8_t to_uint8(double t)
 {
     t = t > 0 ? t + 0.5 : 0.0;
