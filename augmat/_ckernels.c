@@ -1,5 +1,6 @@
 /* augmat's compiled loops: the seed's two scipy.ndimage computations for a batch of
- * uint8 images (most of this file), per-image lookup tables, and HDF5's Fletcher-32.
+ * uint8 images (most of this file), per-image lookup tables, whole-pixel moves and mirrors,
+ * and HDF5's Fletcher-32.
  *
  * augmat/kernels.py explains what these compute and why (scipy's own arithmetic:
  * ni_splines.c, ni_interpolation.c, ni_filters.c); this file only makes it fast.
@@ -812,7 +813,8 @@ static void lut_vbmi(const uint8_t *x, uint8_t *o, const uint8_t *t, Py_ssize_t 
 }
 #endif
 
-/* Whether lut uses lut_vbmi (set when the module loads, where the processor has VBMI). */
+/* Whether lut uses lut_vbmi and mirror mirror_rgb_vbmi (set when the module loads, where
+ * the processor has VBMI). */
 static int vbmi_lut = 0, detected_vbmi = 0;
 
 /* lut(images, out, tables, b, n, src, dst): out[dst[k], p] = tables[k, images[src[k], p]]
@@ -928,6 +930,105 @@ static PyObject *py_shift(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ---- flip_lr: each image mirrored left-right, or copied ----------------------------- */
+
+/* One (h, w, c) image mirrored left-right, out[i, j] = img[i, w - 1 - j], a pixel at a
+ * time (any processor). */
+static void mirror_pixels(const uint8_t *img, uint8_t *out, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c)
+{
+    const Py_ssize_t row = w * c;
+    for (Py_ssize_t i = 0; i < h; i++) {
+        const uint8_t *r = img + i * row;
+        uint8_t *o = out + i * row;
+        if (c == 3)
+            for (Py_ssize_t j = 0; j < w; j++) {
+                const uint8_t *p = r + (w - 1 - j) * 3;
+                o[3 * j] = p[0];
+                o[3 * j + 1] = p[1];
+                o[3 * j + 2] = p[2];
+            }
+        else
+            for (Py_ssize_t j = 0; j < w; j++)
+                memcpy(o + j * c, r + (w - 1 - j) * c, c);
+    }
+}
+
+#ifdef HAVE_VBMI_LUT
+/* The same for RGB, 16 pixels (48 bytes) at a time with AVX-512 VBMI: output pixels
+ * j..j + 15 of a row are input pixels w - 1 - j down to w - 16 - j, one masked load
+ * (lanes before the row's start masked off: a row's last block may be short), one byte
+ * permutation that reverses the 16 pixels, one masked store. */
+__attribute__((target("avx512f,avx512bw,avx512vbmi")))
+static void mirror_rgb_vbmi(const uint8_t *img, uint8_t *out, Py_ssize_t h, Py_ssize_t w)
+{
+    uint8_t order[64] = {0};
+    for (int k = 0; k < 48; k++) /* output byte k: pixel k / 3, channel k % 3, from pixel 15 - k / 3 */
+        order[k] = (uint8_t)(3 * (15 - k / 3) + k % 3);
+    const __m512i reverse = _mm512_loadu_si512(order);
+    const Py_ssize_t row = 3 * w;
+    for (Py_ssize_t i = 0; i < h; i++) {
+        const uint8_t *r = img + i * row;
+        uint8_t *o = out + i * row;
+        for (Py_ssize_t j = 0; j < w; j += 16) {
+            const Py_ssize_t n = w - j < 16 ? w - j : 16; /* pixels in this block */
+            /* the block's 16 input pixels start at w - 16 - j, which for a short block lies
+             * before the row: only the last 3 n bytes are loaded, from there on */
+            const __mmask64 load = (((__mmask64)1 << (3 * n)) - 1) << (3 * (16 - n));
+            const __mmask64 store = ((__mmask64)1 << (3 * n)) - 1;
+            const __m512i v = _mm512_maskz_loadu_epi8(load, (const void *)((uintptr_t)r + 3 * (w - 16 - j)));
+            _mm512_mask_storeu_epi8(o + 3 * j, store, _mm512_permutexvar_epi8(reverse, v));
+        }
+    }
+}
+#endif
+
+/* mirror(images, out, flags, b, h, w, c, src, dst): image src[k] of images into image
+ * dst[k] of out, mirrored left-right where flags[k] (uint8) is nonzero, else as it is
+ * (src, dst: int64 rows, or None for k). RGB rows go 16 pixels at a time where lut goes
+ * 64 bytes at a time (uses_vbmi). */
+static PyObject *py_mirror(PyObject *self, PyObject *args)
+{
+    Py_buffer img, out, flg;
+    Py_ssize_t b, h, w, c;
+    PyObject *src_obj, *dst_obj;
+    if (!PyArg_ParseTuple(args, "y*w*y*nnnnOO", &img, &out, &flg, &b, &h, &w, &c, &src_obj, &dst_obj))
+        return NULL;
+    const Py_ssize_t n = product3(h, w, c);
+    const Py_buffer *bufs[1] = {&flg};
+    const Py_ssize_t need[1] = {b};
+    Rows src = {0}, dst = {0};
+    int ok = b >= 0 && h > 0 && w > 0 && c > 0 && n > 0;
+    if (!ok)
+        PyErr_SetString(PyExc_ValueError, "mirror: needs b >= 0 images of h, w, c > 0 (and h w c bytes that fit)");
+    ok = ok && sizes_ok(1, bufs, need, "mirror") && rows_get(src_obj, &src, b, images_in(&img, n), "mirror")
+         && rows_get(dst_obj, &dst, b, images_in(&out, n), "mirror");
+    if (ok) {
+        const uint8_t *f = flg.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t k = 0; k < b; k++) {
+            const uint8_t *x = (const uint8_t *)img.buf + row_of(&src, k) * n;
+            uint8_t *o = (uint8_t *)out.buf + row_of(&dst, k) * n;
+            if (!f[k])
+                memcpy(o, x, n);
+#ifdef HAVE_VBMI_LUT
+            else if (vbmi_lut && c == 3)
+                mirror_rgb_vbmi(x, o, h, w);
+#endif
+            else
+                mirror_pixels(x, o, h, w, c);
+        }
+        Py_END_ALLOW_THREADS
+    }
+    rows_release(&src);
+    rows_release(&dst);
+    PyBuffer_Release(&img);
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&flg);
+    if (!ok)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 /* ---- HDF5's Fletcher-32, for chunks augmat writes itself ------------------------------ */
 
 /* H5_checksum_fletcher32 (HDF5's H5checksum.c), operation for operation: big-endian 16-bit
@@ -1029,18 +1130,20 @@ static PyObject *py_rotate_margin(PyObject *self, PyObject *args)
     return PyFloat_FromDouble(before);
 }
 
-/* uses_vbmi([flag]): whether lut looks up 64 bytes at a time (False: byte by byte). */
+/* uses_vbmi([flag]): whether lut looks up 64 bytes at a time and mirror reverses 16 RGB
+ * pixels at a time (False: byte by byte, pixel by pixel). */
 static PyObject *py_uses_vbmi(PyObject *self, PyObject *args)
 {
     return feature_switch(args, &vbmi_lut, detected_vbmi, "this processor (or compiler) has no AVX-512 VBMI");
 }
 
 static PyMethodDef methods[] = {
-    {"uses_vbmi", py_uses_vbmi, METH_VARARGS, "whether lut looks up 64 bytes at a time ([flag] sets it)"},
+    {"uses_vbmi", py_uses_vbmi, METH_VARARGS, "whether lut and mirror use AVX-512 VBMI ([flag] sets it)"},
     {"uses_fma", py_uses_fma, METH_VARARGS, "whether the kernels divide with fused multiply-adds ([flag] sets it)"},
     {"rotate_margin", py_rotate_margin, METH_VARARGS, "the factor on rotate's float32 tolerance ([scale] sets it)"},
     {"rotate", py_rotate, METH_VARARGS, "scipy.ndimage.rotate's cubic spline for a batch (see augmat/kernels.py)"},
     {"shift", py_shift, METH_VARARGS, "each image of a batch moved by whole pixels, black fill (see augmat/kernels.py)"},
+    {"mirror", py_mirror, METH_VARARGS, "each image of a batch mirrored left-right or copied (see augmat/kernels.py)"},
     {"lut", py_lut, METH_VARARGS, "each image of a batch through its own 256-entry table (see augmat/kernels.py)"},
     {"fletcher32", py_fletcher32, METH_VARARGS, "HDF5's Fletcher-32 of the first n bytes of a buffer"},
     {"blur", py_blur, METH_VARARGS, "scipy's uint8 gaussian_filter for a batch, or the seed's sharpen (see augmat/kernels.py)"},

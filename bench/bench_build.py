@@ -48,7 +48,7 @@ from augmat.files import write_text_atomic  # noqa: E402
 NUMERICS = {
     "identity": "a copy, each image into its place (C)",
     "rotate": "scipy's cubic B-spline with prefilter, redone in C (augmat/_ckernels.c)",
-    "flip_lr": "whole pixels: one cv2.flip over the chosen images",
+    "flip_lr": "whole pixels: each image mirrored or copied into its place (C, 16 pixels at a time with AVX-512 VBMI)",
     "translate_x": "whole pixels: row copies into place, black fill (C)",
     "translate_y": "whole pixels: row copies into place, black fill (C)",
     "sharpen": "scipy's uint8 Gaussian (3 passes) and the wrapped difference, redone in C",
