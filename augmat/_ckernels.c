@@ -288,6 +288,15 @@ static void rotate_sums_fast(const float *coef32, const Py_ssize_t *base32, cons
 }
 #pragma GCC pop_options
 
+/* Four coefficients as float32 into f, and the running maximum m of their magnitudes. */
+static inline __attribute__((always_inline)) v4d convert_max(const double *c, float *f, v4d m)
+{
+    const v4l magnitude = {INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX};
+    const v4d a = *(const v4d *)c, abs_a = (v4d)((v4l)a & magnitude);
+    *(v4f *)f = __builtin_convertvector(a, v4f);
+    return (v4d)(((v4l)abs_a & (abs_a > m)) | ((v4l)m & ~(abs_a > m)));
+}
+
 /* One image (h, w, c): spline coefficients, then every output pixel's 4x4 sum.
  * rows: h*w*c + 1 doubles. cp = 4 when c == 3 (in coef the fourth lane of an RGB
  * pixel is filtered along and never read). coef: (w + 3) * (h + 3) * cp doubles, the
@@ -311,8 +320,8 @@ static void rotate_one(const uint8_t *img, uint8_t *out, Py_ssize_t h, Py_ssize_
     rows[h * w * c] = 0.0; /* the last pixel's fourth lane: filtered along, never output */
     spline_filter_axis0(rows, h, w * c, POLE);
     double *inner = coef + col + cp; /* (column 0, row 0) of the padded coefficients */
-    for (Py_ssize_t i = 0; i < h; i++)
-        for (Py_ssize_t j = 0; j < w; j++) {
+    for (Py_ssize_t j = 0; j < w; j++) /* column by column: the stores run on, the loads jump */
+        for (Py_ssize_t i = 0; i < h; i++) {
             double *dst = inner + j * col + i * cp;
             const double *src = rows + (i * w + j) * c;
             if (c == 3) /* its fourth lane, the next pixel's first channel, is never read */
@@ -337,18 +346,20 @@ static void rotate_one(const uint8_t *img, uint8_t *out, Py_ssize_t h, Py_ssize_
     float tol = 0.0f;
     if (c == 3) { /* the float32 copy for rotate_sums_fast, and its tolerance */
         const Py_ssize_t size = (w + 3) * col; /* a multiple of 4 */
-        const v4l magnitude = {INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX};
-        v4d m[4] = {{0}}; /* four running maxima: each is a chain of dependent steps */
-        for (Py_ssize_t k = 0; k < size; k += 4) {
-            const v4d a = *(const v4d *)(coef + k), abs_a = (v4d)((v4l)a & magnitude);
-            *(v4f *)(coef32 + k) = __builtin_convertvector(a, v4f);
-            v4d *mk = &m[(k >> 2) & 3];
-            *mk = (v4d)(((v4l)abs_a & (abs_a > *mk)) | ((v4l)*mk & ~(abs_a > *mk)));
+        v4d m0 = {0}, m1 = {0}, m2 = {0}, m3 = {0}; /* four running maxima, in registers: each is a
+                                                       * chain of dependent steps */
+        Py_ssize_t k = 0;
+        for (; k + 16 <= size; k += 16) {
+            m0 = convert_max(coef + k, coef32 + k, m0);
+            m1 = convert_max(coef + k + 4, coef32 + k + 4, m1);
+            m2 = convert_max(coef + k + 8, coef32 + k + 8, m2);
+            m3 = convert_max(coef + k + 12, coef32 + k + 12, m3);
         }
+        for (; k < size; k += 4)
+            m0 = convert_max(coef + k, coef32 + k, m0);
         double cmax = 0.0;
-        for (int k = 0; k < 4; k++)
-            for (int e = 0; e < 4; e++)
-                cmax = fmax(cmax, m[k][e]);
+        for (int e = 0; e < 4; e++)
+            cmax = fmax(cmax, fmax(fmax(m0[e], m1[e]), fmax(m2[e], m3[e])));
         tol = isinf(margin) ? INFINITY : (float)((cmax * 0x1p-19 + 0x1p-20) * margin);
     }
 
