@@ -873,6 +873,123 @@ static PyObject *py_lut(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* The tables themselves. numpy computes the seed's curves with its own vectorised exp
+ * and pow, whose last bits no C library promises to match; but a table entry is a whole
+ * number, the curve's value truncated (contrast) or rounded (brightness), and a few ulps
+ * change it only where the value lies that close to an integer (a half-integer). So the
+ * curve is computed here with an exp of known accuracy, and an entry is trusted only
+ * where it lies farther than ``margin`` (in levels) from such a boundary; a table with
+ * any other entry is marked, and kernels.py has numpy compute it as the seed did.
+ *
+ * exp_bounded(x) for |x| < 700: x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two parts, the
+ * first with 21 trailing zero bits, so n ln2_hi is exact), e^r by its Taylor polynomial to
+ * degree 11 (truncation < r^12 / 12! < 7e-15), times 2^n built in the exponent bits.
+ * Relative error < 2e-14 (the truncation, then the polynomial's roundings, ~11 ulp);
+ * numpy's exp and pow are within a few ulps (2^-52) of the true value, and brightness's
+ * exponent gamma ln(level) (|.| < 10, ln from numpy) adds < 1e-14. An entry's value is at
+ * most 255, so the two computations differ by < 255 x 4e-14 ~ 1e-11 levels: the margin
+ * augmat passes, 1e-9, is 100 times that. */
+static inline __attribute__((always_inline)) double exp_bounded(double x)
+{
+    const double inv_ln2 = 1.44269504088896338700e+00, ln2_hi = 6.93147180369123816490e-01,
+                 ln2_lo = 1.90821492927058770002e-10, magic = 6755399441055744.0; /* 1.5 * 2^52 */
+    const double nm = x * inv_ln2 + magic, n = nm - magic; /* round to nearest */
+    const double r = (x - n * ln2_hi) - n * ln2_lo;
+    double p = 1.0 / 39916800.0; /* 1 / 11! */
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    int64_t bits;
+    memcpy(&bits, &nm, sizeof bits); /* n in the low bits */
+    bits = (bits + 1023) << 52;       /* 2^n: n + 1023 in the exponent field */
+    double scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* One image's table of the seed's sigmoid (contrast): 255 / (1 + exp(g (0.5 - level))),
+ * g = 1 + 10 z, truncated; or gamma (brightness): rint(255 level^gamma), gamma =
+ * 0.25 + 1.5 z, at most 255, with level^gamma = exp(gamma ln level) (ln_level[0] is never
+ * read: level 0 is 0). ``levels``: the 256 levels as the seed's library forms them. Returns
+ * whether every entry is trusted. */
+CLONES
+static int curve_table(int gamma, double z, const double *levels, const double *ln_level, double margin,
+                       uint8_t *table)
+{
+    double v[256], dist[256];
+    if (!gamma) {
+        const double g = 1.0 + 10.0 * z;
+#pragma GCC unroll 4
+        for (int k = 0; k < 256; k++) { /* unrolled: four vectors' dependent chains side by side */
+            const double x = g * (0.5 - levels[k]);
+            const double t = 1.0 / (exp_bounded(x) + 1.0) * 255.0;
+            v[k] = t;
+            dist[k] = fabs(t - nearbyint(t)) - (fabs(x) < 700.0 ? 0.0 : INFINITY); /* to an integer */
+        }
+    } else {
+        const double e = 0.25 + 1.5 * z;
+        v[0] = 0.0;
+        dist[0] = e > 0.0 ? 0.5 : -1.0; /* 0^e = 0 exactly where e > 0 */
+#pragma GCC unroll 4
+        for (int k = 1; k < 256; k++) {
+            const double x = e * ln_level[k];
+            const double t = exp_bounded(x) * 255.0;
+            const double r = nearbyint(t);
+            v[k] = r < 255.0 ? r : 255.0;
+            dist[k] = fabs(fabs(t - r) - 0.5) - (fabs(x) < 700.0 ? 0.0 : INFINITY); /* to a half-integer */
+        }
+    }
+    int sure = 1;
+    for (int k = 0; k < 256; k++) {
+        sure &= dist[k] > margin;
+        table[k] = (uint8_t)(int)v[k];
+    }
+    return sure;
+}
+
+/* tables(gamma, z, levels, ln_levels, margin, out, unsure): out (b, 256) uint8 the tables
+ * for magnitudes z (float64, b); unsure[k] (uint8) set where table k must be computed
+ * again (see curve_table). Returns how many are unsure. */
+static PyObject *py_tables(PyObject *self, PyObject *args)
+{
+    int gamma;
+    double margin;
+    Py_buffer zb, lv, ll, out, uns;
+    if (!PyArg_ParseTuple(args, "py*y*y*dw*w*", &gamma, &zb, &lv, &ll, &margin, &out, &uns))
+        return NULL;
+    const Py_ssize_t b = zb.len / (Py_ssize_t)sizeof(double);
+    const Py_buffer *bufs[4] = {&lv, &ll, &out, &uns};
+    const Py_ssize_t need[4] = {256 * sizeof(double), 256 * sizeof(double), product3(b, 256, 1), b};
+    const int ok = sizes_ok(4, bufs, need, "tables");
+    Py_ssize_t unsure = 0;
+    if (ok) {
+        const double *z = zb.buf, *levels = lv.buf, *ln_level = ll.buf;
+        uint8_t *o = out.buf, *u = uns.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t k = 0; k < b; k++) {
+            u[k] = !curve_table(gamma, z[k], levels, ln_level, margin, o + 256 * k);
+            unsure += u[k];
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&zb);
+    PyBuffer_Release(&lv);
+    PyBuffer_Release(&ll);
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&uns);
+    if (!ok)
+        return NULL;
+    return PyLong_FromSsize_t(unsure);
+}
+
 /* ---- translate, identity: whole pixels moved, black where nothing lands -------------- */
 
 /* One (h, w, c) image moved dy rows down and dx columns right (negative: up, left), the
@@ -1155,6 +1272,7 @@ static PyMethodDef methods[] = {
     {"rotate", py_rotate, METH_VARARGS, "scipy.ndimage.rotate's cubic spline for a batch (see augmat/kernels.py)"},
     {"shift", py_shift, METH_VARARGS, "each image of a batch moved by whole pixels, black fill (see augmat/kernels.py)"},
     {"mirror", py_mirror, METH_VARARGS, "each image of a batch mirrored left-right or copied (see augmat/kernels.py)"},
+    {"tables", py_tables, METH_VARARGS, "contrast's and brightness's tables, each marked where numpy must redo it"},
     {"lut", py_lut, METH_VARARGS, "each image of a batch through its own 256-entry table (see augmat/kernels.py)"},
     {"fletcher32", py_fletcher32, METH_VARARGS, "HDF5's Fletcher-32 of the first n bytes of a buffer"},
     {"blur", py_blur, METH_VARARGS, "scipy's uint8 gaussian_filter for a batch, or the seed's sharpen (see augmat/kernels.py)"},

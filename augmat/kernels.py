@@ -223,6 +223,21 @@ def apply_luts(images: np.ndarray, luts: np.ndarray, rows=None, out: np.ndarray 
     return out
 
 
+def curve_tables(gamma: bool, z: np.ndarray, levels: np.ndarray, ln_levels: np.ndarray, margin: float,
+                 out: np.ndarray, unsure: np.ndarray) -> int:
+    """Contrast's (sigmoid) or brightness's (``gamma``) table per magnitude into ``out``
+    (B, 256), each flagged in ``unsure`` (B,) where an entry lies within ``margin`` levels of
+    a rounding boundary; returns how many are flagged (``augmat.ops.curve_tables`` has numpy
+    compute those again)."""
+    for a, dtype in [(z, np.float64), (levels, np.float64), (ln_levels, np.float64), (out, np.uint8),
+                     (unsure, np.uint8)]:
+        if a.dtype != dtype or not a.flags.c_contiguous:
+            raise ValueError("curve_tables takes C-contiguous float64 magnitudes and levels, uint8 outputs")
+    if out.shape != (len(z), 256) or unsure.shape != (len(z),) or levels.shape != (256,) or ln_levels.shape != (256,):
+        raise ValueError(f"curve_tables: shapes {out.shape}, {unsure.shape} for {len(z)} magnitudes")
+    return _ckernels.tables(bool(gamma), z, levels, ln_levels, float(margin), out, unsure)
+
+
 # --- translate, identity: whole pixels -----------------------------------------------------
 
 def shift_images(images: np.ndarray, dy, dx, rows=None, out: np.ndarray | None = None,

@@ -195,28 +195,21 @@ def unsharp(images: np.ndarray, magnitudes: np.ndarray, sharpen_sigma: float = S
     return out
 
 
-_LEVELS = np.arange(256, dtype=np.float64) / 255.0
-_TABLE_BLOCK = 128  # images whose tables are computed at once: a 256 KiB float64 scratch stays in cache
-
-
-def _tables(magnitudes: np.ndarray, curve: Callable[[np.ndarray, np.ndarray], None]) -> np.ndarray:
-    """One uint8 table of the 256 levels per image: ``curve(z, t)`` writes the curve's
-    values at every level for the magnitudes z (k, 1) into the float64 scratch t (k, 256),
-    in place; they are truncated to uint8. A block of images at a time, in place: the same
-    numpy operations on the same values as one expression over the whole batch (the same
-    bits), at half its cost, which went to allocating and filling 8 MiB temporaries."""
-    z = magnitudes.astype(np.float64)[:, None]
-    tables = np.empty((len(z), 256), np.uint8)
-    scratch = np.empty((min(len(z), _TABLE_BLOCK), 256))
-    for s in range(0, len(z), _TABLE_BLOCK):
-        t = scratch[:len(z[s:s + _TABLE_BLOCK])]
-        curve(z[s:s + _TABLE_BLOCK], t)
-        tables[s:s + _TABLE_BLOCK] = t
-    return tables
+# The levels each curve is evaluated at, as the seed's scikit-image forms them: adjust_sigmoid
+# divides the image by 255.0, adjust_gamma's table uses np.linspace(0, 1, 256) (which is not
+# the same array: they differ in the last bit at 24 of the 256 levels).
+_SIGMOID_LEVELS = np.arange(256, dtype=np.float64) / 255.0
+_GAMMA_LEVELS = np.linspace(0, 1, 256)
+with np.errstate(divide="ignore"):
+    _LN_GAMMA_LEVELS = np.log(_GAMMA_LEVELS)  # level 0's -inf is never read
+_TABLE_BLOCK = 128  # images whose tables numpy computes at once: a 256 KiB float64 scratch stays in cache
+# How far from a rounding boundary (in levels) an entry computed in C must lie to be trusted
+# (the error bound it covers, ~5e-12 levels, is worked out in _ckernels.c at exp_bounded).
+TABLE_MARGIN = 1e-9
 
 
 def _sigmoid_curve(z: np.ndarray, t: np.ndarray) -> None:
-    np.multiply(1.0 + 10.0 * z, 0.5 - _LEVELS, out=t)  # gain (cutoff - level)
+    np.multiply(1.0 + 10.0 * z, 0.5 - _SIGMOID_LEVELS, out=t)  # gain (cutoff - level)
     np.exp(t, out=t)
     t += 1.0
     np.divide(1.0, t, out=t)
@@ -224,23 +217,56 @@ def _sigmoid_curve(z: np.ndarray, t: np.ndarray) -> None:
 
 
 def _gamma_curve(z: np.ndarray, t: np.ndarray) -> None:
-    np.power(_LEVELS, 0.25 + 1.5 * z, out=t)
+    np.power(_GAMMA_LEVELS, 0.25 + 1.5 * z, out=t)
     t *= 255.0
     np.rint(t, out=t)
     np.minimum(t, 255.0, out=t)
+
+
+_CURVES = {"sigmoid": _sigmoid_curve, "gamma": _gamma_curve}
+
+
+def numpy_tables(magnitudes: np.ndarray, curve: str) -> np.ndarray:
+    """One uint8 table of the 256 levels per image, as the seed's scikit-image computes it
+    (numpy's exp and pow): the curve's values at every level for each magnitude, truncated
+    to uint8. A block of images at a time, in place: the same numpy operations on the same
+    values as one expression over the whole batch (the same bits), at half its cost."""
+    z = np.asarray(magnitudes).astype(np.float64)[:, None]
+    tables = np.empty((len(z), 256), np.uint8)
+    scratch = np.empty((min(len(z), _TABLE_BLOCK), 256))
+    for s in range(0, len(z), _TABLE_BLOCK):
+        t = scratch[:len(z[s:s + _TABLE_BLOCK])]
+        _CURVES[curve](z[s:s + _TABLE_BLOCK], t)
+        tables[s:s + _TABLE_BLOCK] = t
+    return tables
+
+
+def curve_tables(magnitudes: np.ndarray, curve: str, margin: float = TABLE_MARGIN) -> np.ndarray:
+    """:func:`numpy_tables`' bytes at a fraction of its cost: each table computed in C with an
+    exp of known accuracy; a table with an entry within ``margin`` levels of a rounding
+    boundary (where the last bits of numpy's exp or pow could decide it) is computed again
+    by numpy. ``margin=inf`` sends every table to numpy (the tests' way to run that path)."""
+    z = np.ascontiguousarray(magnitudes, dtype=np.float64)
+    tables = np.empty((len(z), 256), np.uint8)
+    unsure = np.empty(len(z), np.uint8)
+    levels = _GAMMA_LEVELS if curve == "gamma" else _SIGMOID_LEVELS
+    if kernels.curve_tables(curve == "gamma", z, levels, _LN_GAMMA_LEVELS, margin, tables, unsure):
+        redo = np.flatnonzero(unsure)
+        tables[redo] = numpy_tables(z[redo], curve)
+    return tables
 
 
 def contrast(images: np.ndarray, magnitudes: np.ndarray, **where) -> np.ndarray:
     """Sigmoid curve, cutoff 0.5, gain = 1 + 10 z (scikit-image ``adjust_sigmoid``,
     whose uint8 result truncates): 255 / (1 + exp(gain (0.5 - level))). Exact per-level
     table, no interpolation."""
-    return kernels.apply_luts(images, _tables(magnitudes, _sigmoid_curve), **where)
+    return kernels.apply_luts(images, curve_tables(magnitudes, "sigmoid"), **where)
 
 
 def brightness(images: np.ndarray, magnitudes: np.ndarray, **where) -> np.ndarray:
     """Gamma curve, gamma = 0.25 + 1.5 z (scikit-image ``adjust_gamma``, rounded):
     rint(255 level^gamma); gamma < 1 brightens, z = 0.5 gives gamma 1, the identity."""
-    return kernels.apply_luts(images, _tables(magnitudes, _gamma_curve), **where)
+    return kernels.apply_luts(images, curve_tables(magnitudes, "gamma"), **where)
 
 
 @dataclass(frozen=True)

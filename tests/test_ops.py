@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from augmat.ops import DEFAULT_OPS, EARLIER_DEFINITIONS, OP_NAMES, OPS, apply_ops, translation_pixels
+from augmat.ops import (DEFAULT_OPS, EARLIER_DEFINITIONS, OP_NAMES, OPS, TABLE_MARGIN, apply_ops,
+                        translation_pixels)
 from augmat.reference import BLURS, REFERENCE, apply_one_at_a_time
 from conftest import make_images
 
@@ -103,6 +104,29 @@ def test_tables_across_blocks_are_the_seeds(name):
     z = np.random.default_rng(6).random(len(x)).astype(np.float32)
     ref = np.stack([REFERENCE[name](im, float(m)) for im, m in zip(x, z)])
     np.testing.assert_array_equal(OPS[name].fn(x, z), ref)
+
+
+@pytest.mark.parametrize("name,curve", [("contrast", "sigmoid"), ("brightness", "gamma")])
+def test_tables_are_scikit_images_at_every_level(name, curve):
+    """Each table is the seed's scikit-image applied to the 256 levels, for 3,000 magnitudes
+    (random, the ends, the quarter points): computed in C where every entry lies clear of a
+    rounding boundary (the default), by numpy for every table (margin inf), and with a
+    margin wide enough that many tables are computed by each."""
+    from augmat import kernels
+    from augmat.ops import _GAMMA_LEVELS, _LN_GAMMA_LEVELS, _SIGMOID_LEVELS, curve_tables
+    z = np.concatenate([np.float32(EDGE_MAGNITUDES),
+                        np.random.default_rng(7).random(3000 - len(EDGE_MAGNITUDES)).astype(np.float32)])
+    ramp = np.arange(256, dtype=np.uint8)[None, :, None]
+    expected = np.stack([REFERENCE[name](ramp, float(m))[0, :, 0] for m in z])
+    for margin in [TABLE_MARGIN, np.inf, 1e-3]:
+        np.testing.assert_array_equal(curve_tables(z, curve, margin=margin), expected)
+    levels = _GAMMA_LEVELS if curve == "gamma" else _SIGMOID_LEVELS
+    out, unsure = np.empty((len(z), 256), np.uint8), np.empty(len(z), np.uint8)
+    flagged = kernels.curve_tables(curve == "gamma", z.astype(np.float64), levels, _LN_GAMMA_LEVELS, 1e-3, out,
+                                   unsure)
+    assert 0 < flagged == unsure.sum() < len(z)  # the 1e-3 run above took both roads
+    assert kernels.curve_tables(curve == "gamma", z.astype(np.float64), levels, _LN_GAMMA_LEVELS, TABLE_MARGIN, out,
+                                unsure) == 0
 
 
 def test_seed_sharpen_wraps_into_colour_speckle(images):
