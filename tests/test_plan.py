@@ -7,7 +7,8 @@ import pytest
 
 from augmat.errors import AugmatError
 from augmat.ops import OP_NAMES
-from augmat.plan import DRAW_STREAM, ORIGINAL_COPY, draw_copies, draw_ops, plan_rows, seeded_rng, split_indices
+from augmat.plan import (DRAW_STREAM, ORIGINAL_COPY, draw_copies, draw_copies_of, draw_ops, plan_rows, seeded_rng,
+                         split_indices)
 
 LABELS = np.repeat(np.arange(10), 100).astype(np.uint8)  # 1000 images, 100 per class
 
@@ -68,6 +69,28 @@ def test_draw_copies_is_draw_ops_on_the_copy_stream():
     u = np.random.default_rng(np.random.SeedSequence(7, spawn_key=(DRAW_STREAM, 123))).random((6, 2))
     np.testing.assert_array_equal(want_ops, np.array(ops, np.uint8)[(u[:, 0] * 3).astype(np.int64)])
     np.testing.assert_array_equal(want_mags, u[:, 1].astype(np.float32))
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**32 - 1, 2**32, 2**64 + 3, 2**130 + 11])
+def test_draws_for_many_images_at_once_are_numpys_generators(seed):
+    """draw_copies_of redoes numpy's SeedSequence, PCG64 and Generator.random on arrays, one
+    lane per source image: every image's draws are those of its own numpy generator (seeds of
+    one to five 32-bit words, indices up to 2^32 - 1, one to 17 copies)."""
+    ops = [OP_NAMES.index("rotate"), OP_NAMES.index("flip_lr"), OP_NAMES.index("contrast")]
+    idx = np.concatenate([np.arange(200), [65535, 65536, 2**31, 2**32 - 1]])
+    for copies in (1, 17):
+        got_ops, got_mags = draw_copies_of(seed, idx, copies, ops)
+        assert got_ops.shape == got_mags.shape == (len(idx), copies)
+        for j, i in enumerate(idx):
+            want_ops, want_mags = draw_copies(seed, int(i), copies, ops)
+            np.testing.assert_array_equal(got_ops[j], want_ops)
+            np.testing.assert_array_equal(got_mags[j], want_mags)
+    # Outside what it was written for, numpy itself draws (and refuses what numpy refuses).
+    big = np.array([2**32, 5])
+    np.testing.assert_array_equal(draw_copies_of(seed, big, 3, ops)[1][0], draw_copies(seed, 2**32, 3, ops)[1])
+    with pytest.raises(ValueError):
+        draw_copies_of(-1, np.arange(3), 2, ops)
+    assert draw_copies_of(seed, np.arange(0), 4, ops)[0].shape == (0, 4)
 
 
 def test_draws_cover_every_allowed_op_uniformly():
