@@ -190,8 +190,8 @@ class BuildResult:
     shards: int
     shards_reused: int
     seconds: float           # the whole build
-    load_seconds: float      # reading the source, drawing the plan, checking kept shards
-    render_seconds: float    # first shard handed to the workers to the last one written
+    load_seconds: float      # reading the source, drawing the plan, checking kept shards, worker start-up
+    render_seconds: float    # first shard handed to the (started) workers to the last one written
     bytes: int               # the master and its shards
     folder: Path | None = None
     images: str = ""         # what the source's images became: size, classes, conversions
@@ -205,7 +205,7 @@ class BuildResult:
         reused = f" ({self.shards_reused} reused from an earlier run)" if self.shards_reused else ""
         where = f" (shards in {self.folder})" if self.folder else ""
         return (f"wrote {self.rows:,} rows in {self.shards} shards{reused} in {self.seconds:.1f} s "
-                f"(source and layout {self.load_seconds:.1f} s, rendering {self.render_seconds:.1f} s at "
+                f"(source, layout and worker start-up {self.load_seconds:.1f} s, rendering {self.render_seconds:.1f} s at "
                 f"{self.images_per_second:,.0f} images/s), {self.bytes / 2**20:,.1f} MiB -> {self.path}{where}"
                 + (f"\nimages: {self.images}" if self.images else ""))
 
@@ -565,6 +565,8 @@ def _build(cfg: BuildConfig, engine, lock: BuildLock, existing: _Existing, out: 
     if reused:
         log(f"resuming: {reused} of {len(specs)} shards were already rendered in {folder}")
     todo = [s for s in specs if s["index"] not in receipts]
+    if todo:
+        engine.wait_ready()
     t_render = time.perf_counter()
 
     from tqdm import tqdm

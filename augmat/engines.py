@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
@@ -58,7 +59,7 @@ def warm_up(shard_rows: int) -> None:
               np.full(rows, 0.3, np.float32))
 
 
-def _init_worker(parent_pid: int, shard_rows: int) -> None:
+def _init_worker(parent_pid: int, shard_rows: int, started=None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides what Ctrl-C does
     if sys.platform.startswith("linux"):  # die with the main process, even if it is SIGKILLed
         import ctypes
@@ -66,6 +67,8 @@ def _init_worker(parent_pid: int, shard_rows: int) -> None:
     if os.getppid() != parent_pid:  # it died before we could ask to follow it
         os._exit(1)
     warm_up(shard_rows)
+    if started is not None:  # one release per worker ready to render (LocalEngine.wait_ready)
+        started.release()
 
 
 def _ready() -> int:
@@ -78,10 +81,29 @@ class LocalEngine:
 
     def __init__(self, workers: int, shard_rows: int):
         self.workers = workers
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init_worker, initargs=(os.getpid(), shard_rows))
-        for _ in range(workers):  # start them all now: they warm up while the source loads
-            self.pool.submit(_ready)
+        ctx = multiprocessing.get_context("spawn")
+        self._started = ctx.Semaphore(0)
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                        initargs=(os.getpid(), shard_rows, self._started))
+        # start them all now: they import and warm up while the source loads
+        self._ready = [self.pool.submit(_ready) for _ in range(workers)]
+
+    def wait_ready(self) -> None:
+        """Return once every worker has started and warmed up (0.6-0.8 s from a fresh
+        interpreter), so that a build's render phase times rendering, not start-up."""
+        need, all_done_at = self.workers, None
+        while need:
+            if self._started.acquire(timeout=0.2):
+                need -= 1
+                continue
+            if any(f.done() and f.exception() is not None for f in self._ready):
+                raise AugmatError("a worker process died while starting (killed, out of memory, or it could not "
+                                  "start: a script calling build() needs `if __name__ == \"__main__\":`); "
+                                  "rerun the command")
+            if all(f.done() for f in self._ready):  # fewer processes than asked for started: go on
+                all_done_at = all_done_at or time.monotonic()
+                if time.monotonic() - all_done_at > 5:
+                    return
 
     def load_source(self, source, progress: bool, options: ImageOptions | None = None) -> SourceData:
         try:  # an image tree's files are decoded on the worker pool, in parallel
@@ -158,6 +180,9 @@ class RayEngine:
 
     def load_source(self, source, progress: bool, options: ImageOptions | None = None) -> SourceData:
         return load_source(source, progress, options=options)
+
+    def wait_ready(self) -> None:
+        """Ray starts and places its workers itself: the render phase includes that."""
 
     def _task(self, fn):
         if fn not in self._remote:

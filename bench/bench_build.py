@@ -10,8 +10,9 @@ A. Per core: augmat's batch ops (``apply_ops`` on 4096-row shards) against the s
    the same source images, ops and magnitudes, mixed as a build draws them (the default
    eight); then each op, the variants outside the default draw included.
 B. Workers: ``build()`` with 1 and 2 workers, alternating, best of ``--repeats``; the
-   render phase's images/s (worker start-up, rendering, checksums and writes to disk
-   included) and the ratio; the 1-worker rate against the seed's way per core from A
+   render phase's images/s (from the first shard handed to the started workers: rendering,
+   checksums and writes to disk) and the ratio, and the whole build's (source, layout and
+   worker start-up included); the 1-worker rate against the seed's way per core from A
    (the whole per-row cost of a build), and the 2-worker write rate against this
    disk's sequential write bandwidth, measured beside it with
    ``dd if=/dev/zero bs=1M count=512 conv=fdatasync``.
@@ -153,7 +154,7 @@ def section_b(folder: Path, subset: int, copies: int, repeats: int, work: Path,
     lines_seed = ([f"1 worker, whole per-row cost (render, checksum, write to disk) against the seed's way "
                    f"per core from A: **{r1.images_per_second / seed_rate:.1f}x**"] if seed_rate else [])
     rows = f"--shard-rows {shard_rows}" if shard_rows else "augmat's default shard size"
-    return ["### B. Workers (render phase of `build()`, worker start-up included, best of "
+    return ["### B. Workers (render phase of `build()`, from the first shard handed to the started workers, best of "
             f"{repeats}, --subset {subset} --copies {copies}, {rows}, {r1.rows:,} rows)", "",
             "| workers | render s | images/s | whole build s |", "| ---: | ---: | ---: | ---: |",
             f"| 1 | {r1.render_seconds:.2f} | {r1.images_per_second:,.0f} | {r1.seconds:.2f} |",

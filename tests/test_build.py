@@ -370,6 +370,31 @@ def test_disk_full_while_finishing_the_output(tmp_path, cifar_archive, tiny_h5):
     assert_same_content(tmp_path / "s.h5", tiny_h5)
 
 
+def test_the_render_phase_starts_when_every_worker_is_ready():
+    """wait_ready returns once each worker has imported and warmed up (its initializer
+    done), and a worker killed while it starts is one AugmatError, not a hang."""
+    from augmat.engines import LocalEngine
+
+    def workers():  # the pool's processes (not multiprocessing's resource tracker)
+        return [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
+    engine = LocalEngine(2, 64)
+    try:
+        engine.wait_ready()
+        assert len(workers()) == 2
+    finally:
+        engine.close()
+    engine = LocalEngine(2, 64)
+    try:
+        deadline = time.time() + 30
+        while not workers() and time.time() < deadline:
+            time.sleep(0.01)
+        workers()[0].kill()  # still importing: it never becomes ready
+        with pytest.raises(AugmatError, match="worker process died while starting"):
+            engine.wait_ready()
+    finally:
+        engine.close()
+
+
 def test_worker_killed(tmp_path, cifar_archive):
     line = _bad(tmp_path, "--source", cifar_archive, *TINY_FLAGS, "--shard-rows", 16, "--workers", 2,
                 "-o", "w.h5", env={"AUGMAT_FAULT": "kill-worker@1"}, expect="worker process died")
