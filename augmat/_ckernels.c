@@ -907,8 +907,8 @@ static inline __attribute__((always_inline)) double exp_bounded(double x)
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
-    int64_t bits;
-    memcpy(&bits, &nm, sizeof bits); /* n in the low bits */
+    uint64_t bits;
+    memcpy(&bits, &nm, sizeof bits); /* n in the low bits (two's complement) */
     bits = (bits + 1023) << 52;       /* 2^n: n + 1023 in the exponent field */
     double scale;
     memcpy(&scale, &bits, sizeof scale);
@@ -950,7 +950,7 @@ static int curve_table(int gamma, double z, const double *levels, const double *
     int sure = 1;
     for (int k = 0; k < 256; k++) {
         sure &= dist[k] > margin;
-        table[k] = (uint8_t)(int)v[k];
+        table[k] = (uint8_t)(int)(v[k] >= 0.0 && v[k] <= 255.0 ? v[k] : 0.0); /* NaN: 0, and unsure */
     }
     return sure;
 }

@@ -100,9 +100,12 @@ class LocalEngine:
                 raise AugmatError("a worker process died while starting (killed, out of memory, or it could not "
                                   "start: a script calling build() needs `if __name__ == \"__main__\":`); "
                                   "rerun the command")
-            if all(f.done() for f in self._ready):  # fewer processes than asked for started: go on
+            # The first worker ready may take every _ready task, so done futures say nothing of
+            # the others; a minute after they are all done, go on whatever did not report (only
+            # how the phases split the build's time is affected, never a pixel).
+            if all(f.done() for f in self._ready):
                 all_done_at = all_done_at or time.monotonic()
-                if time.monotonic() - all_done_at > 5:
+                if time.monotonic() - all_done_at > 60:
                     return
 
     def load_source(self, source, progress: bool, options: ImageOptions | None = None) -> SourceData:
