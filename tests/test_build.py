@@ -395,6 +395,32 @@ def test_the_render_phase_starts_when_every_worker_is_ready():
         engine.close()
 
 
+def test_workers_start_no_blas_threads(monkeypatch):
+    """A started worker is one thread: numpy's, SciPy's and OpenCV's OpenBLAS start none
+    (else a spinning thread per core each, on any machine with more than one). A user's
+    own OPENBLAS_NUM_THREADS reaches the workers; this process's environment is left as
+    it was."""
+    from augmat.engines import LocalEngine
+
+    def started(engine):
+        engine.wait_ready()
+        return [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    engine = LocalEngine(2, 64)
+    try:
+        workers = started(engine)
+        assert [(p.num_threads(), p.environ().get("OPENBLAS_NUM_THREADS")) for p in workers] == [(1, "1")] * 2
+        assert "OPENBLAS_NUM_THREADS" not in os.environ
+    finally:
+        engine.close()
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    engine = LocalEngine(1, 64)
+    try:
+        assert [p.environ().get("OPENBLAS_NUM_THREADS") for p in started(engine)] == ["2"]
+    finally:
+        engine.close()
+
+
 def test_worker_killed(tmp_path, cifar_archive):
     line = _bad(tmp_path, "--source", cifar_archive, *TINY_FLAGS, "--shard-rows", 16, "--workers", 2,
                 "-o", "w.h5", env={"AUGMAT_FAULT": "kill-worker@1"}, expect="worker process died")

@@ -15,6 +15,9 @@ import sys
 
 # TensorFlow's C++ start-up chatter would bury augmat's own one-line messages.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Nothing augmat computes itself calls BLAS; the idle threads of numpy's, SciPy's and
+# OpenCV's OpenBLAS would spin on every core (see augmat.engines.WORKER_ENV).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import click  # noqa: E402
 
