@@ -257,9 +257,9 @@ def render_shard(spec: dict) -> dict:
         _SUBSETS[subset_path] = np.load(subset_path, mmap_mode="r")
     subset = _SUBSETS[subset_path]
 
-    def render(a: int, b: int) -> np.ndarray:  # rows a..b-1 of the shard, as write_shard asks for them
+    def render(a: int, b: int, out: np.ndarray) -> np.ndarray:  # rows a..b-1, into write_shard's buffer
         return apply_ops(subset, spec["op"][a:b], spec["magnitude"][a:b], rows=spec["pos"][a:b],
-                         sharpen_sigma=spec["sharpen_sigma"])
+                         sharpen_sigma=spec["sharpen_sigma"], out=out)
     images = Rendering(subset.shape[1:], render)
     path = Path(spec["path"])
     try:

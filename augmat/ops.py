@@ -327,7 +327,7 @@ def rendering_libraries() -> dict[str, str]:
 
 def apply_ops(images: np.ndarray, op_codes: np.ndarray, magnitudes: np.ndarray,
               op_names: tuple[str, ...] = OP_NAMES, rows: np.ndarray | None = None,
-              sharpen_sigma: float = SEED_SHARPEN_SIGMA) -> np.ndarray:
+              sharpen_sigma: float = SEED_SHARPEN_SIGMA, out: np.ndarray | None = None) -> np.ndarray:
     """Render a batch where each image has its own op (an index into ``op_names``)
     and magnitude. Images with the same op are transformed together: the ops with their
     own C kernel (``in_place``) read them where they lie and write each result to its
@@ -340,9 +340,16 @@ def apply_ops(images: np.ndarray, op_codes: np.ndarray, magnitudes: np.ndarray,
 
     ``sharpen_sigma``: the sigma in pixels of the Gaussian in ``sharpen`` and ``unsharp``
     (the seed's 1 by default; a larger image may want a proportionally larger one).
+
+    ``out``: the C-contiguous uint8 array of the N images to render into (a build worker
+    passes the buffer a shard is written from); returned.
     """
     n = len(op_codes)
-    out = np.empty((n,) + images.shape[1:], np.uint8)
+    if out is None:
+        out = np.empty((n,) + images.shape[1:], np.uint8)
+    elif out.shape != (n,) + images.shape[1:] or out.dtype != np.uint8 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous uint8 array of shape {(n,) + images.shape[1:]}, "
+                         f"not {out.dtype} {out.shape}")
     magnitudes = np.asarray(magnitudes, dtype=np.float32)
     if rows is not None:
         rows = np.asarray(rows)

@@ -138,25 +138,49 @@ def write_chunks(ds: h5py.Dataset, data: np.ndarray, start: int = 0) -> None:
     zeros, the fill value), followed by its Fletcher-32 (little-endian), handed to HDF5
     with ``write_direct_chunk``. HDF5 computes that checksum in a scalar loop and copies
     each chunk through its chunk cache; augmat's vectorised checksum
-    (:func:`augmat.kernels.fletcher32`) and one copy make a 4,096-row shard's pixels
+    (:func:`augmat.kernels.fletcher32`) and no copy of its own make a shard's pixels
     several times cheaper to write. HDF5 checks the checksum on every read, and the tests
     compare the stored chunks with HDF5's own write byte for byte."""
+    data = np.ascontiguousarray(data, dtype=ds.dtype)
+    raw = np.empty(data.nbytes + CHECKSUM_BYTES, np.uint8)
+    raw[:data.nbytes] = data.reshape(-1).view(np.uint8)
+    write_chunks_in_place(ds, raw, len(data), start)
+
+
+CHECKSUM_BYTES = 4  # a Fletcher-32, after each stored chunk
+
+
+def write_chunks_in_place(ds: h5py.Dataset, raw: np.ndarray, n: int, start: int = 0) -> None:
+    """:func:`write_chunks` of the ``n`` rows whose bytes begin the uint8 array ``raw``,
+    followed in ``raw`` by at least :data:`CHECKSUM_BYTES` spare bytes, without copying
+    them: each whole chunk is handed to HDF5 with its checksum written into the 4 bytes
+    after it (the next chunk's first bytes, or the spare ones), which are then put back.
+    Only a last chunk of fewer rows is copied (HDF5 stores it whole, zero-padded).
+    ``raw`` holds what it held before when this returns."""
     from .kernels import fletcher32
     rows = ds.chunks[0]
-    if (start % rows or not 0 < len(data) <= len(ds) - start
-            or not (len(data) % rows == 0 or start + len(data) == len(ds))):
-        raise ValueError(f"rows {start}..{start + len(data)} are not whole chunks of {rows} rows of {ds.name} "
-                         f"({len(ds)} rows)")
-    data = np.ascontiguousarray(data, dtype=ds.dtype)
-    size = rows * data[0].nbytes
-    buf = np.zeros(size + 4, np.uint8)
-    for a in range(0, len(data), rows):
-        part = data[a:a + rows].reshape(-1).view(np.uint8)
-        buf[:len(part)] = part
-        if len(part) < size:
-            buf[len(part):size] = 0
-        buf[size:] = np.frombuffer(fletcher32(buf[:size]).to_bytes(4, "little"), np.uint8)
-        ds.id.write_direct_chunk((start + a,) + (0,) * (data.ndim - 1), buf)
+    row_bytes = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+    if (start % rows or not 0 < n <= len(ds) - start or not (n % rows == 0 or start + n == len(ds))
+            or raw.dtype != np.uint8 or raw.ndim != 1 or len(raw) < n * row_bytes + CHECKSUM_BYTES):
+        raise ValueError(f"rows {start}..{start + n} are not whole chunks of {rows} rows of {ds.name} "
+                         f"({len(ds)} rows) in {raw.dtype} {raw.shape} bytes")
+    size = rows * row_bytes
+    tail = (0,) * (len(ds.shape) - 1)
+
+    def checked(buf: np.ndarray, at: int) -> None:  # buf: one chunk and the 4 bytes after it
+        saved = buf[size:].copy()
+        buf[size:] = np.frombuffer(fletcher32(buf[:size]).to_bytes(CHECKSUM_BYTES, "little"), np.uint8)
+        try:
+            ds.id.write_direct_chunk((start + at,) + tail, buf)
+        finally:
+            buf[size:] = saved
+    whole = n // rows
+    for j in range(whole):
+        checked(raw[j * size:(j + 1) * size + CHECKSUM_BYTES], j * rows)
+    if n % rows:
+        last = np.zeros(size + CHECKSUM_BYTES, np.uint8)
+        last[:n * row_bytes - whole * size] = raw[whole * size:n * row_bytes]
+        checked(last, whole * rows)
 
 
 _HASHES = {"xxh3_128": xxhash.xxh3_128, "sha256": hashlib.sha256}
@@ -230,10 +254,12 @@ PIECE_BYTES = 3 * 1024 * 1024  # what write_shard renders and hands to the disk 
 
 @dataclass(frozen=True)
 class Rendering:
-    """A shard's images before they are rendered: ``render(start, stop)`` returns its
-    rows start..stop-1 as uint8 images of ``shape`` (H, W, C)."""
+    """A shard's images before they are rendered: ``render(start, stop, out)`` renders its
+    rows start..stop-1, uint8 images of ``shape`` (H, W, C), into ``out`` (an empty
+    C-contiguous uint8 array of those rows, part of the buffer they are written from) and
+    returns ``out``; or it returns an array of its own, which is copied into ``out``."""
     shape: tuple[int, ...]
-    render: Callable[[int, int], np.ndarray]
+    render: Callable[[int, int, np.ndarray], np.ndarray]
 
 
 def write_shard(path: Path, data: dict, op_names, attrs: dict, fault=None) -> tuple[int, str]:
@@ -252,20 +278,26 @@ def write_shard(path: Path, data: dict, op_names, attrs: dict, fault=None) -> tu
     if not isinstance(images, Rendering):
         if len(images) != n:
             raise ValueError(f"{len(images)} images for {n} rows of provenance")
-        images = Rendering(tuple(images.shape[1:]), lambda a, b, x=images: x[a:b])
+        images = Rendering(tuple(images.shape[1:]), lambda a, b, out, x=images: x[a:b])
     hasher = PixelHasher()
     with written_whole(path, fault) as f:
         with writing_back(f.filename) as disk:
             ds = create_rows(f, "images", n, np.uint8, images.shape)
             chunk = ds.chunks[0] if n else 1
-            step = chunk * max(1, PIECE_BYTES // (chunk * int(np.prod(images.shape))))
+            row_bytes = int(np.prod(images.shape))
+            step = chunk * max(1, PIECE_BYTES // (chunk * row_bytes))
+            raw = np.empty(min(n, step) * row_bytes + CHECKSUM_BYTES, np.uint8)  # a piece, rendered in place
             for a in range(0, n, step):
-                piece = images.render(a, min(n, a + step))
-                if piece.shape != (min(n, a + step) - a,) + images.shape or piece.dtype != np.uint8:
-                    raise ValueError(f"rendered {piece.dtype} {piece.shape} for rows {a}..{min(n, a + step)} of "
-                                     f"{images.shape} uint8 images")
-                write_chunks(ds, piece, a)
-                hasher.update(piece)
+                b = min(n, a + step)
+                out = raw[:(b - a) * row_bytes].reshape((b - a,) + images.shape)
+                piece = images.render(a, b, out)
+                if piece is not out:
+                    if piece.shape != out.shape or piece.dtype != np.uint8:
+                        raise ValueError(f"rendered {piece.dtype} {piece.shape} for rows {a}..{b} of "
+                                         f"{images.shape} uint8 images")
+                    out[...] = piece
+                write_chunks_in_place(ds, raw, b - a, a)
+                hasher.update(out)
                 disk.nudge()
             for name in ROW_DATASETS:
                 if name != "images":

@@ -68,8 +68,8 @@ def rendered(folder: Path, shards: int, rounds: int = 2) -> list[str]:
         files.start_writeback = (lambda fd: None) if way == "pieces, no writeback" else start
         t = time.perf_counter()
         for k in range(shards):
-            def render(a, b, k=k):
-                return apply_ops(subset, codes[k][a:b], mags[k][a:b], rows=pos[k][a:b])
+            def render(a, b, out=None, k=k):
+                return apply_ops(subset, codes[k][a:b], mags[k][a:b], rows=pos[k][a:b], out=out)
             images = render(0, ROWS) if way == "whole, then written" else Rendering(IMAGE_SHAPE, render)
             write_shard(folder / f"s{k}.h5", {**prov, "op": codes[k], "images": images}, OP_NAMES, {"key": "bench"})
         t = time.perf_counter() - t

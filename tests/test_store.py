@@ -87,9 +87,10 @@ def test_a_shard_is_rendered_written_and_handed_to_the_disk_piece_by_piece(tmp_p
         real(fd)
     monkeypatch.setattr(files, "start_writeback", start_writeback)
 
-    def render(a, b):
+    def render(a, b, out):
         asked.append((a, b))
-        return data["images"][a:b]
+        out[...] = data["images"][a:b]
+        return out
     size, digest = write_shard(tmp_path / "lazy.h5", {**data, "images": Rendering((32, 32, 3), render)}, OP_NAMES,
                                {"key": "k"})
     assert asked == [(0, 1024), (1024, 2048), (2048, 3072), (3072, 4096), (4096, 4100)]
@@ -106,7 +107,7 @@ def test_a_shard_is_rendered_written_and_handed_to_the_disk_piece_by_piece(tmp_p
 def test_a_rendering_of_the_wrong_shape_is_refused_and_leaves_nothing(tmp_path):
     data = _rows(0, 10)
     with pytest.raises(ValueError, match=r"rendered uint8 \(10, 32, 32, 1\)"):
-        write_shard(tmp_path / "s.h5", {**data, "images": Rendering((32, 32, 3), lambda a, b: data["images"][a:b, ..., :1])},
+        write_shard(tmp_path / "s.h5", {**data, "images": Rendering((32, 32, 3), lambda a, b, out: data["images"][a:b, ..., :1])},
                     OP_NAMES, {"key": "k"})
     assert list(tmp_path.iterdir()) == []
 
@@ -277,6 +278,29 @@ def test_chunks_are_the_bytes_hdf5s_own_filtered_write_stores(tmp_path, shape, d
             offset = theirs.id.get_chunk_info(k).chunk_offset
             assert ours.id.read_direct_chunk(offset) == theirs.id.read_direct_chunk(offset), f"chunk {offset}"
         np.testing.assert_array_equal(ours[...], data)
+
+
+def test_chunks_written_in_place_leave_their_buffer_as_it_was(tmp_path):
+    """write_chunks_in_place puts each chunk's checksum into the 4 bytes after it for the
+    write and back again: the buffer (next chunks, spare bytes) is unchanged afterwards,
+    and the stored chunks are HDF5's own, a call of whole chunks and a last partial one."""
+    from augmat.store import CHECKSUM_BYTES, create_rows, write_chunks_in_place
+    data = np.random.default_rng(5).integers(0, 256, (600, 32, 32, 3), dtype=np.uint8)
+    with h5py.File(tmp_path / "ours.h5", "w") as f:
+        ds = create_rows(f, "x", len(data), np.uint8, data.shape[1:])
+        for a, b in [(0, 512), (512, 600)]:
+            raw = np.concatenate([data[a:b].reshape(-1), np.frombuffer(b"spare", np.uint8)])
+            before = raw.copy()
+            write_chunks_in_place(ds, raw, b - a, a)
+            np.testing.assert_array_equal(raw, before)
+        with pytest.raises(ValueError, match="not whole chunks"):  # no room for the checksum after the rows
+            write_chunks_in_place(ds, np.zeros(256 * 3072 + CHECKSUM_BYTES - 1, np.uint8), 256, 0)
+    with h5py.File(tmp_path / "hdf5.h5", "w") as f:
+        create_rows(f, "x", len(data), data.dtype, data.shape[1:])[...] = data
+    with h5py.File(tmp_path / "ours.h5", "r") as a, h5py.File(tmp_path / "hdf5.h5", "r") as b:
+        for k in range(b["x"].id.get_num_chunks()):
+            offset = b["x"].id.get_chunk_info(k).chunk_offset
+            assert a["x"].id.read_direct_chunk(offset) == b["x"].id.read_direct_chunk(offset), f"chunk {offset}"
 
 
 def test_a_chunk_with_a_wrong_checksum_is_refused_by_hdf5(tmp_path):
