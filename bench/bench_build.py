@@ -130,17 +130,30 @@ def disk_write_mb_s(work: Path, mib: int = 512) -> float:
     return mib * 2**20 / seconds / 1e6
 
 
+def steal_seconds() -> float:
+    """CPU time the hypervisor has taken from this machine's processors since boot (the
+    'steal' column of /proc/stat; 0 where there is none)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def section_b(folder: Path, subset: int, copies: int, repeats: int, work: Path,
               seed_rate: float | None, shard_rows: int | None = None) -> list[str]:
-    best = {}
+    best, stolen = {}, {}
     disk = []
     for _ in range(repeats):
         for workers in (1, 2):
             out = work / f"w{workers}.h5"
             shutil.rmtree(shards_folder(out), ignore_errors=True)  # a fresh build: no shard to reuse
             out.unlink(missing_ok=True)
+            steal = steal_seconds()
             r = build(BuildConfig(source=str(folder), subset=subset, copies=copies, workers=workers,
                                   shard_rows=shard_rows, output=str(out)), progress=False, log=lambda m: None)
+            stolen.setdefault(workers, []).append(steal_seconds() - steal)
             prev = best.get(workers)
             if prev is None or r.render_seconds < prev.render_seconds:
                 best[workers] = r
@@ -162,6 +175,9 @@ def section_b(folder: Path, subset: int, copies: int, repeats: int, work: Path,
             f"2 workers / 1 worker: **{r2.images_per_second / r1.images_per_second:.2f}x** (render phase), "
             f"{r1.seconds / r2.seconds:.2f}x (whole build, source loading included)", "",
             *lines_seed, "",
+            "CPU time the hypervisor took (steal, /proc/stat) during each whole build: "
+            + "; ".join(f"{w} worker{'s' * (w > 1)} {', '.join(f'{t:.2f}' for t in ts)} s" for w, ts in stolen.items()),
+            "",
             f"Pixel write rate: 1 worker {mb_s[1]:,.0f} MB/s, 2 workers {mb_s[2]:,.0f} MB/s; this disk's "
             f"sequential write (dd, 512 MiB, conv=fdatasync, best of {len(disk)}): {dd:,.0f} MB/s "
             f"({', '.join(f'{d:,.0f}' for d in disk)}); 2 workers reach **{mb_s[2] / dd:.0%}** of it"]
