@@ -150,13 +150,15 @@ def write_chunks(ds: h5py.Dataset, data: np.ndarray, start: int = 0) -> None:
 CHECKSUM_BYTES = 4  # a Fletcher-32, after each stored chunk
 
 
-def write_chunks_in_place(ds: h5py.Dataset, raw: np.ndarray, n: int, start: int = 0) -> None:
+def write_chunks_in_place(ds: h5py.Dataset, raw: np.ndarray, n: int, start: int = 0, each=None) -> None:
     """:func:`write_chunks` of the ``n`` rows whose bytes begin the uint8 array ``raw``,
     followed in ``raw`` by at least :data:`CHECKSUM_BYTES` spare bytes, without copying
     them: each whole chunk is handed to HDF5 with its checksum written into the 4 bytes
     after it (the next chunk's first bytes, or the spare ones), which are then put back.
     Only a last chunk of fewer rows is copied (HDF5 stores it whole, zero-padded).
-    ``raw`` holds what it held before when this returns."""
+    ``raw`` holds what it held before when this returns. ``each``: called with each chunk's
+    row bytes in order once it is written, while they are still in the processor's cache
+    (write_shard hashes them so)."""
     from .kernels import fletcher32
     rows = ds.chunks[0]
     row_bytes = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
@@ -177,10 +179,14 @@ def write_chunks_in_place(ds: h5py.Dataset, raw: np.ndarray, n: int, start: int 
     whole = n // rows
     for j in range(whole):
         checked(raw[j * size:(j + 1) * size + CHECKSUM_BYTES], j * rows)
+        if each is not None:
+            each(raw[j * size:(j + 1) * size])
     if n % rows:
         last = np.zeros(size + CHECKSUM_BYTES, np.uint8)
         last[:n * row_bytes - whole * size] = raw[whole * size:n * row_bytes]
         checked(last, whole * rows)
+        if each is not None:
+            each(raw[whole * size:n * row_bytes])
 
 
 _HASHES = {"xxh3_128": xxhash.xxh3_128, "sha256": hashlib.sha256}
@@ -296,8 +302,7 @@ def write_shard(path: Path, data: dict, op_names, attrs: dict, fault=None) -> tu
                         raise ValueError(f"rendered {piece.dtype} {piece.shape} for rows {a}..{b} of "
                                          f"{images.shape} uint8 images")
                     out[...] = piece
-                write_chunks_in_place(ds, raw, b - a, a)
-                hasher.update(out)
+                write_chunks_in_place(ds, raw, b - a, a, each=hasher.update)
                 disk.nudge()
             for name in ROW_DATASETS:
                 if name != "images":

@@ -283,16 +283,19 @@ def test_chunks_are_the_bytes_hdf5s_own_filtered_write_stores(tmp_path, shape, d
 def test_chunks_written_in_place_leave_their_buffer_as_it_was(tmp_path):
     """write_chunks_in_place puts each chunk's checksum into the 4 bytes after it for the
     write and back again: the buffer (next chunks, spare bytes) is unchanged afterwards,
-    and the stored chunks are HDF5's own, a call of whole chunks and a last partial one."""
+    and the stored chunks are HDF5's own, a call of whole chunks and a last partial one.
+    ``each`` gets the rows' bytes, chunk by chunk, in order (without the padding)."""
     from augmat.store import CHECKSUM_BYTES, create_rows, write_chunks_in_place
     data = np.random.default_rng(5).integers(0, 256, (600, 32, 32, 3), dtype=np.uint8)
     with h5py.File(tmp_path / "ours.h5", "w") as f:
         ds = create_rows(f, "x", len(data), np.uint8, data.shape[1:])
         for a, b in [(0, 512), (512, 600)]:
             raw = np.concatenate([data[a:b].reshape(-1), np.frombuffer(b"spare", np.uint8)])
-            before = raw.copy()
-            write_chunks_in_place(ds, raw, b - a, a)
+            before, seen = raw.copy(), []
+            write_chunks_in_place(ds, raw, b - a, a, each=lambda part: seen.append(part.tobytes()))
             np.testing.assert_array_equal(raw, before)
+            assert [len(p) for p in seen] == [256 * 3072] * ((b - a) // 256) + [88 * 3072] * (b == 600)
+            assert b"".join(seen) == data[a:b].tobytes()
         with pytest.raises(ValueError, match="not whole chunks"):  # no room for the checksum after the rows
             write_chunks_in_place(ds, np.zeros(256 * 3072 + CHECKSUM_BYTES - 1, np.uint8), 256, 0)
     with h5py.File(tmp_path / "hdf5.h5", "w") as f:
