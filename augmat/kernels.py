@@ -49,7 +49,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from scipy import ndimage, special
 
 from . import _ckernels
 
@@ -58,12 +57,16 @@ from . import _ckernels
 KERNELS_REVISION = "c2"  # c1: the coordinate order before scipy's (2026-12-02)
 
 # --- what scipy itself says -------------------------------------------------------------
+# scipy.ndimage and scipy.special are imported where they are asked (~0.35 s of CPU): a
+# build's main process and `augmat --help` never need them; a worker imports them while it
+# warms up (augmat.engines.warm_up).
 
 
 def _boundary_index(n: int, radius: int, mode: str) -> np.ndarray:
     """For a line of ``n`` samples extended by ``radius`` on each side in ``mode``,
     which sample each of the ``n + 2 radius`` extended positions reads: asked of
     scipy's own line extension by correlating 0..n-1 with one-hot kernels."""
+    from scipy import ndimage
     line = np.arange(n, dtype=np.float64)
     idx = np.empty(n + 2 * radius, np.int64)
     for k in range(2 * radius + 1):
@@ -79,6 +82,7 @@ def _boundary_index(n: int, radius: int, mode: str) -> np.ndarray:
 def gaussian_weights(sigma: float = 1.0, truncate: float = 4.0) -> np.ndarray:
     """scipy's 1-D Gaussian weights (radius int(truncate sigma + 0.5)), read off
     ``gaussian_filter1d`` applied to an impulse: each output is exactly one weight."""
+    from scipy import ndimage
     radius = int(truncate * float(sigma) + 0.5)
     impulse = np.zeros(2 * radius + 1)
     impulse[radius] = 1.0
@@ -192,6 +196,7 @@ def seed_rotate(images: np.ndarray, angles_deg: np.ndarray, rows=None, out: np.n
     angles = _per_image(angles_deg, b)
     if not np.isfinite(angles).all():
         raise ValueError("rotation angles must be finite")
+    from scipy import special
     c, s = special.cosdg(angles), special.sindg(angles)
     # scipy: matrix [[c, s], [-s, c]]; offset = in_centre - matrix @ out_centre, the product
     # numpy's own (its BLAS may fuse the multiply-add: a stack of matrices gives each the

@@ -421,6 +421,16 @@ def test_workers_start_no_blas_threads(monkeypatch):
         engine.close()
 
 
+def test_the_cli_and_a_builds_main_process_leave_scipy_ndimage_to_the_workers():
+    """scipy.ndimage and scipy.special (~0.35 s of CPU to import) are only needed where
+    pixels are rendered: importing the CLI and every command's module does not load them
+    (a fresh interpreter asked)."""
+    code = ("import sys, augmat.cli, augmat.build, augmat.inspection, augmat.stream; "
+            "print(sorted(m for m in ('scipy.ndimage', 'scipy.special') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"
+
+
 def test_worker_killed(tmp_path, cifar_archive):
     line = _bad(tmp_path, "--source", cifar_archive, *TINY_FLAGS, "--shard-rows", 16, "--workers", 2,
                 "-o", "w.h5", env={"AUGMAT_FAULT": "kill-worker@1"}, expect="worker process died")
