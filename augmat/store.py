@@ -255,7 +255,22 @@ def written_whole(path: Path, fault=None):
             yield f
 
 
-PIECE_BYTES = 3 * 1024 * 1024  # what write_shard renders and hands to the disk at a time
+# What write_shard renders and hands to the disk at a time, in whole chunks: pieces of about
+# PIECE_BYTES (each render call has a fixed cost, ~0.3-0.6 ms), and the shard's last rows in
+# a piece of about LAST_PIECE_BYTES, since the commit's fsync waits for that one's writeback.
+PIECE_BYTES = 12 * 1024 * 1024
+LAST_PIECE_BYTES = 3 * 1024 * 1024
+
+
+def piece_bounds(n: int, chunk: int, row_bytes: int) -> list[tuple[int, int]]:
+    """The pieces (start, stop) write_shard renders ``n`` rows of ``row_bytes`` in, stored
+    in chunks of ``chunk`` rows: each starts on a chunk; the last holds about
+    :data:`LAST_PIECE_BYTES`, the others at most :data:`PIECE_BYTES` (at least a chunk)."""
+    big = chunk * max(1, PIECE_BYTES // (chunk * row_bytes))
+    last = chunk * max(1, LAST_PIECE_BYTES // (chunk * row_bytes))
+    tail = max(0, n - last) // chunk * chunk  # where the last piece starts
+    starts = list(range(0, tail, big)) + [tail]
+    return [(a, b) for a, b in zip(starts, starts[1:] + [n]) if a < b]
 
 
 @dataclass(frozen=True)
@@ -275,7 +290,7 @@ def write_shard(path: Path, data: dict, op_names, attrs: dict, fault=None) -> tu
     ``fault``: a test hook called once the temporary file is written.
 
     ``data["images"]``: the pixels, or a :class:`Rendering`. Then the images are rendered
-    a piece at a time (whole chunks, about :data:`PIECE_BYTES`), and each piece is written,
+    a piece at a time (:func:`piece_bounds`), and each piece is written,
     hashed and handed to the disk (:func:`augmat.files.writing_back`) before the next one
     is rendered: the disk writes while the processor renders, and the commit's fsync waits
     only for the last piece. The file is the same either way (the same HDF5 calls in the
@@ -291,10 +306,10 @@ def write_shard(path: Path, data: dict, op_names, attrs: dict, fault=None) -> tu
             ds = create_rows(f, "images", n, np.uint8, images.shape)
             chunk = ds.chunks[0] if n else 1
             row_bytes = int(np.prod(images.shape))
-            step = chunk * max(1, PIECE_BYTES // (chunk * row_bytes))
-            raw = np.empty(min(n, step) * row_bytes + CHECKSUM_BYTES, np.uint8)  # a piece, rendered in place
-            for a in range(0, n, step):
-                b = min(n, a + step)
+            pieces = piece_bounds(n, chunk, row_bytes)
+            most = max((b - a for a, b in pieces), default=0)
+            raw = np.empty(most * row_bytes + CHECKSUM_BYTES, np.uint8)  # a piece, rendered in place
+            for a, b in pieces:
                 out = raw[:(b - a) * row_bytes].reshape((b - a,) + images.shape)
                 piece = images.render(a, b, out)
                 if piece is not out:

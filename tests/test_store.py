@@ -17,8 +17,8 @@ import pytest
 
 from augmat.errors import AugmatError
 from augmat.ops import OP_NAMES
-from augmat.store import (FORMAT_VERSION, Rendering, ShardEntry, open_file, read_rows, row_chunk, row_layout,
-                          row_parts, shards_folder, write_master, write_shard)
+from augmat.store import (FORMAT_VERSION, Rendering, ShardEntry, open_file, piece_bounds, read_rows, row_chunk,
+                          row_layout, row_parts, shards_folder, write_master, write_shard)
 
 N_SHARDS, ROWS = 3, 300
 
@@ -78,7 +78,7 @@ def test_a_shard_is_rendered_written_and_handed_to_the_disk_piece_by_piece(tmp_p
     its digest is xxh3-128 of all the pixels (xxhash's, of the bytes given)."""
     import xxhash
     from augmat import files
-    data = _rows(0, 4100)  # 16 chunks of 256 rows and a last one of 4: 5 pieces of 1,024 rows or less
+    data = _rows(0, 4100)  # 16 chunks of 256 rows and a last one of 4: pieces as piece_bounds cuts them
     asked, nudged = [], []
     real = files.start_writeback
 
@@ -93,7 +93,7 @@ def test_a_shard_is_rendered_written_and_handed_to_the_disk_piece_by_piece(tmp_p
         return out
     size, digest = write_shard(tmp_path / "lazy.h5", {**data, "images": Rendering((32, 32, 3), render)}, OP_NAMES,
                                {"key": "k"})
-    assert asked == [(0, 1024), (1024, 2048), (2048, 3072), (3072, 4096), (4096, 4100)]
+    assert asked == piece_bounds(4100, 256, 3072) == [(0, 3072), (3072, 4100)]
     assert nudged and all(".tmp" in Path(p).name for p in nudged)  # before the rename, on the file itself
     assert digest == "xxh3_128:" + xxhash.xxh3_128(data["images"].tobytes()).hexdigest()
     assert size == (tmp_path / "lazy.h5").stat().st_size
@@ -102,6 +102,24 @@ def test_a_shard_is_rendered_written_and_handed_to_the_disk_piece_by_piece(tmp_p
     assert lazy.keys() == whole.keys() and lazy["attr digest"] == digest
     for k in lazy:
         np.testing.assert_array_equal(lazy[k], whole[k], err_msg=k)
+
+
+@pytest.mark.parametrize("n,shape", [(10000, (32, 32, 3)), (16384, (32, 32, 3)), (4100, (32, 32, 3)),
+                                     (100, (32, 32, 3)), (1, (32, 32, 3)), (330, (224, 224, 3)),
+                                     (1820, (96, 96, 3)), (77, (33, 17, 1))])
+def test_pieces_cover_the_shard_in_whole_chunks_the_last_one_small(n, shape):
+    """write_shard's pieces: rows 0..n in order, each starting on a chunk; all but the last
+    at most PIECE_BYTES (or one chunk), the last at most LAST_PIECE_BYTES and a chunk, so
+    that the commit's fsync waits for little."""
+    from augmat.store import LAST_PIECE_BYTES, PIECE_BYTES, rows_per_chunk
+    chunk, row = rows_per_chunk(shape), int(np.prod(shape))
+    pieces = piece_bounds(n, chunk, row)
+    assert pieces[0][0] == 0 and pieces[-1][1] == n
+    assert all(b == c for (_, b), (c, _) in zip(pieces, pieces[1:]))
+    assert all(a % chunk == 0 and a < b for a, b in pieces)
+    assert all((b - a) * row <= max(PIECE_BYTES, chunk * row) for a, b in pieces[:-1])
+    last = pieces[-1][1] - pieces[-1][0]
+    assert last * row <= max(LAST_PIECE_BYTES, chunk * row) + chunk * row
 
 
 def test_a_rendering_of_the_wrong_shape_is_refused_and_leaves_nothing(tmp_path):
