@@ -160,14 +160,14 @@ def write_chunks_in_place(ds: h5py.Dataset, raw: np.ndarray, n: int, start: int 
     row bytes in order once it is written, while they are still in the processor's cache
     (write_shard hashes them so)."""
     from .kernels import fletcher32
-    rows = ds.chunks[0]
-    row_bytes = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
-    if (start % rows or not 0 < n <= len(ds) - start or not (n % rows == 0 or start + n == len(ds))
+    rows, shape = ds.chunks[0], ds.shape  # h5py asks HDF5 anew at each read of these
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+    if (start % rows or not 0 < n <= shape[0] - start or not (n % rows == 0 or start + n == shape[0])
             or raw.dtype != np.uint8 or raw.ndim != 1 or len(raw) < n * row_bytes + CHECKSUM_BYTES):
         raise ValueError(f"rows {start}..{start + n} are not whole chunks of {rows} rows of {ds.name} "
-                         f"({len(ds)} rows) in {raw.dtype} {raw.shape} bytes")
+                         f"({shape[0]} rows) in {raw.dtype} {raw.shape} bytes")
     size = rows * row_bytes
-    tail = (0,) * (len(ds.shape) - 1)
+    tail = (0,) * (len(shape) - 1)
 
     def checked(buf: np.ndarray, at: int) -> None:  # buf: one chunk and the 4 bytes after it
         saved = buf[size:].copy()
