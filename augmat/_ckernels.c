@@ -493,6 +493,86 @@ static inline Py_ssize_t images_in(const Py_buffer *buf, Py_ssize_t n)
     return n > 0 ? buf->len / n : n == 0 ? PY_SSIZE_T_MAX : 0;
 }
 
+/* cephes sindg and cosdg, the sine and cosine of an angle in degrees, as scipy.special
+ * computes them (xsf/cephes/sindg.h, polevl.h), operation for operation: the octant, then
+ * one of two polynomials on the angle's remainder in radians. scipy.ndimage.rotate
+ * builds its matrix from them; computing them here spares a build worker importing
+ * scipy.special (with scipy.ndimage, ~0.35 s of CPU). The tests compare both with scipy. */
+static const double SINDG_SIN[6] = {1.58962301572218447952E-10, -2.50507477628503540135E-8,
+                                    2.75573136213856773549E-6,  -1.98412698295895384658E-4,
+                                    8.33333333332211858862E-3,  -1.66666666666666307295E-1};
+static const double SINDG_COS[7] = {1.13678171382044553091E-11, -2.08758833757683644217E-9,
+                                    2.75573155429816611547E-7,  -2.48015872936186303776E-5,
+                                    1.38888888888806666760E-3,  -4.16666666666666348141E-2,
+                                    4.99999999999999999798E-1};
+static const double PI180 = 1.74532925199432957692E-2; /* pi / 180 */
+static const double SINDG_LOSSTH = 1.0e14;               /* beyond it: total loss, 0 */
+
+static double polevl(double x, const double *coef, int n)
+{
+    double ans = coef[0];
+    for (int i = 1; i <= n; i++)
+        ans = ans * x + coef[i];
+    return ans;
+}
+
+/* cosdg(a) into *c and sindg(a) into *s. Both functions reduce |a| to its octant alike: y
+ * the octant (odd ones rounded up to the next), j it modulo 8 (folded to 0..3, flip set
+ * where folded), z the remainder in radians; then sindg negates for a < 0 (scipy 1.17:
+ * a < 0, so sindg(-0.0) is +0.0) and where folded, cosdg where folded and for j > 1. */
+static void cos_sin_degree(double a, double *c, double *s)
+{
+    const double x = a < 0 ? -a : a;
+    if (x > SINDG_LOSSTH) { /* total loss */
+        *c = *s = 0.0;
+        return;
+    }
+    double y = floor(x / 45.0), z = ldexp(y, -4);
+    z = floor(z);
+    z = y - ldexp(z, 4); /* y mod 16 */
+    int j = (int)z;
+    if (j & 1) { /* map zeros to origin */
+        j += 1;
+        y += 1.0;
+    }
+    j &= 7;
+    const int flip = j > 3;
+    if (flip)
+        j -= 4;
+    z = x - y * 45.0; /* x mod 45 degrees */
+    z *= PI180;
+    const double zz = z * z;
+    const double sine = z + z * (zz * polevl(zz, SINDG_SIN, 5)), cosine = 1.0 - zz * polevl(zz, SINDG_COS, 6);
+    const int middle = j == 1 || j == 2;
+    const double sv = middle ? cosine : sine, cv = middle ? sine : cosine;
+    *s = (a < 0) != flip ? -sv : sv;
+    *c = flip != (j > 1) ? -cv : cv;
+}
+
+/* cos_sin_degrees(angles, cos_out, sin_out, n): cosdg and sindg of n float64 angles. */
+static PyObject *py_cos_sin_degrees(PyObject *self, PyObject *args)
+{
+    Py_buffer a, co, si;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "y*w*w*n", &a, &co, &si, &n))
+        return NULL;
+    const Py_buffer *bufs[3] = {&a, &co, &si};
+    const Py_ssize_t bytes = product3(n, sizeof(double), 1), need[3] = {bytes, bytes, bytes};
+    const int ok = n >= 0 && sizes_ok(3, bufs, need, "cos_sin_degrees");
+    if (!ok && !PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "cos_sin_degrees: needs n >= 0");
+    if (ok)
+        for (Py_ssize_t k = 0; k < n; k++) {
+            cos_sin_degree(((const double *)a.buf)[k], (double *)co.buf + k, (double *)si.buf + k);
+        }
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&co);
+    PyBuffer_Release(&si);
+    if (!ok)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 /* rotate(images, out, m00, m01, m10, m11, off0, off1, b, h, w, c, src, dst): image src[k]
  * of images rotated into image dst[k] of out (src, dst: int64 rows, or None for k). */
 static PyObject *py_rotate(PyObject *self, PyObject *args)
@@ -1274,6 +1354,7 @@ static PyMethodDef methods[] = {
     {"mirror", py_mirror, METH_VARARGS, "each image of a batch mirrored left-right or copied (see augmat/kernels.py)"},
     {"tables", py_tables, METH_VARARGS, "contrast's and brightness's tables, each marked where numpy must redo it"},
     {"lut", py_lut, METH_VARARGS, "each image of a batch through its own 256-entry table (see augmat/kernels.py)"},
+    {"cos_sin_degrees", py_cos_sin_degrees, METH_VARARGS, "scipy.special's cosdg and sindg of float64 angles"},
     {"fletcher32", py_fletcher32, METH_VARARGS, "HDF5's Fletcher-32 of the first n bytes of a buffer"},
     {"blur", py_blur, METH_VARARGS, "scipy's uint8 gaussian_filter for a batch, or the seed's sharpen (see augmat/kernels.py)"},
     {NULL, NULL, 0, NULL},

@@ -11,10 +11,14 @@ kernel, its blur uses other rounding). So the C kernels redo scipy's C code
 * the same operations in the same order on float64, with no fused multiply-add
   (compiled with ``-ffp-contract=off``, as scipy's x86-64 wheels do not contract them),
   and the same truncation to uint8 after every blur pass, so the blur is bit-identical;
-* the boundary extensions are not re-derived but read off scipy itself
-  (:func:`_boundary_index`, once per image shape), and so are the Gaussian weights
-  (:func:`gaussian_weights`, once per sigma): whatever the image's size, channel count
-  or blur sigma, the kernels read the same samples with the same weights as scipy;
+* the numbers scipy derives before it touches a pixel are derived the same way: the
+  boundary extension (:func:`_boundary_index`, once per image shape), the Gaussian
+  weights (:func:`gaussian_weights`, once per sigma) and the rotation's cosine and sine
+  (:func:`cos_sin_degrees`, cephes's, as ``scipy.special`` has them), without importing
+  scipy (a build worker would spend ~0.35 s of CPU on it). The tests hold them to what
+  scipy itself gives, over many image sizes, radii, sigmas and angles, so whatever the
+  image's size, channel count or blur sigma, the kernels read the same samples with the
+  same weights as scipy;
 * what makes them fast is that independent values are computed side by side in
   vector registers (a blur pass's lines, the prefilter's lines, the spline weights of a
   row of pixels), which gives each value the very bits scalar code gives it; that every
@@ -56,37 +60,43 @@ from . import _ckernels
 # Raise it if a kernel is ever changed to compute other pixels.
 KERNELS_REVISION = "c2"  # c1: the coordinate order before scipy's (2026-12-02)
 
-# --- what scipy itself says -------------------------------------------------------------
-# scipy.ndimage and scipy.special are imported where they are asked (~0.35 s of CPU): a
-# build's main process and `augmat --help` never need them; a worker imports them while it
-# warms up (augmat.engines.warm_up).
+# --- what scipy computes besides the pixels ----------------------------------------------
+# The few numbers scipy derives before it touches a pixel, derived here the same way (each
+# function names the scipy code it follows). Importing scipy.ndimage (which imports
+# scipy.special) costs a process ~0.35 s of CPU, which every build worker paid before its
+# first pixel; the tests hold each function to scipy itself, bit for bit.
 
 
-def _boundary_index(n: int, radius: int, mode: str) -> np.ndarray:
-    """For a line of ``n`` samples extended by ``radius`` on each side in ``mode``,
-    which sample each of the ``n + 2 radius`` extended positions reads: asked of
-    scipy's own line extension by correlating 0..n-1 with one-hot kernels."""
-    from scipy import ndimage
-    line = np.arange(n, dtype=np.float64)
-    idx = np.empty(n + 2 * radius, np.int64)
-    for k in range(2 * radius + 1):
-        w = np.zeros(2 * radius + 1)
-        w[k] = 1.0
-        got = ndimage.correlate1d(line, w, mode=mode)  # got[i] = ext[i + k - radius]
-        if k == 0:
-            idx[:n] = got  # positions -radius .. n-1-radius
-        idx[n + k - 1] = got[n - 1]  # position n-1+k-radius
-    return idx
+def _boundary_index(n: int, radius: int) -> np.ndarray:
+    """For a line of ``n`` samples extended by ``radius`` on each side in scipy's mode
+    'reflect' (d c b a | a b c d | d c b a), which sample each of the ``n + 2 radius``
+    extended positions reads. ni_support.c's NI_ExtendLine reflects again where the line
+    is shorter than the radius (the channel axis always is), which makes the extension
+    periodic: position p reads p mod 2n, mirrored in its second half."""
+    m = np.arange(-radius, n + radius, dtype=np.int64) % (2 * n)
+    return np.where(m < n, m, 2 * n - 1 - m)
 
 
 def gaussian_weights(sigma: float = 1.0, truncate: float = 4.0) -> np.ndarray:
-    """scipy's 1-D Gaussian weights (radius int(truncate sigma + 0.5)), read off
-    ``gaussian_filter1d`` applied to an impulse: each output is exactly one weight."""
-    from scipy import ndimage
-    radius = int(truncate * float(sigma) + 0.5)
-    impulse = np.zeros(2 * radius + 1)
-    impulse[radius] = 1.0
-    return ndimage.gaussian_filter1d(impulse, sigma, mode="constant", truncate=truncate)
+    """scipy's 1-D Gaussian weights as ``gaussian_filter1d`` forms them
+    (``_gaussian_kernel1d``, order 0): radius int(truncate sigma + 0.5), exp(-0.5 /
+    sigma^2 x^2) over x = -radius..radius, divided by its own sum, all with numpy, as
+    scipy does. (gaussian_filter1d correlates with them reversed; they are symmetric.)"""
+    sigma = float(sigma)
+    radius = int(truncate * sigma + 0.5)
+    x = np.arange(-radius, radius + 1)
+    phi = np.exp(-0.5 / (sigma * sigma) * x ** 2)
+    return (phi / phi.sum())[::-1].copy()
+
+
+def cos_sin_degrees(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(scipy.special.cosdg(angles), scipy.special.sindg(angles))`` bit for bit: cephes's
+    cosine and sine of angles in degrees, redone in C (``_ckernels.c``, sindg and cosdg).
+    The rotation's matrix is made of them."""
+    a = np.ascontiguousarray(angles, np.float64)
+    c, s = np.empty_like(a), np.empty_like(a)
+    _ckernels.cos_sin_degrees(a, c, s, a.size)
+    return c, s
 
 
 # --- sharpen: the seed's uint8 Gaussian blur, then its wrapped difference ----------------
@@ -144,7 +154,7 @@ def _blur_plan(shape: tuple, sigma: float):
     r = (len(w) - 1) // 2
     # Any axis may be shorter than the radius (the channel axis always is): the
     # extension tables then reflect several times over, as scipy's line buffers do.
-    return w, [_boundary_index(n, r, "reflect") for n in shape]
+    return w, [_boundary_index(n, r) for n in shape]
 
 
 def _blur(images: np.ndarray, sigma: float, a, rows, out, out_rows) -> np.ndarray:
@@ -196,8 +206,7 @@ def seed_rotate(images: np.ndarray, angles_deg: np.ndarray, rows=None, out: np.n
     angles = _per_image(angles_deg, b)
     if not np.isfinite(angles).all():
         raise ValueError("rotation angles must be finite")
-    from scipy import special
-    c, s = special.cosdg(angles), special.sindg(angles)
+    c, s = cos_sin_degrees(angles)
     # scipy: matrix [[c, s], [-s, c]]; offset = in_centre - matrix @ out_centre, the product
     # numpy's own (its BLAS may fuse the multiply-add: a stack of matrices gives each the
     # bits a single one gets, checked on 100,000 angles)

@@ -50,6 +50,54 @@ def test_rotate_takes_scipys_side_of_the_edge_at_tiny_angles():
             np.testing.assert_array_equal(kernels.seed_rotate(xs, np.full(len(xs), a)), ref, err_msg=f"{h}x{w}x{c} {a}")
 
 
+def _scipys_extension(n: int, radius: int) -> np.ndarray:
+    """Which sample each extended position of a line of n reads in mode 'reflect', asked
+    of scipy itself: 0..n-1 correlated with one-hot kernels of 2 radius + 1 taps."""
+    line = np.arange(n, dtype=np.float64)
+    idx = np.empty(n + 2 * radius, np.int64)
+    for k in range(2 * radius + 1):
+        w = np.zeros(2 * radius + 1)
+        w[k] = 1.0
+        got = ndimage.correlate1d(line, w, mode="reflect")  # got[i] = ext[i + k - radius]
+        if k == 0:
+            idx[:n] = got
+        idx[n + k - 1] = got[n - 1]
+    return idx
+
+
+def test_boundary_tables_are_scipys_reflection_even_of_lines_shorter_than_the_radius():
+    for n in range(1, 40):
+        for radius in range(0, 14):
+            np.testing.assert_array_equal(kernels._boundary_index(n, radius), _scipys_extension(n, radius),
+                                          err_msg=f"n={n} radius={radius}")
+
+
+@pytest.mark.parametrize("sigma", [0.1, 0.3, 0.5, 0.8, 1.0, 1.3, 1.5, 2.0, 2.7, 3.3, 5.0, 7.1])
+def test_gaussian_weights_are_scipys_bit_for_bit(sigma):
+    """gaussian_filter1d of an impulse is its weights, each exactly (one product by 1.0)."""
+    radius = int(4.0 * sigma + 0.5)
+    impulse = np.zeros(2 * radius + 1)
+    impulse[radius] = 1.0
+    ref = ndimage.gaussian_filter1d(impulse, sigma, mode="constant")
+    np.testing.assert_array_equal(kernels.gaussian_weights(sigma).view(np.int64), ref.view(np.int64))
+
+
+def test_cos_sin_degrees_are_scipys_cosdg_and_sindg_bit_for_bit():
+    """Every angle a plan draws comes from a float32 magnitude, (z - 0.5) * 120; then a wide
+    range, the octant edges, signed zeros, tiny, huge and infinite angles (cephes returns
+    0 past 1e14 degrees)."""
+    from scipy import special
+    rng = np.random.default_rng(0)
+    z = np.concatenate([rng.random(300_000).astype(np.float32), np.float32([0, 0.25, 0.5, 0.75, 1]),
+                        np.nextafter(np.float32([0.25, 0.5, 0.75, 1]), np.float32(0))])
+    angles = np.concatenate([(z.astype(np.float64) - 0.5) * 120, rng.uniform(-1e5, 1e5, 100_000),
+                             np.arange(-720, 720.5, 0.5), np.nextafter(np.arange(-720.0, 721, 45), np.inf),
+                             [0.0, -0.0, 1e-300, -1e-300, 5e-324, 1e14, 1e14 + 2, -3e14, 1e300, np.inf, -np.inf]])
+    c, s = kernels.cos_sin_degrees(angles)
+    np.testing.assert_array_equal(c.view(np.int64), special.cosdg(angles).view(np.int64))
+    np.testing.assert_array_equal(s.view(np.int64), special.sindg(angles).view(np.int64))
+
+
 @pytest.mark.parametrize("sigma", [1.0, 0.5, 2.0])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_blur_is_scipys_gaussian_filter_bit_for_bit(shape, sigma):
