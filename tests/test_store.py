@@ -298,6 +298,34 @@ def test_chunks_are_the_bytes_hdf5s_own_filtered_write_stores(tmp_path, shape, d
         np.testing.assert_array_equal(ours[...], data)
 
 
+def test_fletcher32_is_hdf5s_own_both_ways(tmp_path):
+    """augmat's Fletcher-32 (the portable loop, and 32 words at a time where the processor
+    has AVX-512BW) against the checksum HDF5's own filter stores after a chunk of the same
+    bytes: odd lengths (the last byte alone), HDF5's 360-word blocks and their edges, a
+    last vector of one word, and words of all ones and all zeros, where the folds
+    differ most."""
+    from augmat import _ckernels
+    rng = np.random.default_rng(9)
+    lengths = [1, 2, 3, 63, 64, 65, 127, 128, 129, 718, 719, 720, 721, 722, 1439, 1440, 1441, 2160, 3071, 3072,
+               3073, 4097, 30000, 98304]
+    cases = [(n, rng.integers(0, 256, n, dtype=np.uint8)) for n in lengths]
+    cases += [(n, np.full(n, v, np.uint8)) for n in (720, 1441, 30000) for v in (0, 255)]
+    expected = []
+    with h5py.File(tmp_path / "hdf5.h5", "w") as f:
+        for k, (n, data) in enumerate(cases):
+            ds = f.create_dataset(f"x{k}", data=data, chunks=(n,), fletcher32=True)
+            expected.append(int.from_bytes(ds.id.read_direct_chunk((0,))[1][n:], "little"))
+    ways = [False] + ([True] if _ckernels.uses_avx512_fletcher() else [])
+    before = _ckernels.uses_avx512_fletcher()
+    try:
+        for way in ways:
+            _ckernels.uses_avx512_fletcher(way)
+            got = [_ckernels.fletcher32(data, n) for n, data in cases]
+            assert got == expected, f"AVX-512BW {way}: {[(n, hex(g), hex(e)) for (n, _), g, e in zip(cases, got, expected) if g != e]}"
+    finally:
+        _ckernels.uses_avx512_fletcher(before)
+
+
 def test_chunks_written_in_place_leave_their_buffer_as_it_was(tmp_path):
     """write_chunks_in_place puts each chunk's checksum into the 4 bytes after it for the
     write and back again: the buffer (next chunks, spare bytes) is unchanged afterwards,
