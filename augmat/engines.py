@@ -73,11 +73,12 @@ def warm_up(shard_rows: int) -> None:
     first real shard (measured: 30-60 ms instead of 17 ms for 4,096 rows). At the default
     image shape: workers warm up while the source loads, before its shape is known, and
     nothing warmed depends on it."""
-    from .ops import OP_NAMES, apply_ops
+    from .ops import OP_NAMES, apply_ops, rendering_libraries
     from .store import IMAGE_SHAPE
     rows = min(shard_rows, 4096)
     apply_ops(np.zeros((rows,) + IMAGE_SHAPE, np.uint8), np.arange(rows) % len(OP_NAMES),
               np.full(rows, 0.3, np.float32))
+    rendering_libraries()  # each shard asks for them; the first time imports scipy (~16 ms)
 
 
 def _init_worker(parent_pid: int, shard_rows: int, started=None) -> None:
