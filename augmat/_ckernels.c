@@ -747,24 +747,28 @@ static inline __attribute__((always_inline)) void sharpen_combine_(
         const double d = (uint8_t)(x[p] - blur[p]);
         s[p] = x[p] + quotient(a * d, one_a, inv_one_a, fused);
     }
-    v8d lo8, hi8;
-    for (int l = 0; l < 8; l++) {
-        lo8[l] = INFINITY;
-        hi8[l] = -INFINITY;
-    }
+    /* four pairs of running extremes, so that the compare-and-blend chains run side by side */
+    v8d lo8[4], hi8[4];
+    for (int k = 0; k < 4; k++)
+        for (int l = 0; l < 8; l++) {
+            lo8[k][l] = INFINITY;
+            hi8[k][l] = -INFINITY;
+        }
     Py_ssize_t p = 0;
-    for (; p + 8 <= n; p += 8) {
-        v8d v;
-        memcpy(&v, s + p, sizeof v);
-        const v8l below = v < lo8, above = v > hi8;
-        lo8 = (v8d)(((v8l)v & below) | ((v8l)lo8 & ~below));
-        hi8 = (v8d)(((v8l)v & above) | ((v8l)hi8 & ~above));
-    }
-    double lo = lo8[0], hi = hi8[0];
-    for (int l = 1; l < 8; l++) {
-        lo = lo8[l] < lo ? lo8[l] : lo;
-        hi = hi8[l] > hi ? hi8[l] : hi;
-    }
+    for (; p + 32 <= n; p += 32)
+        for (int k = 0; k < 4; k++) {
+            v8d v;
+            memcpy(&v, s + p + 8 * k, sizeof v);
+            const v8l below = v < lo8[k], above = v > hi8[k];
+            lo8[k] = (v8d)(((v8l)v & below) | ((v8l)lo8[k] & ~below));
+            hi8[k] = (v8d)(((v8l)v & above) | ((v8l)hi8[k] & ~above));
+        }
+    double lo = INFINITY, hi = -INFINITY;
+    for (int k = 0; k < 4; k++)
+        for (int l = 0; l < 8; l++) {
+            lo = lo8[k][l] < lo ? lo8[k][l] : lo;
+            hi = hi8[k][l] > hi ? hi8[k][l] : hi;
+        }
     for (; p < n; p++) {
         lo = s[p] < lo ? s[p] : lo;
         hi = s[p] > hi ? s[p] : hi;
