@@ -288,13 +288,14 @@ static void rotate_sums_fast(const float *coef32, const Py_ssize_t *base32, cons
 }
 #pragma GCC pop_options
 
-/* Four coefficients as float32 into f, and the running maximum m of their magnitudes. */
-static inline __attribute__((always_inline)) v4d convert_max(const double *c, float *f, v4d m)
+/* Eight coefficients as float32 into f, and the running maximum m of their magnitudes (one
+ * AVX-512 vector each in the x86-64-v4 clone, two AVX2 ones in the v3 clone). */
+static inline __attribute__((always_inline)) v8d convert_max(const double *c, float *f, v8d m)
 {
-    const v4l magnitude = {INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX};
-    const v4d a = *(const v4d *)c, abs_a = (v4d)((v4l)a & magnitude);
-    *(v4f *)f = __builtin_convertvector(a, v4f);
-    return (v4d)(((v4l)abs_a & (abs_a > m)) | ((v4l)m & ~(abs_a > m)));
+    const v8l magnitude = {INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX};
+    const v8d a = *(const v8d *)c, abs_a = (v8d)((v8l)a & magnitude);
+    *(v8f *)f = __builtin_convertvector(a, v8f);
+    return (v8d)(((v8l)abs_a & (abs_a > m)) | ((v8l)m & ~(abs_a > m)));
 }
 
 /* One image (h, w, c): spline coefficients, then every output pixel's 4x4 sum.
@@ -346,19 +347,21 @@ static void rotate_one(const uint8_t *img, uint8_t *out, Py_ssize_t h, Py_ssize_
     float tol = 0.0f;
     if (c == 3) { /* the float32 copy for rotate_sums_fast, and its tolerance */
         const Py_ssize_t size = (w + 3) * col; /* a multiple of 4 */
-        v4d m0 = {0}, m1 = {0}, m2 = {0}, m3 = {0}; /* four running maxima, in registers: each is a
+        v8d m0 = {0}, m1 = {0}, m2 = {0}, m3 = {0}; /* four running maxima, in registers: each is a
                                                        * chain of dependent steps */
         Py_ssize_t k = 0;
-        for (; k + 16 <= size; k += 16) {
+        for (; k + 32 <= size; k += 32) {
             m0 = convert_max(coef + k, coef32 + k, m0);
-            m1 = convert_max(coef + k + 4, coef32 + k + 4, m1);
-            m2 = convert_max(coef + k + 8, coef32 + k + 8, m2);
-            m3 = convert_max(coef + k + 12, coef32 + k + 12, m3);
+            m1 = convert_max(coef + k + 8, coef32 + k + 8, m1);
+            m2 = convert_max(coef + k + 16, coef32 + k + 16, m2);
+            m3 = convert_max(coef + k + 24, coef32 + k + 24, m3);
         }
-        for (; k < size; k += 4)
-            m0 = convert_max(coef + k, coef32 + k, m0);
         double cmax = 0.0;
-        for (int e = 0; e < 4; e++)
+        for (; k < size; k++) { /* the last few */
+            coef32[k] = (float)coef[k];
+            cmax = fmax(cmax, fabs(coef[k]));
+        }
+        for (int e = 0; e < 8; e++)
             cmax = fmax(cmax, fmax(fmax(m0[e], m1[e]), fmax(m2[e], m3[e])));
         tol = isinf(margin) ? INFINITY : (float)((cmax * 0x1p-19 + 0x1p-20) * margin);
     }
