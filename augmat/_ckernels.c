@@ -525,6 +525,10 @@ static double polevl(double x, const double *coef, int n)
  * a < 0, so sindg(-0.0) is +0.0) and where folded, cosdg where folded and for j > 1. */
 static void cos_sin_degree(double a, double *c, double *s)
 {
+    if (isnan(a)) { /* cephes gives NaN too (here without converting NaN to int) */
+        *c = *s = a;
+        return;
+    }
     const double x = a < 0 ? -a : a;
     if (x > SINDG_LOSSTH) { /* total loss */
         *c = *s = 0.0;

@@ -96,6 +96,8 @@ def test_cos_sin_degrees_are_scipys_cosdg_and_sindg_bit_for_bit():
     c, s = kernels.cos_sin_degrees(angles)
     np.testing.assert_array_equal(c.view(np.int64), special.cosdg(angles).view(np.int64))
     np.testing.assert_array_equal(s.view(np.int64), special.sindg(angles).view(np.int64))
+    c, s = kernels.cos_sin_degrees(np.array([np.nan]))
+    assert np.isnan(c).all() and np.isnan(s).all() and np.isnan(special.sindg(np.nan))
 
 
 @pytest.mark.parametrize("sigma", [1.0, 0.5, 2.0])
