@@ -46,9 +46,14 @@ def smoke(source, tmp_path_factory):
     return out, r
 
 
+# A tqdm bar ("decoding source:  40%|####  | ..."), which shows when a step takes over a
+# second (a loaded machine decodes the test's source that slowly), and its clearing.
+_PROGRESS = re.compile(r"^[^|:]+: +\d+%\|")
+
+
 def _one_error_line(r, pattern: str) -> str:
     assert r.exit_code == 1, r.output
-    lines = r.stderr.strip().splitlines()
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip() and not _PROGRESS.match(line)]
     assert len(lines) == 1 and lines[0].startswith("augmat: error: "), r.stderr
     assert re.search(pattern, lines[0]), lines[0]
     assert "Traceback" not in r.output
