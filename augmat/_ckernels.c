@@ -897,7 +897,9 @@ static void lut_bytes(const uint8_t *x, uint8_t *o, const uint8_t *t, Py_ssize_t
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-#define HAVE_VBMI_LUT 1
+/* x86-64 with GCC or Clang: the AVX-512 intrinsics below (each in a function of its own
+ * target, called only where the processor has that feature) */
+#define HAVE_X86_INTRINSICS 1
 /* The same, 64 bytes at a time with AVX-512 VBMI (Ice Lake and later, Zen 4): the table
  * as four 64-byte vectors; one two-table byte permutation looks up the levels 0..127,
  * one the levels 128..255 (each by the low 7 bits), and the top bit picks between them. */
@@ -944,7 +946,7 @@ static PyObject *py_lut(PyObject *self, PyObject *args)
         for (Py_ssize_t k = 0; k < b; k++) {
             const uint8_t *xk = x + row_of(&src, k) * n;
             uint8_t *ok_row = o + row_of(&dst, k) * n;
-#ifdef HAVE_VBMI_LUT
+#ifdef HAVE_X86_INTRINSICS
             if (vbmi_lut) {
                 lut_vbmi(xk, ok_row, t + 256 * k, n);
                 continue;
@@ -1172,7 +1174,7 @@ static void mirror_pixels(const uint8_t *img, uint8_t *out, Py_ssize_t h, Py_ssi
     }
 }
 
-#ifdef HAVE_VBMI_LUT
+#ifdef HAVE_X86_INTRINSICS
 /* The same for RGB, 16 pixels (48 bytes) at a time with AVX-512 VBMI: output pixels
  * j..j + 15 of a row are input pixels w - 1 - j down to w - 16 - j, one masked load
  * (lanes before the row's start masked off: a row's last block may be short), one byte
@@ -1229,7 +1231,7 @@ static PyObject *py_mirror(PyObject *self, PyObject *args)
             uint8_t *o = (uint8_t *)out.buf + row_of(&dst, k) * n;
             if (!f[k])
                 memcpy(o, x, n);
-#ifdef HAVE_VBMI_LUT
+#ifdef HAVE_X86_INTRINSICS
             else if (vbmi_lut && c == 3)
                 mirror_rgb_vbmi(x, o, h, w);
 #endif
@@ -1302,7 +1304,7 @@ static uint32_t fletcher32(const uint8_t *data, size_t n)
     return fletcher_finish(sum1, sum2, data, n);
 }
 
-#ifdef HAVE_VBMI_LUT
+#ifdef HAVE_X86_INTRINSICS
 /* The same with AVX-512BW, 32 words at a time (the portable loop above does 16 with AVX-512
  * and spends its time on 32-bit multiplies): each block's two sums come from vector
  * additions only, then the same folds in the same order.
@@ -1330,17 +1332,16 @@ static uint32_t fletcher32_avx512(const uint8_t *data, size_t n)
         const uint32_t tlen = len > 360 ? 360 : (uint32_t)len, vectors = (tlen + 31) / 32;
         len -= tlen;
         __m512i a = _mm512_setzero_si512(), b = a, q = a;
-        const uint32_t whole = tlen / 32, rest = tlen % 32;
-        for (uint32_t k = 0; k < whole; k++) {
-            const __m512i x = _mm512_xor_si512(_mm512_shuffle_epi8(_mm512_loadu_si512(data + 64 * k), swap), offset);
-            a = _mm512_add_epi32(a, _mm512_madd_epi16(x, pairs));
-            b = _mm512_add_epi32(b, a);
-            q = _mm512_add_epi32(q, _mm512_madd_epi16(x, odd));
-        }
-        if (rest) { /* the block's last words, the rest of the vector zeros */
-            const __mmask64 bytes = ((__mmask64)1 << (2 * rest)) - 1;
-            __m512i x = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(bytes, data + 64 * whole), swap);
-            x = _mm512_maskz_sub_epi16(((__mmask32)1 << rest) - 1, x, offset);
+        for (uint32_t k = 0; k < vectors; k++) {
+            const uint32_t words = tlen - 32 * k < 32 ? tlen - 32 * k : 32; /* the last: the block's rest */
+            __m512i x;
+            if (words == 32)
+                x = _mm512_xor_si512(_mm512_shuffle_epi8(_mm512_loadu_si512(data + 64 * k), swap), offset);
+            else { /* the rest of the vector zeros */
+                const __mmask64 bytes = ((__mmask64)1 << (2 * words)) - 1;
+                x = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(bytes, data + 64 * k), swap);
+                x = _mm512_maskz_sub_epi16(((__mmask32)1 << words) - 1, x, offset);
+            }
             a = _mm512_add_epi32(a, _mm512_madd_epi16(x, pairs));
             b = _mm512_add_epi32(b, a);
             q = _mm512_add_epi32(q, _mm512_madd_epi16(x, odd));
@@ -1374,7 +1375,7 @@ static PyObject *py_fletcher32(PyObject *self, PyObject *args)
     }
     uint32_t sum;
     Py_BEGIN_ALLOW_THREADS
-#ifdef HAVE_VBMI_LUT
+#ifdef HAVE_X86_INTRINSICS
     if (avx512_fletcher)
         sum = fletcher32_avx512(buf.buf, (size_t)n);
     else
@@ -1463,7 +1464,7 @@ PyMODINIT_FUNC PyInit__ckernels(void)
     __builtin_cpu_init();
     hardware_fma = detected_fma = __builtin_cpu_supports("fma");
 #endif
-#ifdef HAVE_VBMI_LUT
+#ifdef HAVE_X86_INTRINSICS
     vbmi_lut = detected_vbmi = __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw");
     avx512_fletcher = detected_avx512bw = __builtin_cpu_supports("avx512bw");
 #endif
