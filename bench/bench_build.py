@@ -15,7 +15,10 @@ B. Workers: ``build()`` with 1 and 2 workers, alternating, best of ``--repeats``
    worker start-up included); the 1-worker rate against the seed's way per core from A
    (the whole per-row cost of a build), and the 2-worker write rate against this
    disk's sequential write bandwidth, measured beside it with
-   ``dd if=/dev/zero bs=1M count=512 conv=fdatasync``.
+   ``dd if=/dev/zero bs=1M count=512 conv=fdatasync``. Each round also measures this
+   machine's own ceiling for the 2-worker ratio (:func:`ceiling_round`): the same number
+   of rows rendered without files by two independent processes and by one.
+   ``bench/build_timeline.py`` shows where the rest of the difference goes.
 C. The whole ``augmat build`` command as a user runs it, from the given source: wall time
    and peak resident memory of the process tree (sampled every 20 ms), for several
    ``--copies`` to show memory does not grow with them.
@@ -141,11 +144,78 @@ def steal_seconds() -> float:
         return 0.0
 
 
+def _render_share(subset_path: str, rows: int, seed: int, start, results) -> None:
+    """One process of :func:`render_ceiling`: ``rows`` rows of the default ops drawn at random
+    over the subset, rendered 1,024 at a time after ``start`` (a barrier); puts (wall, CPU)."""
+    from augmat.engines import warm_up
+    subset = np.load(subset_path, mmap_mode="r")
+    rng = np.random.default_rng(seed)
+    codes = np.array([OP_NAMES.index(n) for n in DEFAULT_OPS], np.uint8)[rng.integers(0, len(DEFAULT_OPS), rows)]
+    mags, pos = rng.random(rows).astype(np.float32), rng.integers(0, len(subset), rows)
+    out = np.empty((1024,) + subset.shape[1:], np.uint8)
+    warm_up(1024)
+    start.wait()
+    t, c = time.perf_counter(), time.process_time()
+    for a in range(0, rows, 1024):
+        b = min(rows, a + 1024)
+        apply_ops(subset, codes[a:b], mags[a:b], rows=pos[a:b], out=out[:b - a])
+    results.put((time.perf_counter() - t, time.process_time() - c))
+
+
+def ceiling_subset(folder: Path, work: Path) -> Path:
+    """The images :func:`ceiling_round` renders from: 10,000 of the source's, as a .npy."""
+    path = work / "ceiling-subset.npy"
+    np.save(path, load_source(str(folder), progress=False).train_images[:10000])
+    return path
+
+
+def ceiling_round(subset_path: Path, rows: int, seed: int) -> dict[int, tuple[float, float]]:
+    """One round of this machine's ceiling for the 2-worker ratio: the rendering alone
+    (``apply_ops`` of the default ops drawn at random over the subset's images, 1,024 rows at
+    a time, as a worker renders a shard's pieces; no checksum, no file), all ``rows`` in one
+    process, then half of them in each of two independent processes started together: two
+    renderers that share nothing but the machine (its caches, its memory bus and whatever
+    the hypervisor runs beside it). Returns {processes: (wall until the last is done, CPU)}."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    got = {}
+    for n in (1, 2):
+        start, results = ctx.Barrier(n), ctx.Queue()
+        procs = [ctx.Process(target=_render_share, args=(str(subset_path), rows // n, seed + k, start, results))
+                 for k in range(n)]
+        for p in procs:
+            p.start()
+        done = [results.get() for _ in procs]
+        for p in procs:
+            p.join()
+        got[n] = (max(w for w, _ in done), sum(c for _, c in done))
+    return got
+
+
+def render_ceiling(folder: Path, work: Path, rows: int, repeats: int) -> tuple[list[str], float]:
+    """:func:`ceiling_round` ``repeats`` times: the report's lines and the ratio of the best
+    walls."""
+    subset_path = ceiling_subset(folder, work)
+    lines, best = [], {}
+    try:
+        for rep in range(repeats):
+            for n, (wall, cpu) in ceiling_round(subset_path, rows, 100 * rep).items():
+                best[n] = min(best.get(n, wall), wall)
+                lines.append(f"| {n} | {wall:.3f} | {cpu:.3f} | {rows / wall:,.0f} |")
+    finally:
+        subset_path.unlink()
+    ratio = best[1] / best[2]
+    return (["", f"The same rendering without files ({rows:,} rows; wall: until the last process is done)", "",
+             "| processes | wall s | CPU s | rows/s |", "| ---: | ---: | ---: | ---: |"] + lines +
+            ["", f"2 processes / 1 (best of {repeats} each): **{ratio:.2f}x**"]), ratio
+
+
 def section_b(folder: Path, subset: int, copies: int, repeats: int, work: Path,
               seed_rate: float | None, shard_rows: int | None = None) -> list[str]:
     best, stolen = {}, {}
-    disk = []
-    for _ in range(repeats):
+    disk, ceiling = [], {}
+    subset_path = ceiling_subset(folder, work)
+    for rep in range(repeats):
         for workers in (1, 2):
             out = work / f"w{workers}.h5"
             shutil.rmtree(shards_folder(out), ignore_errors=True)  # a fresh build: no shard to reuse
@@ -160,7 +230,11 @@ def section_b(folder: Path, subset: int, copies: int, repeats: int, work: Path,
             shutil.rmtree(shards_folder(out), ignore_errors=True)
             out.unlink()
         disk.append(disk_write_mb_s(work))
+        for n, (wall, _) in ceiling_round(subset_path, subset * copies, 100 * rep).items():
+            ceiling.setdefault(n, []).append(wall)
+    subset_path.unlink()
     r1, r2 = best[1], best[2]
+    ratio, machine = r2.images_per_second / r1.images_per_second, min(ceiling[1]) / min(ceiling[2])
     row_bytes = 32 * 32 * 3
     mb_s = {w: r.images_per_second * row_bytes / 1e6 for w, r in best.items()}
     dd = max(disk)
@@ -172,8 +246,12 @@ def section_b(folder: Path, subset: int, copies: int, repeats: int, work: Path,
             "| workers | render s | images/s | whole build s |", "| ---: | ---: | ---: | ---: |",
             f"| 1 | {r1.render_seconds:.2f} | {r1.images_per_second:,.0f} | {r1.seconds:.2f} |",
             f"| 2 | {r2.render_seconds:.2f} | {r2.images_per_second:,.0f} | {r2.seconds:.2f} |", "",
-            f"2 workers / 1 worker: **{r2.images_per_second / r1.images_per_second:.2f}x** (render phase), "
+            f"2 workers / 1 worker: **{ratio:.2f}x** (render phase), "
             f"{r1.seconds / r2.seconds:.2f}x (whole build, source loading included)", "",
+            f"This machine's ceiling for that ratio, measured in the same rounds: the same number of rows rendered "
+            f"without files by two independent processes / by one (best of {repeats} each; one process "
+            f"{', '.join(f'{w:.3f}' for w in ceiling[1])} s, two {', '.join(f'{w:.3f}' for w in ceiling[2])} s): "
+            f"**{machine:.2f}x**; the build's two workers reach {ratio / machine:.0%} of it", "",
             *lines_seed, "",
             "CPU time the hypervisor took (steal, /proc/stat) during each whole build: "
             + "; ".join(f"{w} worker{'s' * (w > 1)} {', '.join(f'{t:.2f}' for t in ts)} s" for w, ts in stolen.items()),
