@@ -9,7 +9,7 @@ A. Per core: augmat's batch ops (``apply_ops`` on 4096-row shards) against the s
    way (one image at a time with scipy.ndimage / scikit-image, ``augmat.reference``), on
    the same source images, ops and magnitudes, mixed as a build draws them (the default
    eight); then each op, the variants outside the default draw included.
-B. Workers: ``build()`` with 1 and 2 workers, alternating, best of ``--repeats``; the
+B. Workers: ``build()`` with 1 and 2 workers, alternating, best of ``--build-repeats``; the
    render phase's images/s (from the first shard handed to the started workers: rendering,
    checksums and writes to disk) and the ratio, and the whole build's (source, layout and
    worker start-up included); the 1-worker rate against the seed's way per core from A
@@ -301,7 +301,12 @@ def main() -> None:
     ap.add_argument("--source", required=True)
     ap.add_argument("--subset", type=int, default=10000)
     ap.add_argument("--copies", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="sections A and C: best of this many")
+    # A build's render phase is ~0.3-0.6 s here, and on this project's VMs one such run can
+    # take 40% longer than the next with no steal at all (2026-12-03): best of 3 often keeps
+    # a disturbed run on one side of the ratio. Each round is ~3 s.
+    ap.add_argument("--build-repeats", type=int, default=7,
+                    help="section B: builds per worker count, and rounds of the ceiling (best of this many)")
     ap.add_argument("--work", default="data/bench-build")
     ap.add_argument("--sections", default="ABC", help="which sections to run, e.g. B")
     ap.add_argument("--shard-rows", type=int, default=None, help="section B's shard size (default: augmat's)")
@@ -320,7 +325,8 @@ def main() -> None:
         lines, seed_rate = section_a(src, args.repeats)
         report += lines + [""]
     if "B" in args.sections:
-        report += section_b(folder, args.subset, args.copies, args.repeats, work, seed_rate, args.shard_rows) + [""]
+        report += section_b(folder, args.subset, args.copies, args.build_repeats, work, seed_rate,
+                            args.shard_rows) + [""]
     if "C" in args.sections:
         report += section_c(args.source, folder, args.subset, (2, 8, 16), work)
     report += ["", f"Load average at end {os.getloadavg()[0]:.2f}."]
