@@ -15,9 +15,9 @@ B. Workers: ``build()`` with 1 and 2 workers, alternating, best of ``--build-rep
    worker start-up included); the 1-worker rate against the seed's way per core from A
    (the whole per-row cost of a build), and the 2-worker write rate against this
    disk's sequential write bandwidth, measured beside it with
-   ``dd if=/dev/zero bs=1M count=512 conv=fdatasync``. Each round also measures this
-   machine's own ceiling for the 2-worker ratio (:func:`ceiling_round`): the same number
-   of rows rendered without files by two independent processes and by one.
+   ``dd if=/dev/zero bs=1M count=512 conv=fdatasync``. Each round also measures what the
+   machine's processors give two renderers that share nothing (:func:`two_renderers_round`): the
+   same number of rows rendered without files by two independent processes and by one.
    ``bench/build_timeline.py`` shows where the rest of the difference goes.
 C. The whole ``augmat build`` command as a user runs it, from the given source: wall time
    and peak resident memory of the process tree (sampled every 20 ms), for several
@@ -145,7 +145,7 @@ def steal_seconds() -> float:
 
 
 def _render_share(subset_path: str, rows: int, seed: int, start, results) -> None:
-    """One process of :func:`render_ceiling`: ``rows`` rows of the default ops drawn at random
+    """One process of :func:`two_renderers`: ``rows`` rows of the default ops drawn at random
     over the subset, rendered 1,024 at a time after ``start`` (a barrier); puts (wall, CPU)."""
     from augmat.engines import warm_up
     subset = np.load(subset_path, mmap_mode="r")
@@ -162,15 +162,15 @@ def _render_share(subset_path: str, rows: int, seed: int, start, results) -> Non
     results.put((time.perf_counter() - t, time.process_time() - c))
 
 
-def ceiling_subset(folder: Path, work: Path) -> Path:
-    """The images :func:`ceiling_round` renders from: 10,000 of the source's, as a .npy."""
-    path = work / "ceiling-subset.npy"
+def renderers_subset(folder: Path, work: Path) -> Path:
+    """The images :func:`two_renderers_round` renders from: 10,000 of the source's, as a .npy."""
+    path = work / "renderers-subset.npy"
     np.save(path, load_source(str(folder), progress=False).train_images[:10000])
     return path
 
 
-def ceiling_round(subset_path: Path, rows: int, seed: int) -> dict[int, tuple[float, float]]:
-    """One round of this machine's ceiling for the 2-worker ratio: the rendering alone
+def two_renderers_round(subset_path: Path, rows: int, seed: int) -> dict[int, tuple[float, float]]:
+    """One round of what this machine's processors give the rendering alone
     (``apply_ops`` of the default ops drawn at random over the subset's images, 1,024 rows at
     a time, as a worker renders a shard's pieces; no checksum, no file), all ``rows`` in one
     process, then half of them in each of two independent processes started together: two
@@ -192,14 +192,14 @@ def ceiling_round(subset_path: Path, rows: int, seed: int) -> dict[int, tuple[fl
     return got
 
 
-def render_ceiling(folder: Path, work: Path, rows: int, repeats: int) -> tuple[list[str], float]:
-    """:func:`ceiling_round` ``repeats`` times: the report's lines and the ratio of the best
+def two_renderers(folder: Path, work: Path, rows: int, repeats: int) -> tuple[list[str], float]:
+    """:func:`two_renderers_round` ``repeats`` times: the report's lines and the ratio of the best
     walls."""
-    subset_path = ceiling_subset(folder, work)
+    subset_path = renderers_subset(folder, work)
     lines, best = [], {}
     try:
         for rep in range(repeats):
-            for n, (wall, cpu) in ceiling_round(subset_path, rows, 100 * rep).items():
+            for n, (wall, cpu) in two_renderers_round(subset_path, rows, 100 * rep).items():
                 best[n] = min(best.get(n, wall), wall)
                 lines.append(f"| {n} | {wall:.3f} | {cpu:.3f} | {rows / wall:,.0f} |")
     finally:
@@ -213,8 +213,8 @@ def render_ceiling(folder: Path, work: Path, rows: int, repeats: int) -> tuple[l
 def section_b(folder: Path, subset: int, copies: int, repeats: int, work: Path,
               seed_rate: float | None, shard_rows: int | None = None) -> list[str]:
     best, stolen = {}, {}
-    disk, ceiling = [], {}
-    subset_path = ceiling_subset(folder, work)
+    disk, alone = [], {}
+    subset_path = renderers_subset(folder, work)
     for rep in range(repeats):
         for workers in (1, 2):
             out = work / f"w{workers}.h5"
@@ -230,11 +230,11 @@ def section_b(folder: Path, subset: int, copies: int, repeats: int, work: Path,
             shutil.rmtree(shards_folder(out), ignore_errors=True)
             out.unlink()
         disk.append(disk_write_mb_s(work))
-        for n, (wall, _) in ceiling_round(subset_path, subset * copies, 100 * rep).items():
-            ceiling.setdefault(n, []).append(wall)
+        for n, (wall, _) in two_renderers_round(subset_path, subset * copies, 100 * rep).items():
+            alone.setdefault(n, []).append(wall)
     subset_path.unlink()
     r1, r2 = best[1], best[2]
-    ratio, machine = r2.images_per_second / r1.images_per_second, min(ceiling[1]) / min(ceiling[2])
+    ratio, machine = r2.images_per_second / r1.images_per_second, min(alone[1]) / min(alone[2])
     row_bytes = 32 * 32 * 3
     mb_s = {w: r.images_per_second * row_bytes / 1e6 for w, r in best.items()}
     dd = max(disk)
@@ -248,10 +248,10 @@ def section_b(folder: Path, subset: int, copies: int, repeats: int, work: Path,
             f"| 2 | {r2.render_seconds:.2f} | {r2.images_per_second:,.0f} | {r2.seconds:.2f} |", "",
             f"2 workers / 1 worker: **{ratio:.2f}x** (render phase), "
             f"{r1.seconds / r2.seconds:.2f}x (whole build, source loading included)", "",
-            f"This machine's ceiling for that ratio, measured in the same rounds: the same number of rows rendered "
+            f"What this machine's two processors gave in the same rounds: the same number of rows rendered "
             f"without files by two independent processes / by one (best of {repeats} each; one process "
-            f"{', '.join(f'{w:.3f}' for w in ceiling[1])} s, two {', '.join(f'{w:.3f}' for w in ceiling[2])} s): "
-            f"**{machine:.2f}x**; the build's two workers reach {ratio / machine:.0%} of it", "",
+            f"{', '.join(f'{w:.3f}' for w in alone[1])} s, two {', '.join(f'{w:.3f}' for w in alone[2])} s): "
+            f"**{machine:.2f}x**; the build's ratio is {ratio / machine:.2f} times that", "",
             *lines_seed, "",
             "CPU time the hypervisor took (steal, /proc/stat) during each whole build: "
             + "; ".join(f"{w} worker{'s' * (w > 1)} {', '.join(f'{t:.2f}' for t in ts)} s" for w, ts in stolen.items()),
@@ -306,7 +306,7 @@ def main() -> None:
     # take 40% longer than the next with no steal at all (2026-12-03): best of 3 often keeps
     # a disturbed run on one side of the ratio. Each round is ~3 s.
     ap.add_argument("--build-repeats", type=int, default=7,
-                    help="section B: builds per worker count, and rounds of the ceiling (best of this many)")
+                    help="section B: builds per worker count, and rounds of two_renderers_round (best of this many)")
     ap.add_argument("--work", default="data/bench-build")
     ap.add_argument("--sections", default="ABC", help="which sections to run, e.g. B")
     ap.add_argument("--shard-rows", type=int, default=None, help="section B's shard size (default: augmat's)")

@@ -28,8 +28,8 @@ What is left of ``busy`` after ``cpu`` and ``queued`` is time the thread slept (
 fsync) or lost to the hypervisor (which schedstat counts neither as running nor queued).
 Nothing is changed in what is built: the task is augmat.build.render_shard, wrapped.
 
-Then the machine's own ceiling for the same work (bench_build.render_ceiling, as in
-bench_build's section B).
+Then what the machine's processors give the same rendering without files, in one process
+and in two independent ones (bench_build.two_renderers, as in bench_build's section B).
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def main() -> None:
     args = ap.parse_args()
     if not Path("/proc/thread-self/schedstat").exists():
         sys.exit("this benchmark reads Linux's per-thread scheduler statistics (/proc/thread-self/schedstat)")
-    from bench_build import python_folder, render_ceiling  # (the decoded source section B builds from)
+    from bench_build import python_folder, two_renderers  # (the decoded source section B builds from)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     folder = python_folder(load_source(args.source, progress=False), work / "cifar-10-batches-py")
@@ -182,7 +182,7 @@ def main() -> None:
               f"**{min(walls[1]) / min(walls[2]):.2f}x**", sep="\n")
     print("(kernel: system, irq and softirq time of the whole machine during the phase, the workers' "
           "own system time included)")
-    lines, _ = render_ceiling(folder, work, args.subset * args.copies, args.repeats)
+    lines, _ = two_renderers(folder, work, args.subset * args.copies, args.repeats)
     print("\n".join(lines))
 
 
