@@ -18,7 +18,9 @@ summed over its workers' tasks (Linux only):
 - ``writeback``: the CPU time of the workers' other threads (augmat.files.writing_back);
 - ``idle tail``: how long the worker that finished first waited for the last shard;
 - ``steal``: the CPU time the hypervisor took from this machine during the phase
-  (/proc/stat; both processors).
+  (/proc/stat; both processors);
+- ``kernel``: the machine's system, irq and softirq time during the phase (the workers'
+  own system time included).
 
 and how the tasks' wall time splits: rendering (``apply_ops``), the Fletcher-32 checksums,
 the pixel hash, the rest of the chunk writes (HDF5 and the kernel's copy into the page
@@ -66,6 +68,7 @@ def _proc_stat() -> list[float]:
 
 
 PARTS: dict[str, float] = {}  # in a worker: the current task's seconds in each part
+_WRAPPED = []                  # in a worker: [True] once _time_parts has run
 
 
 def _time_parts() -> None:
@@ -90,10 +93,10 @@ def _time_parts() -> None:
 def timed_render_shard(spec: dict) -> dict:
     """augmat.build.render_shard, with what it cost this worker added to its receipt.
     (Runs in the worker: spawned workers import this script as their __main__.)"""
-    if not PARTS:
+    if not _WRAPPED:
         _time_parts()
+        _WRAPPED.append(True)
     PARTS.clear()
-    PARTS["render"] = 0.0
     t0, thread0, process0, sched0 = time.perf_counter(), time.thread_time(), time.process_time(), _schedstat()
     switches0 = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
     receipt = RENDER_SHARD(spec)
@@ -106,7 +109,7 @@ def timed_render_shard(spec: dict) -> dict:
 
 
 def timed_build(folder: Path, out: Path, workers: int, subset: int, copies: int) -> dict:
-    """One fresh build with its render phase's tasks timed; what :func:`row` reports."""
+    """One fresh build with its render phase's tasks timed: the sums main() prints for it."""
     shutil.rmtree(shards_folder(out), ignore_errors=True)
     out.unlink(missing_ok=True)
     receipts, phase = [], {}
@@ -117,7 +120,7 @@ def timed_build(folder: Path, out: Path, workers: int, subset: int, copies: int)
             return real_run(engine, fn, specs, on_done, where)
         stat0, t0 = _proc_stat(), time.perf_counter()
         real_run(engine, timed_render_shard, specs, lambda r: (receipts.append(r), on_done(r)), where)
-        phase.update(wall=time.perf_counter() - t0, start=t0, stat=[b - a for a, b in zip(stat0, _proc_stat())])
+        phase.update(wall=time.perf_counter() - t0, stat=[b - a for a, b in zip(stat0, _proc_stat())])
 
     LocalEngine.run = run
     try:
@@ -138,7 +141,7 @@ def timed_build(folder: Path, out: Path, workers: int, subset: int, copies: int)
     return {"workers": workers, "wall": phase["wall"],
             "busy": sum(r["stop"] - r["start"] for r in receipts), "cpu": sum(r["cpu"] for r in receipts),
             "queued": sum(r["queued"] for r in receipts), "preempted": sum(r["preempted"] for r in receipts),
-            "others": sum(r["others"] for r in receipts), "shards": len(receipts),
+            "others": sum(r["others"] for r in receipts),
             "tail": max(ends.values()) - min(ends.values()) if len(ends) > 1 else 0.0,
             "steal": phase["stat"][7], "system": phase["stat"][2] + phase["stat"][5] + phase["stat"][6],
             "parts": parts}
@@ -180,8 +183,6 @@ def main() -> None:
               + f" | {busy - sum(parts.get(n, 0.0) for n in names):.3f} | {busy:.3f} |")
     print("", f"2 workers / 1 worker (render wall, best of {args.repeats} each): "
               f"**{min(walls[1]) / min(walls[2]):.2f}x**", sep="\n")
-    print("(kernel: system, irq and softirq time of the whole machine during the phase, the workers' "
-          "own system time included)")
     lines, _ = two_renderers(folder, work, args.subset * args.copies, args.repeats)
     print("\n".join(lines))
 
