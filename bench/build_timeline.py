@@ -20,7 +20,10 @@ summed over its workers' tasks (Linux only):
 - ``steal``: the CPU time the hypervisor took from this machine during the phase
   (/proc/stat; both processors);
 - ``kernel``: the machine's system, irq and softirq time during the phase (the workers'
-  own system time included).
+  own system time included);
+- ``machine``: all the CPU time this machine's processors worked during the phase (user,
+  nice, system, irq and softirq from /proc/stat, in 1/100 s, every process and the kernel;
+  steal and idle not).
 
 and how the tasks' wall time splits: rendering (``apply_ops``), the Fletcher-32 checksums,
 the pixel hash, the rest of the chunk writes (HDF5 and the kernel's copy into the page
@@ -29,6 +32,13 @@ cache), the provenance datasets, and the commit's fsyncs.
 What is left of ``busy`` after ``cpu`` and ``queued`` is time the thread slept (the commit's
 fsync) or lost to the hypervisor (which schedstat counts neither as running nor queued).
 Nothing is changed in what is built: the task is augmat.build.render_shard, wrapped.
+
+Then the most two workers could give. With one worker, ``machine`` is its rendering
+thread's ``cpu`` plus everything beside it (its writeback thread, the kernel's I/O, the main
+process), which the second processor takes. Two workers must fit at least the same work
+into two processors, so even on a machine that gave them both processors whole, with no
+idle tail and no wait, two workers are at most ``2 cpu / machine`` times as fast as one
+whose wall time is its thread's CPU.
 
 Then what the machine's processors give the same rendering without files, in one process
 and in two independent ones (bench_build.two_renderers, as in bench_build's section B).
@@ -144,6 +154,7 @@ def timed_build(folder: Path, out: Path, workers: int, subset: int, copies: int)
             "others": sum(r["others"] for r in receipts),
             "tail": max(ends.values()) - min(ends.values()) if len(ends) > 1 else 0.0,
             "steal": phase["stat"][7], "system": phase["stat"][2] + phase["stat"][5] + phase["stat"][6],
+            "machine": sum(phase["stat"][i] for i in (0, 1, 2, 5, 6)),
             "parts": parts}
 
 
@@ -163,17 +174,19 @@ def main() -> None:
     folder = python_folder(load_source(args.source, progress=False), work / "cifar-10-batches-py")
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}; "
           f"--subset {args.subset} --copies {args.copies}; seconds, summed over each build's workers", "",
-          "| workers | render wall | busy | cpu | queued | preempted | writeback | idle tail | steal | kernel |",
-          "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", sep="\n")
-    walls, split = {1: [], 2: []}, []
+          "| workers | render wall | busy | cpu | queued | preempted | writeback | idle tail | steal | kernel | machine |",
+          "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", sep="\n")
+    walls, split, bounds = {1: [], 2: []}, [], []
     for _ in range(args.repeats):
         for workers in (1, 2):
             r = timed_build(folder, work / f"timeline-w{workers}.h5", workers, args.subset, args.copies)
             walls[workers].append(r["wall"])
             split.append((workers, r["parts"], r["busy"]))
+            if workers == 1:
+                bounds.append((r["cpu"], r["machine"]))
             print(f"| {workers} | {r['wall']:.3f} | {r['busy']:.3f} | {r['cpu']:.3f} | {r['queued']:.3f} | "
                   f"{r['preempted']} | {r['others']:.3f} | {r['tail'] * 1e3:.0f} ms | {r['steal']:.2f} | "
-                  f"{r['system']:.2f} |", flush=True)
+                  f"{r['system']:.2f} | {r['machine']:.2f} |", flush=True)
     names = ("render", "checksum", "hash", "chunks", "provenance", "commit")
     print("", "The tasks' wall time by part (seconds, summed over the workers; chunks: the chunk writes "
               "less their checksums and hashes)", "",
@@ -182,7 +195,10 @@ def main() -> None:
         print(f"| {workers} | " + " | ".join(f"{parts.get(n, 0.0):.3f}" for n in names)
               + f" | {busy - sum(parts.get(n, 0.0) for n in names):.3f} | {busy:.3f} |")
     print("", f"2 workers / 1 worker (render wall, best of {args.repeats} each): "
-              f"**{min(walls[1]) / min(walls[2]):.2f}x**", sep="\n")
+              f"**{min(walls[1]) / min(walls[2]):.2f}x**",
+          "The most two workers could give (2 cpu / machine of each one-worker build; of all of them): "
+          + ", ".join(f"{2 * c / m:.2f}x" for c, m in bounds)
+          + f"; **{2 * sum(c for c, _ in bounds) / sum(m for _, m in bounds):.2f}x**", sep="\n")
     lines, _ = two_renderers(folder, work, args.subset * args.copies, args.repeats)
     print("\n".join(lines))
 
