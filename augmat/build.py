@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .engines import default_workers
 from .errors import AugmatError
 from .files import atomic_path, check_folder_writable, io_error
 from .ops import DEFAULT_OPS, OP_NAMES, SEED_SHARPEN_SIGMA, apply_ops, rendering_libraries
@@ -66,13 +67,6 @@ from .store import (FORMAT_VERSION, IMAGE_SHAPE, SHARD_NAME, Rendering, ShardEnt
                     write_master, write_shard)
 
 SHARD_FORMAT = 1  # what a shard file holds; part of the plan key
-
-
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def default_output(subset: int) -> str:

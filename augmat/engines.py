@@ -15,6 +15,9 @@ an engine turns a task whose process died into one :class:`AugmatError` line.
   cluster at ``--ray-address`` or on a local Ray started with ``--workers`` CPUs. Ray
   retries a task whose worker process died (up to :data:`RAY_RETRIES` times); a shard is
   written under a temporary name and renamed, so a retried task writes the same file.
+
+:func:`load_source_on` decodes a source on worker processes of the same kind outside a
+build (``augmat inspect --verify``, ``augmat preview``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
@@ -37,6 +40,14 @@ from .sources import ImageOptions, SourceData, load_source
 ENGINES = ("local", "ray")
 RAY_RETRIES = 3            # Ray's default for a task whose worker process died
 _POLL_S = 0.2              # how often the Ray driver wakes up (Ctrl-C is noticed between waits)
+
+
+def default_workers() -> int:
+    """How many processors this process may run on: the default ``--workers``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 # A worker's numpy, SciPy and OpenCV each carry their own OpenBLAS, and each would start a
@@ -81,16 +92,73 @@ def warm_up(shard_rows: int) -> None:
     rendering_libraries()  # each shard asks for them; the first time imports scipy (~16 ms)
 
 
-def _init_worker(parent_pid: int, shard_rows: int, started=None) -> None:
+def _follow_parent(parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides what Ctrl-C does
     if sys.platform.startswith("linux"):  # die with the main process, even if it is SIGKILLed
         import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent_pid:  # it died before we could ask to follow it
         os._exit(1)
+
+
+def _init_worker(parent_pid: int, shard_rows: int, started=None) -> None:
+    _follow_parent(parent_pid)
     warm_up(shard_rows)
     if started is not None:  # one release per worker ready to render (LocalEngine.wait_ready)
         started.release()
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool's workers now: drop queued tasks and end running ones."""
+    for p in list((getattr(pool, "_processes", None) or {}).values()):
+        if p.is_alive():
+            p.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+_DECODE_DIED = ("a worker process died while decoding the source (killed, out of memory, or it could not "
+                "start: a script that calls augmat needs `if __name__ == \"__main__\":`); rerun the command")
+
+
+class DecodePool(Executor):
+    """``workers`` spawned processes that decode a source (``load_source``'s ``executor``),
+    started at the first task, so a source with nothing to decode in parallel (CIFAR's
+    pickled arrays, kept as they are) starts none. Like a build's workers they die with
+    the main process and leave Ctrl-C to it. Leaving the ``with`` block stops them."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.pool: ProcessPoolExecutor | None = None
+
+    def submit(self, fn, /, *args, **kwargs):
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_follow_parent, initargs=(os.getpid(),))
+        with worker_environment():  # the pool spawns its processes as tasks come
+            return self.pool.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self.pool is not None:
+            _stop(self.pool)
+
+
+def load_source_on(executor: Executor | None, source, progress: bool, options: ImageOptions | None = None
+                   ) -> SourceData:
+    """``load_source`` decoding on ``executor`` (None: in this process), with a worker that
+    died as one :class:`AugmatError` line."""
+    try:
+        return load_source(source, progress, executor=executor, options=options)
+    except BrokenProcessPool:
+        raise AugmatError(_DECODE_DIED) from None
+
+
+def load_source_in(workers: int, source, progress: bool = True, options: ImageOptions | None = None) -> SourceData:
+    """``load_source`` with an image tree's files decoded on ``workers`` processes (a
+    :class:`DecodePool`; 1: in this process), as a build decodes them."""
+    if workers <= 1:
+        return load_source(source, progress, options=options)
+    with DecodePool(workers) as pool:
+        return load_source_on(pool, source, progress, options)
 
 
 def _ready() -> int:
@@ -132,12 +200,7 @@ class LocalEngine:
                     return
 
     def load_source(self, source, progress: bool, options: ImageOptions | None = None) -> SourceData:
-        try:  # an image tree's files are decoded on the worker pool, in parallel
-            return load_source(source, progress, executor=self.pool, options=options)
-        except BrokenProcessPool:
-            raise AugmatError("a worker process died while decoding the source (killed, out of memory, or it "
-                              "could not start: a script calling build() needs `if __name__ == \"__main__\":`); "
-                              "rerun the command") from None
+        return load_source_on(self.pool, source, progress, options)  # an image tree's files: in parallel
 
     def run(self, fn: Callable[[dict], dict], specs: list[dict], on_done: Callable[[dict], None], where) -> None:
         try:
@@ -157,10 +220,7 @@ class LocalEngine:
         """On any exit (Ctrl-C included) stop the workers now: drop queued tasks and end
         running ones. A shard is renamed into place only when whole, so a task stopped
         half-way leaves at most a temporary file, which the build removes."""
-        for p in list((getattr(self.pool, "_processes", None) or {}).values()):
-            if p.is_alive():
-                p.terminate()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        _stop(self.pool)
 
 
 # --- Ray ---------------------------------------------------------------------------------

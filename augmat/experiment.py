@@ -42,7 +42,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .build import BuildConfig, build, default_workers
+from .build import BuildConfig, build
+from .engines import default_workers
 from .errors import AugmatError
 from .files import check_folder_writable, save_figure, write_json, write_text_atomic
 from .kerasenv import ENVIRONMENT_KEYS, environment

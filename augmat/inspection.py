@@ -33,10 +33,11 @@ from typing import Iterator
 import h5py
 import numpy as np
 
+from .engines import load_source_in
 from .errors import AugmatError
 from .ops import OPS, apply_ops, rendering_libraries
 from .plan import ORIGINAL_COPY
-from .sources import SourceData, load_source, recorded_options
+from .sources import SourceData, recorded_options
 from .store import (PROVENANCE, SHARD_NAME, FileInfo, PixelHasher, blank_chunks, chunk_counts, chunk_starts, digest_kind,
                     open_file, read_rows, row_chunk, row_parts, shards_folder)
 
@@ -75,13 +76,14 @@ def read_picked(ds: h5py.Dataset, rows) -> np.ndarray:
     return out
 
 
-def load_recorded_source(info: FileInfo, override: str | None = None) -> SourceData:
+def load_recorded_source(info: FileInfo, override: str | None = None, workers: int = 1) -> SourceData:
     """The source the file was built from (its recorded path, or ``override``), checked
-    against the file's recorded sha256 of the decoded pixels."""
+    against the file's recorded sha256 of the decoded pixels; an image tree's files are
+    decoded on ``workers`` processes."""
     path = override or info.source.get("path")
     if not path:
         raise AugmatError(f"{info.path}: the file records no source path; pass --source PATH")
-    src = load_source(path, options=recorded_options(info.source))
+    src = load_source_in(workers, path, options=recorded_options(info.source))
     want = info.source.get("sha256")
     if src.sha256 != want:
         raise AugmatError(
@@ -652,8 +654,10 @@ def _skip_damaged(name: str, damaged: set[str]) -> Check | None:
     return Check(name, "SKIP", f"{', '.join(hit)} damaged (see chunks)") if hit else None
 
 
-def verify(path: str | Path, source: str | None = None, sample: int = 256, seed: int = 0) -> Iterator[Check]:
+def verify(path: str | Path, source: str | None = None, sample: int = 256, seed: int = 0,
+           workers: int = 1) -> Iterator[Check]:
     """Check an augmat file end to end; yields one :class:`Check` at a time (each may take a while).
+    ``workers``: processes that decode an image-tree source (1: this one).
 
     A file that cannot be opened at all (truncated, not augmat, a dataset missing)
     raises :class:`AugmatError` from :func:`open_file` instead.
@@ -678,7 +682,7 @@ def verify(path: str | Path, source: str | None = None, sample: int = 256, seed:
         yield _skip_damaged("ranges", damaged) or _check_ranges(v, info)
         yield _skip_damaged("counts", damaged) or _check_counts(v, info)
         try:
-            src = load_recorded_source(info, source)
+            src = load_recorded_source(info, source, workers)
         except AugmatError as e:
             yield Check("source", "FAIL" if source or "sha256" in str(e) else "SKIP",
                         f"{e}" + ("" if source else "; pass --source PATH to check against it"))

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .engines import load_source_in
 from .errors import AugmatError
 from .files import atomic_path
 from .inspection import load_recorded_source, read_picked, source_copies
 from .ops import OPS
 from .plan import ORIGINAL_COPY
-from .sources import ImageOptions, load_source
+from .sources import ImageOptions
 from .store import IMAGE_SHAPE, PROVENANCE, open_file, read_rows
 
 PAD = 8             # around and between cells, pixels
@@ -186,10 +187,11 @@ def samples_grid(path, columns: int = 8, scale: int | None = None) -> Figure:
 
 
 def source_index_grid(path, source_index: int, source: str | None = None, scale: int | None = None,
-                      columns: int = 8) -> tuple[Figure, str | None]:
+                      columns: int = 8, workers: int = 1) -> tuple[Figure, str | None]:
     """The original of one source image and all its copies. The original comes from its
-    stored original row if the file has one, else from the source; returns a note when
-    neither is available (the picture then shows the copies only)."""
+    stored original row if the file has one, else from the source (an image tree decoded
+    on ``workers`` processes); returns a note when neither is available (the picture then
+    shows the copies only)."""
     info, rows, v, images = source_copies(path, source_index, images=True)
     label = info.class_name(v["labels"][0])
     cells, note = [], None
@@ -199,7 +201,7 @@ def source_index_grid(path, source_index: int, source: str | None = None, scale:
         cells.append(Cell(images[i], ("original", f"row {rows[i]}"), int(rows[i])))
     else:
         try:
-            src = load_recorded_source(info, source)
+            src = load_recorded_source(info, source, workers)
             cells.append(Cell(src.train_images[source_index], ("original", "from the source")))
         except AugmatError as e:
             note = f"the original is not shown: {e}"
@@ -214,17 +216,18 @@ def source_index_grid(path, source_index: int, source: str | None = None, scale:
 
 
 def preview(source: str | None, image: int, magnitudes=PREVIEW_MAGNITUDES, scale: int | None = None,
-            size: tuple[int, int] | None = None) -> Figure:
+            size: tuple[int, int] | None = None, workers: int = 1) -> Figure:
     """The seed article's figure for any source image: every op of the registry (but
     identity) at each magnitude, beside the original (the source resized to ``size`` first
-    when given, as a build with ``--size`` does)."""
-    src = load_source(source, options=ImageOptions(size=size))
+    when given, as a build with ``--size`` does; an image tree decoded on ``workers``
+    processes)."""
+    bad = [m for m in magnitudes if not 0.0 <= m <= 1.0]
+    if bad or not magnitudes:  # before the source is decoded, which may take a while
+        raise AugmatError(f"--magnitudes must be numbers in [0, 1] (got {', '.join(map(str, magnitudes)) or 'none'})")
+    src = load_source_in(workers, source, options=ImageOptions(size=size))
     n = len(src.train_images)
     if not 0 <= image < n:
         raise AugmatError(f"--image {image}: the source has training images 0..{n - 1}")
-    bad = [m for m in magnitudes if not 0.0 <= m <= 1.0]
-    if bad or not magnitudes:
-        raise AugmatError(f"--magnitudes must be numbers in [0, 1] (got {', '.join(map(str, magnitudes)) or 'none'})")
     original = src.train_images[image]
     batch = np.repeat(original[None], len(magnitudes), axis=0)
     mags = np.asarray(magnitudes, dtype=np.float32)

@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="build workers (default: all cores)")
     a = ap.parse_args(argv)
 
-    from augmat.build import default_workers
+    from augmat.engines import default_workers
     from augmat.errors import AugmatError
     from augmat.experiment import ExperimentConfig, command_line, prepare, write_report
 

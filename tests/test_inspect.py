@@ -608,6 +608,12 @@ def test_unwritable_grid_path_is_one_line(tiny, tmp_path, where):
     assert_one_line_error(run("preview", "--image", 0, "-o", target), "-o")
 
 
+def test_workers_below_one_are_one_line(tiny, cifar_archive, tmp_path):
+    assert_one_line_error(run("inspect", tiny, "--verify", "--workers", 0), "--workers must be at least 1 (got 0)")
+    assert_one_line_error(run("preview", "--source", cifar_archive, "--workers", -1, "-o", tmp_path / "p.png"),
+                          "--workers must be at least 1 (got -1)")
+
+
 def test_preview_bad_image_index_is_one_line(cifar_archive, tmp_path):
     assert_one_line_error(run("preview", "--source", cifar_archive, "--image", 300, "-o", tmp_path / "p.png"),
                           "--image 300", "0..299")

@@ -497,3 +497,34 @@ def test_decoding_tasks_travel_to_worker_processes(tmp_path, cifar_archive):
         there = load_source(tmp_path / "s", progress=False, executor=pool, options=opts)
         cifar = load_source(cifar_archive, progress=False, executor=pool, options=opts)
     assert there.sha256 == here.sha256 and cifar.sha256 == plain.sha256
+
+
+def test_a_decode_pool_starts_processes_only_for_files_and_gives_the_same_pixels(tmp_path, cifar_archive):
+    """`inspect --verify` and `preview` decode an image tree on a DecodePool, as a build
+    does on its workers: the same pixels as one process. A CIFAR archive, which has no
+    file to decode, starts no process; a worker that dies is one line."""
+    import multiprocessing
+    import os
+    from augmat.engines import DecodePool, load_source_in, load_source_on
+    write_image_tree(tmp_path / "tree", classes=("ant", "bee", "cow"))
+    archive = tar_of(tmp_path / "tree", tmp_path / "tree.tar.gz")
+    here = load_source(archive, progress=False)
+    before = set(multiprocessing.active_children())
+    with mock.patch("augmat.sources._DECODE_BATCH", 5):  # 9 tasks for the 45 files
+        there = load_source_in(2, archive, progress=False)
+    assert there.sha256 == here.sha256 and there.class_names == ("ant", "bee", "cow")
+    np.testing.assert_array_equal(there.train_images, here.train_images)
+    with DecodePool(2) as pool:
+        assert load_source_on(pool, cifar_archive, False).sha256 == CIFAR_FIXTURE_SHA256
+        assert set(multiprocessing.active_children()) == before  # nothing to decode: none started
+        assert load_source_on(pool, tmp_path / "tree", False).sha256 == here.sha256
+        started = set(multiprocessing.active_children()) - before
+        assert started  # the files were decoded there
+    assert not any(p.is_alive() for p in started)  # stopped on leaving the block
+
+    class Dying(DecodePool):
+        def submit(self, fn, /, *args, **kwargs):
+            return super().submit(os._exit, 1)  # the worker process ends at its first task
+    with Dying(1) as pool, pytest.raises(AugmatError) as e:
+        load_source_on(pool, tmp_path / "tree", False)
+    assert str(e.value).startswith("a worker process died while decoding the source") and "\n" not in str(e.value)

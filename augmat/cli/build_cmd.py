@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from ..build import BuildConfig, build, default_workers
+from ..build import BuildConfig, build
+from ..engines import default_workers
 from ..pack import pack
 from ..ops import DEFAULT_OPS, OP_NAMES, OPS
 from ..sources import CROPS, DEFAULT_RESIZE_FILTER, LABEL_MODES, MAX_PIXELS, RESIZE_FILTERS

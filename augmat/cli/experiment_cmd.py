@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..build import default_workers
+from ..engines import default_workers
 from ..errors import AugmatError
 from ..stream import ORDERS
 from .options import ops_callback

@@ -12,7 +12,8 @@ from ..errors import AugmatError
 from ..inspection import format_summary, source_listing, summarize, verdict, verification_error
 from ..inspection import verify as verify_file  # the --verify flag takes the name `verify`
 from ..pictures import PREVIEW_MAGNITUDES, check_writable, preview, samples_grid, save_png, source_index_grid
-from .options import size_callback
+from ..engines import default_workers
+from .options import size_callback, workers_callback
 
 
 def _magnitudes(ctx, param, value: str):
@@ -43,8 +44,12 @@ def _magnitudes(ctx, param, value: str):
 @click.option("--scale", type=int, default=None,
               help="Upscaling of each image in --grid (nearest-neighbour). Default: about 96 pixels a "
                    "side (3 for 32x32 images, 1 for 96x96 and larger).")
+@click.option("--workers", type=int, default=default_workers(), show_default="all cores", callback=workers_callback,
+              help="Processes that decode an image-tree source (for --verify, or the original in a "
+                   "--source-index grid), as `augmat build` does.")
 def inspect_command(path: str, as_json: bool, verify: bool, sample: int, seed: int, source: str | None,
-                    grid: str | None, source_index: int | None, columns: int, scale: int | None) -> None:
+                    grid: str | None, source_index: int | None, columns: int, scale: int | None,
+                    workers: int) -> None:
     """Summarize an augmat file, draw its samples, or verify it. Never writes to FILE.
 
     \b
@@ -64,7 +69,8 @@ def inspect_command(path: str, as_json: bool, verify: bool, sample: int, seed: i
             click.echo(format_summary(out))
     if source_index is not None:
         if grid is not None:
-            fig, note = source_index_grid(path, source_index, source=source, scale=scale, columns=columns)
+            fig, note = source_index_grid(path, source_index, source=source, scale=scale, columns=columns,
+                                          workers=workers)
             if note:
                 click.echo(f"augmat: note: {note}", err=True)
             save_png(fig, grid)
@@ -84,7 +90,7 @@ def inspect_command(path: str, as_json: bool, verify: bool, sample: int, seed: i
             click.echo(f"wrote {grid} ({fig.size[0]}x{fig.size[1]}): {len(fig.placed)} samples")
     checks = []
     if verify:
-        for check in verify_file(path, source, sample, seed):
+        for check in verify_file(path, source, sample, seed, workers):
             checks.append(check)
             if not as_json:
                 click.echo(str(check))
@@ -124,11 +130,13 @@ def _refuse_to_overwrite(grid: str, path: str) -> None:
                    "center crop, RGB; the ops at the seed's sharpen sigma).")
 @click.option("-o", "--output", type=str, default="transforms.png", show_default=True, metavar="PNG",
               help="The PNG file to write (its folder must exist).")
+@click.option("--workers", type=int, default=default_workers(), show_default="all cores", callback=workers_callback,
+              help="Processes that decode an image-tree source, as `augmat build` does.")
 def preview_command(source: str | None, image: int, magnitudes: tuple[float, ...], scale: int | None,
-                    size: tuple[int, int] | None, output: str) -> None:
+                    size: tuple[int, int] | None, output: str, workers: int) -> None:
     """Draw every op at a few magnitudes on one source image (the seed article's figure)."""
     check_writable(output, "-o")
-    fig = preview(source, image, magnitudes, scale, size=size)
+    fig = preview(source, image, magnitudes, scale, size=size, workers=workers)
     save_png(fig, output, "-o")
     click.echo(f"wrote {output} ({fig.size[0]}x{fig.size[1]})")
 

@@ -18,6 +18,13 @@ def size_callback(ctx, param, value: str | None):
         raise AugmatError(f"--size: {e}") from None
 
 
+def workers_callback(ctx, param, value: int) -> int:
+    """``--workers N`` of the commands that only decode a source (build's is checked by its config)."""
+    if value < 1:
+        raise AugmatError(f"--workers must be at least 1 (got {value})")
+    return value
+
+
 def ops_callback(ctx, param, value: str | None):
     """``rotate,flip_lr`` -> ("rotate", "flip_lr"), default the seed's eight; the config
     checks the names against the registry."""
