@@ -109,10 +109,20 @@ def _init_worker(parent_pid: int, shard_rows: int, started=None) -> None:
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
-    """Stop a pool's workers now: drop queued tasks and end running ones."""
+    """Stop a pool's workers now: drop queued tasks and end running ones. Only for tasks
+    whose results are small (a shard's receipt): see :func:`_drain`."""
     for p in list((getattr(pool, "_processes", None) or {}).values()):
         if p.is_alive():
             p.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _drain(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool whose tasks return large results (decoded images, megabytes each): drop
+    queued tasks and let running ones finish (a batch takes well under a second). A worker
+    ended while it sends a large result leaves half a message in the pipe, and the pool's
+    manager thread then waits for the rest forever (seen after Ctrl-C in 1 of 17 tries:
+    Python 3.11's ProcessPoolExecutor reads results with a blocking recv)."""
     pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -124,7 +134,8 @@ class DecodePool(Executor):
     """``workers`` spawned processes that decode a source (``load_source``'s ``executor``),
     started at the first task, so a source with nothing to decode in parallel (CIFAR's
     pickled arrays, kept as they are) starts none. Like a build's workers they die with
-    the main process and leave Ctrl-C to it. Leaving the ``with`` block stops them."""
+    the main process and leave Ctrl-C to it. Leaving the ``with`` block stops them, once
+    their running tasks are done (:func:`_drain`)."""
 
     def __init__(self, workers: int):
         self.workers = workers
@@ -139,7 +150,7 @@ class DecodePool(Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if self.pool is not None:
-            _stop(self.pool)
+            _drain(self.pool)
 
 
 def load_source_on(executor: Executor | None, source, progress: bool, options: ImageOptions | None = None
@@ -200,7 +211,11 @@ class LocalEngine:
                     return
 
     def load_source(self, source, progress: bool, options: ImageOptions | None = None) -> SourceData:
-        return load_source_on(self.pool, source, progress, options)  # an image tree's files: in parallel
+        try:  # an image tree's files are decoded on the worker pool, in parallel
+            return load_source_on(self.pool, source, progress, options)
+        except BaseException:  # Ctrl-C included: close() must not end a worker sending its images
+            _drain(self.pool)
+            raise
 
     def run(self, fn: Callable[[dict], dict], specs: list[dict], on_done: Callable[[dict], None], where) -> None:
         try:

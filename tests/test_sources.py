@@ -10,6 +10,8 @@ import json
 import pickle
 import resource
 import struct
+import subprocess
+import sys
 import tarfile
 import warnings
 import zlib
@@ -528,3 +530,30 @@ def test_a_decode_pool_starts_processes_only_for_files_and_gives_the_same_pixels
     with Dying(1) as pool, pytest.raises(AugmatError) as e:
         load_source_on(pool, tmp_path / "tree", False)
     assert str(e.value).startswith("a worker process died while decoding the source") and "\n" not in str(e.value)
+
+
+DRAIN_SCRIPT = """
+from augmat.engines import DecodePool
+
+
+def big(i):
+    return bytes(32 << 20)  # a result larger than a batch of decoded images (6 MiB at 32x32)
+
+
+if __name__ == "__main__":
+    with DecodePool(2) as pool:
+        futures = [pool.submit(big, i) for i in range(6)]
+        futures[0].result()  # the workers are sending the others now
+    print("stopped")
+"""
+
+
+def test_a_decode_pool_stops_while_its_workers_send_large_results(tmp_path):
+    """Ending a worker while it sends a result of megabytes leaves half a message in the
+    pipe, and Python 3.11's ProcessPoolExecutor then waits for the rest forever: leaving a
+    DecodePool (Ctrl-C included) must let running tasks finish instead. (Terminating the
+    workers, as a build's rendering pool does, hung this script in 4 of 5 tries.)"""
+    script = tmp_path / "drain.py"
+    script.write_text(DRAIN_SCRIPT)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.strip() == "stopped", r.stderr
