@@ -43,7 +43,7 @@ from pathlib import Path
 
 from . import __version__
 from .build import BuildConfig, build
-from .engines import default_workers
+from .engines import default_workers, load_source_in
 from .errors import AugmatError
 from .files import check_folder_writable, save_figure, write_json, write_text_atomic
 from .kerasenv import ENVIRONMENT_KEYS, environment
@@ -333,8 +333,6 @@ def prepare(cfg: ExperimentConfig, command: str = "", log=print,
 
     ``report_only``: build nothing; the header keeps what the last report of ``cfg.out``
     said of its files and of the machine the runs trained on."""
-    from .sources import load_source
-
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
@@ -343,7 +341,9 @@ def prepare(cfg: ExperimentConfig, command: str = "", log=print,
         raise AugmatError(f"--report-only: {out} holds no runs; run the experiment first "
                           "(the same command without --report-only)")
     check_folder_writable(out, "--out")
-    src = load_source(cfg.source)  # fails now on a bad source; its checksum decides reuse
+    # Fails now on a bad source; its checksum decides reuse. An image tree decodes on
+    # --workers processes, as each build then does.
+    src = load_source_in(cfg.workers, cfg.source)
     n_train = len(src.train_labels)
     biggest = max(cfg.sizes)
     if cfg.val + biggest > n_train:
