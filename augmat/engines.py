@@ -16,8 +16,9 @@ an engine turns a task whose process died into one :class:`AugmatError` line.
   retries a task whose worker process died (up to :data:`RAY_RETRIES` times); a shard is
   written under a temporary name and renamed, so a retried task writes the same file.
 
-:func:`load_source_on` decodes a source on worker processes of the same kind outside a
-build (``augmat inspect --verify``, ``augmat preview``).
+:func:`load_source_in` decodes a source on processes of the same kind outside a build
+(a :class:`DecodePool`: ``augmat inspect --verify``, ``augmat preview``, the source check
+that begins ``augmat experiment``).
 """
 
 from __future__ import annotations
